@@ -1,0 +1,84 @@
+"""The `natsdeploy` command: thin argument parsing over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from natsdeploy.arch import ArchError
+from natsdeploy.shapes import UsageError, parse_input_shape
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        raise UsageError(message)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from natsdeploy.arch import load_arch
+    from natsdeploy.verify.check import check_arch, format_check
+
+    arch = load_arch(args.arch)
+    result = check_arch(arch, parse_input_shape(args.input_shape))
+    print(format_check(result))
+    return 0 if result.equal else 1
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from natsdeploy.convert import load_ic_conv
+
+    arch = load_ic_conv(args.pattern, args.backbone)
+    path = arch.save(args.output)
+    print(f"wrote {path} ({arch.backbone}, {len(arch.convs)} convs)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from natsdeploy.export.pipeline import export_cli
+
+    return export_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="natsdeploy", description="NATS-transformed backbones from search to deployment.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("check", help="validate an arch file and prove params/MACs equal the baseline's")
+    c.add_argument("arch", help="arch.json")
+    c.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
+    c.set_defaults(func=_cmd_check)
+
+    v = sub.add_parser("convert", help="import a published dilation pattern as an arch file")
+    v.add_argument("--from", dest="source_format", required=True, choices=["ic-conv"])
+    v.add_argument("pattern", help="pattern JSON file")
+    v.add_argument("--backbone", required=True)
+    v.add_argument("-o", "--output", required=True, help="arch.json to write")
+    v.set_defaults(func=_cmd_convert)
+
+    from natsdeploy.export.pipeline import add_export_arguments
+
+    e = sub.add_parser("export", help="export transformed and baseline ONNX with a parity/cost/latency report")
+    add_export_arguments(e)
+    e.set_defaults(func=_cmd_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from natsdeploy.models.build import WeightsError  # noqa: PLC0415 (torch import only when running)
+
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except (ArchError, UsageError, WeightsError) as e:
+        print(f"natsdeploy: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("natsdeploy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

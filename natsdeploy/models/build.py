@@ -1,0 +1,134 @@
+"""Build baseline and transformed torchvision ResNets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Union
+
+import torch
+from torchvision.models import resnet as tv_resnet
+
+from natsdeploy.arch import Arch
+from natsdeploy.models.mixed_conv import MixedDilationConv
+from natsdeploy.models.specs import BackboneSpec
+from natsdeploy.models.transfer import restore_weights, transfer_weights
+
+__all__ = ["WeightsError", "Weights", "build_backbone", "build_baseline", "resolve_weights",
+           "transformed_state_dict_to_baseline"]
+
+Weights = Union[None, str, os.PathLike, Mapping[str, torch.Tensor]]
+
+_IMAGENET = {
+    "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
+    "resnet101": "ResNet101_Weights", "resnext101_32x8d": "ResNeXt101_32X8D_Weights",
+}
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be used for the requested backbone (one-line message)."""
+
+
+def _plain_resnet(spec: BackboneSpec) -> tv_resnet.ResNet:
+    block = tv_resnet.BasicBlock if spec.block == "basic" else tv_resnet.Bottleneck
+    return tv_resnet.ResNet(block, list(spec.layers), **spec.torchvision_kwargs())
+
+
+def _imagenet_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    enum_name = _IMAGENET.get(spec.name)
+    if enum_name is None:
+        raise WeightsError(f"--weights: got 'imagenet' for {spec.name}, expected a local .pth file "
+                           "(torchvision publishes no ImageNet weights for this backbone)")
+    weights = getattr(tv_resnet, enum_name).IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # offline, proxy, partial download ...
+        raise WeightsError(f"--weights: could not download torchvision's {enum_name}.IMAGENET1K_V1 "
+                           f"({type(e).__name__}); pass a local file instead: --weights PATH.pth") from None
+
+
+def _load_file(path: Path) -> Mapping[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"--weights: got {str(path)!r}, expected an existing .pth file or 'imagenet'")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"--weights: got {str(path)!r} that torch.load cannot read ({type(e).__name__}), "
+                           "expected a state dict saved with torch.save") from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"--weights: got {str(path)!r} holding {type(obj).__name__}, "
+                           "expected a state dict (or a checkpoint dict with 'state_dict' or 'model')")
+    return obj
+
+
+def resolve_weights(weights: Weights, spec: BackboneSpec) -> dict[str, torch.Tensor] | None:
+    """Turn the `weights` argument into a torchvision-layout state dict checked against `spec`."""
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights == "imagenet":
+        sd = _imagenet_state_dict(spec)
+    elif isinstance(weights, (str, os.PathLike)):
+        sd = _load_file(Path(weights))
+    elif isinstance(weights, Mapping):
+        sd = weights
+    else:
+        raise WeightsError(f"weights: got {type(weights).__name__}, expected None, 'imagenet', a path or a state dict")
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    ref = _plain_resnet(spec).state_dict()
+    if any(".branches." in k for k in sd):
+        raise WeightsError("weights: got a transformed-layout state dict, expected torchvision layout "
+                           "(convert with natsdeploy.transformed_state_dict_to_baseline)")
+    for k, v in ref.items():
+        if k not in sd:
+            if k.startswith("fc."):
+                continue  # detector backbones carry no classifier; keep the init
+            raise WeightsError(f"weights[{k!r}]: missing, expected a {spec.name} state dict")
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise WeightsError(f"weights[{k!r}]: got shape {tuple(sd[k].shape)}, expected {tuple(v.shape)} "
+                               f"for {spec.name}")
+    extra = sorted(set(sd) - set(ref))
+    if extra:
+        raise WeightsError(f"weights[{extra[0]!r}]: unexpected key ({len(extra)} in all), expected a "
+                           f"{spec.name} state dict")
+    out = dict(ref)
+    out.update({k: v.detach().to(ref[k].dtype) for k, v in sd.items()})
+    return out
+
+
+def build_baseline(backbone: str | Arch, weights: Weights = None) -> tv_resnet.ResNet:
+    """The untransformed torchvision network, with `weights` loaded (or torchvision's init)."""
+    arch = backbone if isinstance(backbone, Arch) else Arch(backbone=backbone)
+    return build_backbone(arch.identity_like(), weights)
+
+
+def build_backbone(arch: Arch, weights: Weights = None) -> tv_resnet.ResNet:
+    """A torchvision ResNet in which every conv listed in `arch` is a `MixedDilationConv`.
+
+    The baseline weights (torchvision's init when `weights` is None, drawn from torch's global
+    RNG exactly as torchvision would) are transferred per ARCH_FORMAT.md, so an all-dilation-1
+    arch computes the baseline function for any permutation.
+    """
+    spec = arch.spec
+    model = _plain_resnet(spec)
+    base_sd = resolve_weights(weights, spec)
+    if base_sd is None:
+        base_sd = model.state_dict()
+    for name, ct in arch.convs.items():
+        info = spec.convs[name]
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, MixedDilationConv(info.in_channels, ct.branches, stride=info.stride, groups=info.groups))
+    model.load_state_dict(transfer_weights(base_sd, arch), strict=True)
+    return model.eval()
+
+
+def transformed_state_dict_to_baseline(state_dict: Mapping[str, torch.Tensor], arch: Arch) -> dict[str, torch.Tensor]:
+    """A transformed model's state dict back to torchvision layout (weights round-trip)."""
+    return restore_weights(state_dict, arch)
+

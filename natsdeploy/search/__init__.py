@@ -1,0 +1,1 @@
+"""The NATS channel-level search: presets and decoding (the super-net lives here too)."""

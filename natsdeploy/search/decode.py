@@ -1,0 +1,88 @@
+"""Search-space presets and the decode rule (paper section 3.3, ARCH_FORMAT.md "Decode")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from natsdeploy.arch import Arch, ArchError, Branch, ConvTransform
+from natsdeploy.models.specs import BACKBONES
+
+__all__ = ["PRESETS", "genotypes", "decode"]
+
+_C34 = ((1, 1), (2, 2), (3, 3), (1, 3), (3, 1))
+_C5 = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (1, 3), (3, 1), (1, 5), (5, 1))
+PRESETS: dict[str, dict[str, tuple[tuple[int, int], ...]]] = {
+    "NATS-A": {"layer2": ((1, 1), (3, 3)), "layer3": ((1, 1), (3, 3)), "layer4": ((1, 1), (3, 3), (5, 5))},
+    "NATS-B": {"layer2": ((1, 1), (2, 2), (3, 3)), "layer3": ((1, 1), (2, 2), (3, 3)),
+               "layer4": ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5))},
+    "NATS-C": {"layer2": _C34, "layer3": _C34, "layer4": _C5},
+}
+
+
+def genotypes(preset: str, stage: str) -> tuple[tuple[int, int], ...]:
+    """The candidate dilations of a preset for a torchvision stage name (layer2/3/4)."""
+    if preset not in PRESETS:
+        raise ArchError(f"preset: got {preset!r}, expected one of {sorted(PRESETS)}")
+    if stage not in PRESETS[preset]:
+        raise ArchError(f"stage: got {stage!r}, expected one of {sorted(PRESETS[preset])} (paper stages 3-5)")
+    return PRESETS[preset][stage]
+
+
+def decode(alphas: Mapping[str, Any], backbone: str, preset: str = "NATS-C") -> Arch:
+    """Decode architecture weights into an `Arch`.
+
+    `alphas[name]` is [N_groups, n_genotypes] for the conv `name`. Each group takes its argmax
+    genotype (ties to the lowest index); surviving genotypes become branches in preset order, each
+    owning its groups' channels in increasing order; the permutation lists them branch by branch.
+    """
+    import numpy as np
+
+    if backbone not in BACKBONES:
+        raise ArchError(f"backbone: got {backbone!r}, expected one of {sorted(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    convs: dict[str, ConvTransform] = {}
+    softmax: dict[str, list[list[float]]] = {}
+    groups_seen: set[int] = set()
+    for name, alpha in alphas.items():
+        if name not in spec.convs:
+            raise ArchError(f"alphas[{name!r}]: unknown conv, expected a 3x3 conv of {backbone}")
+        info = spec.convs[name]
+        genos = genotypes(preset, info.stage)
+        a = np.asarray(alpha.detach().cpu() if hasattr(alpha, "detach") else alpha, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != len(genos):
+            raise ArchError(f"alphas[{name!r}]: got shape {list(a.shape)}, expected [N_groups, {len(genos)}]")
+        n = a.shape[0]
+        if n < 1 or info.out_channels % n:
+            raise ArchError(f"alphas[{name!r}]: got {n} groups, expected a divisor of {info.out_channels}")
+        width = info.out_channels // n
+        if info.groups > 1 and width % info.channels_per_group:
+            raise ArchError(f"alphas[{name!r}]: got {n} groups of {width} channels, expected a multiple of "
+                            f"{info.channels_per_group} channels per group (conv groups)")
+        ind = np.argmax(a, axis=1)  # first maximum: ties go to the lowest genotype index
+        branches: list[Branch] = []
+        perm: list[int] = []
+        for g, dil in enumerate(genos):
+            chosen = [i for i in range(n) if ind[i] == g]
+            if not chosen:
+                continue
+            branches.append(Branch(dil, width * len(chosen)))
+            for i in chosen:
+                perm.extend(range(i * width, (i + 1) * width))
+        ident = perm == list(range(info.out_channels))
+        convs[name] = ConvTransform(tuple(branches), None if ident or not info.permutable else tuple(perm))
+        if not info.permutable and not ident:
+            raise ArchError(f"alphas[{name!r}]: decoding needs a permutation, but {name} feeds the residual add")
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        softmax[name] = np.round(e / e.sum(axis=1, keepdims=True), 4).tolist()
+        groups_seen.add(n)
+    prov: dict[str, Any] = {"search_space": preset,
+                            "groups": groups_seen.pop() if len(groups_seen) == 1 else sorted(groups_seen),
+                            "alpha_softmax": softmax}
+    return Arch(backbone=backbone, convs=convs, provenance=prov)
+
+
+def searchable_convs(backbone: str, stages: Sequence[str] = ("layer2", "layer3", "layer4")) -> list[str]:
+    """3x3 convs a search transforms: those whose output can be reordered, in the given stages."""
+    spec = BACKBONES[backbone]
+    return [n for n, info in spec.convs.items() if info.stage in stages and info.permutable]

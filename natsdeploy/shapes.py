@@ -1,0 +1,26 @@
+"""Input-shape strings such as 1x3x800x1216."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["UsageError", "parse_input_shape", "format_shape"]
+
+
+class UsageError(ValueError):
+    """A command-line value that does not parse (one-line message: flag, value, expectation)."""
+
+
+def parse_input_shape(text: str, *, flag: str = "--input-shape") -> tuple[int, int, int, int]:
+    """Parse NxCxHxW (C must be 3; H and W at least 32 so every stage has a pixel)."""
+    m = re.fullmatch(r"\s*(\d+)[x,](\d+)[x,](\d+)[x,](\d+)\s*", text or "")
+    if not m:
+        raise UsageError(f"{flag}: got {text!r}, expected NxCxHxW such as 1x3x800x1216")
+    n, c, h, w = (int(g) for g in m.groups())
+    if n < 1 or c != 3 or h < 32 or w < 32:
+        raise UsageError(f"{flag}: got {text!r}, expected N >= 1, C = 3, H and W >= 32")
+    return (n, c, h, w)
+
+
+def format_shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)

@@ -1,0 +1,1 @@
+"""Proofs that a transformed network costs and computes what it should."""

@@ -1,0 +1,156 @@
+"""Shared test helpers: random valid archs, seeded weights, and an independent reference.
+
+The reference re-implements ARCH_FORMAT.md with torch.nn.functional only and the dense form of
+a dilated conv (a zero-filled (2dh+1)x(2dw+1) kernel), computing each transformed channel as its
+baseline filter over the full input; it shares no code with natsdeploy.models.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+from torchvision.models import resnet as tv_resnet
+
+from natsdeploy.arch import Arch, Branch, ConvTransform
+from natsdeploy.models.specs import BACKBONES
+
+SMALL = ["resnet18", "resnet34"]
+ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x4d"]
+
+
+def plain_model(backbone: str) -> tv_resnet.ResNet:
+    spec = BACKBONES[backbone]
+    block = tv_resnet.BasicBlock if spec.block == "basic" else tv_resnet.Bottleneck
+    return tv_resnet.ResNet(block, list(spec.layers), groups=spec.groups, width_per_group=spec.width_per_group)
+
+
+def seeded_state_dict(backbone: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """torchvision init plus non-trivial BN statistics, so permutation mistakes show."""
+    torch.manual_seed(seed)
+    sd = plain_model(backbone).state_dict()
+    g = torch.Generator().manual_seed(seed + 1)
+    for k, v in sd.items():
+        if k.endswith("running_mean"):
+            sd[k] = torch.randn(v.shape, generator=g) * 0.1
+        elif k.endswith("running_var"):
+            sd[k] = torch.rand(v.shape, generator=g) + 0.5
+        elif k.endswith(".weight") and v.ndim == 1:
+            sd[k] = torch.rand(v.shape, generator=g) * 0.5 + 0.5
+        elif k.endswith(".bias") and v.ndim == 1 and not k.startswith("fc"):
+            sd[k] = torch.randn(v.shape, generator=g) * 0.1
+    return sd
+
+
+def _split(total: int, unit: int, rng: random.Random, max_parts: int) -> list[int]:
+    units = total // unit
+    parts = rng.randint(1, min(max_parts, units))
+    cuts = sorted(rng.sample(range(1, units), parts - 1)) if parts > 1 else []
+    bounds = [0, *cuts, units]
+    return [(b - a) * unit for a, b in zip(bounds, bounds[1:])]
+
+
+def random_arch(backbone: str, rng: random.Random, *, p_conv: float = 0.6, max_branches: int = 5,
+                max_dilation: int = 3, dilation_one: bool = False) -> Arch:
+    """A random valid arch: random splits, dilations (incl. asymmetric), group-wise permutations."""
+    spec = BACKBONES[backbone]
+    convs = {}
+    for name, info in spec.convs.items():
+        if rng.random() > p_conv:
+            continue
+        k = info.channels_per_group
+        widths = _split(info.out_channels, k, rng, max_branches)
+        branches = tuple(
+            Branch((1, 1) if dilation_one else (rng.randint(1, max_dilation), rng.randint(1, max_dilation)), w)
+            for w in widths
+        )
+        perm = None
+        if info.permutable and rng.random() < 0.7:
+            blocks = list(range(info.groups if info.groups > 1 else info.out_channels))
+            rng.shuffle(blocks)
+            perm = tuple(c for b in blocks for c in range(b * k, b * k + k)) if info.groups > 1 else tuple(blocks)
+        convs[name] = ConvTransform(branches, perm)
+    return Arch(backbone=backbone, convs=convs)
+
+
+# -- the independent reference ---------------------------------------------------------------
+def dense_kernel(w: torch.Tensor, dh: int, dw: int) -> torch.Tensor:
+    """A dilated 3x3 kernel as a zero-filled (2dh+1)x(2dw+1) kernel."""
+    out = w.new_zeros(w.shape[0], w.shape[1], 2 * dh + 1, 2 * dw + 1)
+    out[:, :, ::dh, ::dw] = w
+    return out
+
+
+def _bn(x, sd, p, perm=None):
+    idx = (lambda t: t[perm]) if perm is not None else (lambda t: t)
+    return F.batch_norm(x, idx(sd[f"{p}.running_mean"]), idx(sd[f"{p}.running_var"]),
+                        idx(sd[f"{p}.weight"]), idx(sd[f"{p}.bias"]), False, 0.0, 1e-5)
+
+
+def _conv3x3(x, sd, arch: Arch, name: str, stride: int, groups: int):
+    """Returns (output, permutation or None) per ARCH_FORMAT.md semantics 1-5."""
+    w = sd[f"{name}.weight"]
+    ct = arch.convs.get(name)
+    if ct is None:
+        return F.conv2d(x, w, stride=stride, padding=1, groups=groups), None
+    perm = torch.tensor(ct.perm())
+    outs, o = [], 0
+    for b in ct.branches:
+        dh, dw = b.dilation
+        full = F.conv2d(x, dense_kernel(w, dh, dw), stride=stride, padding=(dh, dw), groups=groups)
+        outs.append(full[:, perm[o:o + b.channels]])
+        o += b.channels
+    return torch.cat(outs, 1), perm
+
+
+def reference_features(sd: dict[str, torch.Tensor], arch: Arch, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """c2..c5 and logits of the transformed network, from a torchvision-layout state dict."""
+    spec = arch.spec
+    x = F.relu(_bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), sd, "bn1"))
+    x = F.max_pool2d(x, 3, 2, 1)
+    feats = {}
+    for li, blocks in enumerate(spec.layers, start=1):
+        for bi in range(blocks):
+            p = f"layer{li}.{bi}"
+            stride = 2 if (li > 1 and bi == 0) else 1
+            if f"{p}.downsample.0.weight" in sd:
+                idn = _bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], stride=stride), sd, f"{p}.downsample.1")
+            else:
+                idn = x
+            if spec.block == "basic":
+                y, perm = _conv3x3(x, sd, arch, f"{p}.conv1", stride, 1)
+                y = F.relu(_bn(y, sd, f"{p}.bn1", perm))
+                w2 = sd[f"{p}.conv2.weight"]
+                w2 = w2[:, perm] if perm is not None else w2
+                sd2 = dict(sd)
+                sd2[f"{p}.conv2.weight"] = w2
+                y, _ = _conv3x3(y, sd2, arch, f"{p}.conv2", 1, 1)
+                y = _bn(y, sd, f"{p}.bn2")
+            else:
+                y = F.relu(_bn(F.conv2d(x, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1"))
+                y, perm = _conv3x3(y, sd, arch, f"{p}.conv2", stride, spec.groups)
+                y = F.relu(_bn(y, sd, f"{p}.bn2", perm))
+                w3 = sd[f"{p}.conv3.weight"]
+                y = _bn(F.conv2d(y, w3[:, perm] if perm is not None else w3), sd, f"{p}.bn3")
+            x = F.relu(y + idn)
+        feats[f"c{li + 1}"] = x
+    feats["logits"] = F.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), sd["fc.weight"], sd["fc.bias"])
+    return feats
+
+
+def model_features(model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """c2..c5 and logits of a torchvision-compatible ResNet module."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    feats = {}
+    for i in range(1, 5):
+        x = getattr(model, f"layer{i}")(x)
+        feats[f"c{i + 1}"] = x
+    feats["logits"] = model.fc(torch.flatten(model.avgpool(x), 1))
+    return feats
+
+
+def assert_features_close(actual: dict, expected: dict, rel: float = 1e-4) -> None:
+    for k, ref in expected.items():
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(actual[k], ref, rtol=rel, atol=rel * max(scale, 1e-6), msg=lambda m: f"{k}: {m}")
