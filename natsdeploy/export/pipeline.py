@@ -1,10 +1,284 @@
-"""Placeholder until the exporter lands."""
+"""`natsdeploy export`: transformed + baseline ONNX, proven equal in cost and numerics, timed.
+
+Everything is computed in memory first (build, fold, rewrite, check, count, parity, latency);
+files are written at the end through a staging folder and atomic renames, so a bad input or an
+interrupted run leaves no partial output.
+"""
+
+from __future__ import annotations
+
 import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from natsdeploy.arch import Arch, atomic_write_text, load_arch
+from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
+from natsdeploy.shapes import UsageError, format_shape, parse_input_shape
+
+__all__ = ["ExportResult", "export", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
+
+DEFAULT_FORM: Form = "branches"
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    files: dict[str, Path]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["verdict"]["passed"])
+
+
+def _trunks(arch: Arch, weights: Any, seed: int):
+    """Transformed and baseline modules with the same baseline weights, and how they were made."""
+    import torch
+
+    from natsdeploy.models.build import build_backbone, build_baseline, resolve_weights
+
+    sd = resolve_weights(weights, arch.spec)
+    if sd is None:
+        torch.manual_seed(seed)
+        sd = build_baseline(arch.backbone).state_dict()
+        source = f"torchvision init with torch.manual_seed({seed}) (random weights, not trained)"
+    else:
+        source = "imagenet (torchvision)" if weights == "imagenet" else (
+            str(weights) if isinstance(weights, (str, os.PathLike)) else "state dict passed in")
+    return build_backbone(arch, sd), build_baseline(arch.backbone, sd), source
+
+
+def rewrite(trunk, *, merge: bool = True):
+    """The exporter's graph rewrites (each preserves the function; see fold.py)."""
+    from natsdeploy.export.fold import merge_same_dilation
+
+    return merge_same_dilation(trunk, any_order=True) if merge else trunk
+
+
+def export(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[str],
+           input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False, opset: int = 17,
+           form: Form = DEFAULT_FORM, logits: bool = False, tolerance: float | None = None,
+           latency_pairs: int = 20, warmup_s: float = 2.0, threads: int | None = None, seed: int = 0,
+           engine: bool = False, fp16: bool = False, log=print) -> ExportResult:
+    """Export `arch` (and its baseline) to ONNX in `out_dir` and verify cost, numerics and latency."""
+    import onnxruntime as ort
+
+    from natsdeploy.bench.latency import time_interleaved
+    from natsdeploy.bench.machine import machine_info
+    from natsdeploy.export.fold import fold_trunk, iter_splits
+    from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
+    from natsdeploy.runners import TorchRunner, ort_session_options
+    from natsdeploy.verify.count import count_onnx
+    from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
+
+    if engine:
+        from natsdeploy.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    shape = tuple(int(d) for d in input_shape)
+    threads = int(threads or os.cpu_count() or 1)
+    tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE["fp32"])
+    out_names = FEATURE_OUTPUTS + (("logits",) if logits else ())
+
+    transformed, baseline, weight_source = _trunks(arch, weights, seed)
+    trunks = {"model": rewrite(fold_trunk(transformed)), "baseline": rewrite(fold_trunk(baseline))}
+    protos = {k: trunk_to_onnx(t, input_shape=shape, dynamic=dynamic, opset=opset, form=form, logits=logits,
+                               graph_name=f"{arch.backbone}-{k}") for k, t in trunks.items()}
+    for p in protos.values():
+        check_onnx(p)
+    blobs = {k: p.SerializeToString(deterministic=True) for k, p in protos.items()}
+
+    counts = {k: count_onnx(p, shape if dynamic else None) for k, p in protos.items()}
+    cost_equal = (counts["model"].params, counts["model"].macs) == (counts["baseline"].params, counts["baseline"].macs)
+
+    sessions = {k: ort.InferenceSession(b, sess_options=ort_session_options(threads=threads),
+                                        providers=["CPUExecutionProvider"]) for k, b in blobs.items()}
+    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    parity = {}
+    for key, module in (("model", transformed), ("baseline", baseline)):
+        ref = TorchRunner(module, output_names=out_names).run({"images": x})
+        got = dict(zip(out_names, sessions[key].run(list(out_names), {"images": x})))
+        parity[key] = compare(got, ref, tolerance=tol)
+
+    latency = None
+    if latency_pairs > 0:
+        feed = {"images": x}
+        log(f"timing ONNX Runtime CPU, {threads} threads: {latency_pairs} interleaved pairs after {warmup_s:g}s warm-up")
+        timing = time_interleaved(lambda: sessions["baseline"].run(None, feed), lambda: sessions["model"].run(None, feed),
+                                  pairs=latency_pairs, warmup_s=warmup_s)
+        latency = timing.to_dict()
+        latency.update({"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
+                        "intra_op_threads": threads, "inter_op_threads": 1, "allow_spinning": False,
+                        "input_shape": list(shape)})
+
+    splits = list(iter_splits(trunks["model"]))
+    report: dict[str, Any] = {
+        "arch": {"backbone": arch.backbone, "transformed_convs": len(arch.convs),
+                 "provenance": arch.provenance},
+        "weights": weight_source,
+        "export": {"form": form, "opset": opset, "dynamic": dynamic, "input_shape": list(shape),
+                   "outputs": list(out_names),
+                   "rewrites": ["fold BatchNorm into conv (per branch)", "ReLU into branches",
+                                "permutation folded into weights", "merge branches sharing a dilation"],
+                   "transformed_convs_in_graph": len(splits),
+                   "branches_in_graph": sum(len(s.branches) for s in splits)},
+        "cost": {"model": counts["model"].to_dict(), "baseline": counts["baseline"].to_dict(), "equal": cost_equal,
+                 "counted_from": "ONNX graphs (Conv/Gemm MACs from inferred shapes; params = initializer elements)"},
+        "parity": {"reference": "PyTorch eval-mode modules (unfolded BN) on the same seeded input",
+                   "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+                   **{k: v.to_dict() for k, v in parity.items()}},
+        "latency": latency,
+        "machine": machine_info(),
+    }
+    passed = cost_equal and all(p.passed for p in parity.values())
+    report["verdict"] = {"passed": passed, "cost_equal": cost_equal, "parity_passed": parity["model"].passed
+                         and parity["baseline"].passed}
+
+    files = _write_outputs(Path(out_dir), blobs, report)
+    result = ExportResult(Path(out_dir), files, report)
+    if engine:
+        from natsdeploy.export.tensorrt import build_engines_for_export
+
+        report["tensorrt"] = build_engines_for_export(result, fp16=fp16, dynamic=dynamic, input_shape=shape,
+                                                      split_names=[s.name for s in splits])
+        atomic_write_text(files["report"], json.dumps(report, indent=2, default=_json_default) + "\n")
+    return result
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def _write_outputs(out_dir: Path, blobs: dict[str, bytes], report: dict) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".natsdeploy-staging-", dir=out_dir))
+    try:
+        names = {"model": "model.onnx", "baseline": "baseline.onnx", "report": "report.json"}
+        (stage / names["model"]).write_bytes(blobs["model"])
+        (stage / names["baseline"]).write_bytes(blobs["baseline"])
+        (stage / names["report"]).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        files = {}
+        for key, name in names.items():
+            os.replace(stage / name, out_dir / name)
+            files[key] = out_dir / name
+        return files
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# -- presentation --------------------------------------------------------------------------
+def format_report(report: dict) -> str:
+    e, c, p, lat = report["export"], report["cost"], report["parity"], report["latency"]
+    lines = [f"natsdeploy export: {report['arch']['backbone']} ({report['arch']['transformed_convs']} transformed convs, "
+             f"{e['branches_in_graph']} branch convs in graph), form={e['form']}, opset {e['opset']}, "
+             f"input {format_shape(tuple(e['input_shape']))}{' (dynamic)' if e['dynamic'] else ''}",
+             f"weights: {report['weights']}", "",
+             f"  {'':<22}{'model.onnx':>18}{'baseline.onnx':>18}  verdict"]
+    for label, key in (("params", "params"), ("MACs", "macs")):
+        a, b = c["model"][key], c["baseline"][key]
+        lines.append(f"  {label:<22}{a:>18,}{b:>18,}  {'equal' if a == b else 'DIFFERENT'}")
+    lines.append("")
+    lines.append(f"  parity vs PyTorch ({p['runtime']}), max|err| / max|ref|:")
+    for key in ("model", "baseline"):
+        outs = p[key]["outputs"]
+        cells = "  ".join(f"{n} {o['rel_err']:.1e}" for n, o in outs.items())
+        tol = next(iter(outs.values()))["tolerance"]
+        lines.append(f"  {key:<10}{cells}  (tol {tol:.0e}) {'pass' if p[key]['passed'] else 'FAIL'}")
+    if lat:
+        lines.append("")
+        lines.append(f"  latency, {lat['runtime']} CPU, {lat['intra_op_threads']} threads, {lat['pairs']} interleaved pairs:")
+        lines.append(f"  {'':<10}{'p50 ms':>10}{'p90 ms':>10}{'cv':>8}")
+        for key, label in (("baseline_ms", "baseline"), ("transformed_ms", "model")):
+            s = lat[key]
+            lines.append(f"  {label:<10}{s['p50']:>10.2f}{s['p90']:>10.2f}{s['cv']:>8.1%}")
+        lines.append(f"  {lat['verdict']}")
+        if max(lat["baseline_ms"]["cv"], lat["transformed_ms"]["cv"]) > 0.025:
+            lines.append("  warning: coefficient of variation above 2.5%; the machine is noisy, rerun with more pairs")
+    lines.append("")
+    v = report["verdict"]
+    lines.append("verdict: PASS (cost equal, numerics within tolerance)" if v["passed"] else
+                 f"verdict: FAIL (cost equal: {v['cost_equal']}, parity passed: {v['parity_passed']})")
+    return "\n".join(lines)
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("arch")
+    p.add_argument("arch", help="arch.json")
+    p.add_argument("--weights", default=None, help="torchvision-layout .pth, or 'imagenet' (default: seeded init)")
+    p.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
+    p.add_argument("--opset", default="17", help="ONNX opset (13 or newer; default 17)")
+    p.add_argument("--form", default=DEFAULT_FORM, help=f"transformed conv form: {', '.join(FORMS)}")
+    p.add_argument("--outputs", default="features", help="features (c2..c5) or logits (c2..c5 and logits)")
+    p.add_argument("--out", default=None, help="output folder (default: ./export-<arch file stem>)")
+    p.add_argument("--tolerance", default=None, help="parity bound on max|err|/max|ref| (fp32 default 1e-4)")
+    p.add_argument("--latency-pairs", default="20", help="interleaved timing pairs on ORT CPU (0 skips timing)")
+    p.add_argument("--warmup-s", default="2", help="warm-up seconds before timing")
+    p.add_argument("--threads", default=None, help="ORT intra-op threads (default: all logical CPUs)")
+    p.add_argument("--seed", default="0", help="seed for the init (without --weights) and the parity input")
+    p.add_argument("--engine", action="store_true", help="also build TensorRT engines (extra 'trt')")
+    p.add_argument("--fp16", action="store_true", help="fp16 TensorRT engines (with --engine)")
+
+
+def _int(flag: str, value: str, lo: int, hi: int | None = None) -> int:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {value!r}, expected an integer") from None
+    if v < lo or (hi is not None and v > hi):
+        raise UsageError(f"{flag}: got {v}, expected {lo}..{hi}" if hi is not None else f"{flag}: got {v}, expected >= {lo}")
+    return v
+
+
+def _float(flag: str, value: str, lo: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {value!r}, expected a number") from None
+    if not v >= lo:
+        raise UsageError(f"{flag}: got {value!r}, expected a number >= {lo:g}")
+    return v
 
 
 def export_cli(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import onnx
+
+    arch = load_arch(args.arch)
+    shape = parse_input_shape(args.input_shape)
+    opset = _int("--opset", args.opset, 13, onnx.defs.onnx_opset_version())
+    if args.form not in FORMS:
+        raise UsageError(f"--form: got {args.form!r}, expected one of {list(FORMS)}")
+    if args.outputs not in ("features", "logits"):
+        raise UsageError(f"--outputs: got {args.outputs!r}, expected 'features' or 'logits'")
+    if args.fp16 and not args.engine:
+        raise UsageError("--fp16: got it without --engine, expected --engine (fp16 applies to TensorRT engines)")
+    tol = _float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
+    pairs = _int("--latency-pairs", args.latency_pairs, 0)
+    warm = _float("--warmup-s", args.warmup_s, 0.0)
+    threads = _int("--threads", args.threads, 1) if args.threads is not None else None
+    seed = _int("--seed", args.seed, 0)
+    out = Path(args.out) if args.out else Path(f"export-{Path(args.arch).stem}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: got {str(out)!r}, an existing file, expected a folder")
+    weights = args.weights
+    if weights is not None and weights != "imagenet":
+        from natsdeploy.models.build import resolve_weights
+
+        resolve_weights(weights, arch.spec)  # fail before any work or output
+    result = export(arch, weights=weights, out_dir=out, input_shape=shape, dynamic=args.dynamic, opset=opset,
+                    form=args.form, logits=args.outputs == "logits", tolerance=tol, latency_pairs=pairs,
+                    warmup_s=warm, threads=threads, seed=seed, engine=args.engine, fp16=args.fp16)
+    print(format_report(result.report))
+    print(f"wrote {', '.join(str(p) for p in result.files.values())}")
+    return 0 if result.passed else 1

@@ -1,0 +1,1 @@
+"""Latency measurement: interleaved timing, robust statistics, machine records."""

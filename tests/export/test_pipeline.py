@@ -1,0 +1,94 @@
+"""`natsdeploy export` end to end: files, report, exit codes, no partial outputs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import onnx
+import pytest
+import torch
+
+from natsdeploy.cli import main
+from tests.conftest import EXAMPLES
+from tests.helpers import ALL, random_arch, seeded_state_dict
+
+SMALL_SHAPE = "1x3x64x96"
+
+
+def _run(args, capsys):
+    code = main(["export", *args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("backbone", ALL)
+def test_export_every_backbone(tmp_path, capsys, backbone):
+    arch = random_arch(backbone, random.Random(2), p_conv=0.7).save(tmp_path / "arch.json")
+    out = tmp_path / "out"
+    code, stdout, _ = _run([str(arch), "--input-shape", SMALL_SHAPE, "--out", str(out), "--latency-pairs", "2",
+                            "--warmup-s", "0"], capsys)
+    assert code == 0, stdout
+    assert sorted(p.name for p in out.iterdir()) == ["baseline.onnx", "model.onnx", "report.json"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["cost"]["equal"] and rep["cost"]["model"] == rep["cost"]["baseline"]
+    assert rep["parity"]["model"]["passed"] and set(rep["parity"]["model"]["outputs"]) == {"c2", "c3", "c4", "c5"}
+    assert rep["latency"]["pairs"] == 2 and rep["latency"]["intra_op_threads"] >= 1
+    assert "torch.manual_seed(0)" in rep["weights"] and "random weights" in stdout
+    assert "verdict: PASS" in stdout
+    m = onnx.load(str(out / "model.onnx"))
+    assert [o.name for o in m.graph.output] == ["c2", "c3", "c4", "c5"] and m.graph.input[0].name == "images"
+
+
+def test_reexport_is_byte_identical_and_weights_used(tmp_path, capsys):
+    sd = seeded_state_dict("resnet18", seed=4)
+    torch.save({"state_dict": sd}, tmp_path / "w.pth")
+    args = [str(EXAMPLES / "resnet18_nats_c.json"), "--weights", str(tmp_path / "w.pth"), "--input-shape",
+            SMALL_SHAPE, "--latency-pairs", "0", "--dynamic", "--outputs", "logits"]
+    assert _run([*args, "--out", str(tmp_path / "a")], capsys)[0] == 0
+    assert _run([*args, "--out", str(tmp_path / "b")], capsys)[0] == 0
+    for f in ("model.onnx", "baseline.onnx"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["weights"].endswith("w.pth") and rep["latency"] is None and "logits" in rep["parity"]["model"]["outputs"]
+    init = {i.name: i for i in onnx.load(str(tmp_path / "a" / "baseline.onnx")).graph.initializer}
+    assert torch.allclose(torch.tensor(onnx.numpy_helper.to_array(init["fc.weight"])), sd["fc.weight"])
+
+
+def test_parity_failure_exits_1(tmp_path, capsys):
+    code, stdout, _ = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--input-shape", SMALL_SHAPE, "--out",
+                            str(tmp_path / "o"), "--latency-pairs", "0", "--tolerance", "0"], capsys)
+    assert code == 1 and "verdict: FAIL" in stdout  # float32 rounding differs from 0 somewhere
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["MISSING"], "existing file"),
+    (["BAD"], "summing to"),
+    (["EX", "--input-shape", "1x3x64"], "--input-shape"),
+    (["EX", "--weights", "R34"], "weights["),
+    (["EX", "--weights", "NOFILE"], "existing .pth"),
+    (["EX", "--opset", "9"], "--opset"),
+    (["EX", "--form", "fancy"], "--form"),
+    (["EX", "--fp16"], "--engine"),
+    (["EX", "--latency-pairs", "-1"], "--latency-pairs"),
+])
+def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, args, expected):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "natsdeploy-arch", "version": 1, "backbone": "resnet18",
+                               "convs": {"layer2.0.conv1": {"branches": [{"dilation": 2, "channels": 100}]}}}))
+    r34 = tmp_path / "r34.pth"
+    if "R34" in args:
+        torch.save(seeded_state_dict("resnet34"), r34)
+    sub = {"MISSING": str(tmp_path / "nope.json"), "BAD": str(bad), "EX": str(EXAMPLES / "resnet18_nats_c.json"),
+           "R34": str(r34), "NOFILE": str(tmp_path / "none.pth")}
+    out = tmp_path / "out"
+    code, _, err = _run([sub.get(a, a) for a in args] + ["--out", str(out)], capsys)
+    assert code == 2 and expected in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
+                    reason="TensorRT is installed here; the missing-TensorRT message cannot be shown")
+def test_engine_without_tensorrt_is_a_clear_error(tmp_path, capsys):
+    code, _, err = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--engine", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "TensorRT is not importable" in err and not (tmp_path / "o").exists()
