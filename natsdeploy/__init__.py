@@ -22,7 +22,7 @@ _LAZY = {
     "Counts": "natsdeploy.verify.count",
     "check_arch": "natsdeploy.verify.check",
     "from_ic_conv": "natsdeploy.convert",
-    "export": "natsdeploy.export.pipeline",
+    "export_arch": "natsdeploy.export.pipeline",
 }
 
 __all__ = ["Arch", "ArchError", "Branch", "ConvTransform", "load_arch", *_LAZY]

@@ -28,7 +28,6 @@ from onnx import TensorProto, helper, numpy_helper
 ICCONV_JSON = "/work/shared/reference/icconv/detection_ic_resnet50_k9.json"
 OPSET = 18  # Col2Im needs opset 18
 BLOCK = 16  # NCHWc block size on AVX-512 (MlasNchwcGetBlockSize)
-STRIDE1_ONLY = {"tap_col2im", "rows_col2im", "rows_col2im_h"}
 
 # spatial output sizes at 800x1216 input, per ResNet-50 stage
 STAGES = {1: (64, 200, 304), 2: (128, 100, 152), 3: (256, 50, 76), 4: (512, 25, 38)}
@@ -73,6 +72,7 @@ def synth(widths):
 class G:
     def __init__(self):
         self.nodes, self.inits, self.n = [], [], 0
+        self.residual, self.res_used = None, False
 
     def name(self, p):
         self.n += 1
@@ -98,9 +98,14 @@ class G:
                        pads=[ph, pw, ph, pw], kernel_shape=[kh, kw])
 
     def model(self, x_shape, y, name):
-        X = helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))
+        if self.residual and not self.res_used:
+            y = self.op("Add", [y, self.residual])
+            self.res_used = True
+        ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))]
+        if self.residual:
+            ins.append(helper.make_tensor_value_info(self.residual, TensorProto.FLOAT, None))
         Y = helper.make_tensor_value_info(y, TensorProto.FLOAT, None)
-        graph = helper.make_graph(self.nodes, name, [X], [Y], self.inits)
+        graph = helper.make_graph(self.nodes, name, ins, [Y], self.inits)
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         m.ir_version = 9
         return m
@@ -137,9 +142,34 @@ def parts_from(Wt: Weights, order, split_aligned):
     return parts
 
 
-def build_baseline(C, Hin, Win, stride, seed=0):
+def split_direct_rows(Wt, order, T):
+    """direct (A) parts: floor16 of branches with width >= T; the rest -> rows (U)."""
+    parts = parts_from(Wt, order, True)
+    A, U = [], []
+    for p in parts:
+        (A if (p[0].shape[0] % BLOCK == 0 and Wt.C and _orig_w(Wt, p) >= T) else U).append(p)
+    return A, U
+
+
+def _orig_w(Wt, p):
+    for (w, d), sl in zip(Wt.branches, Wt.sl):
+        if sl.start <= p[3][0] < sl.stop:
+            return w
+    raise KeyError
+
+
+def form_T(form):
+    if "_t" in form:
+        return int(form.split("_t")[-1])
+    if "rows_all" in form:
+        return 10 ** 9
+    return BLOCK
+
+
+def build_baseline(C, Hin, Win, stride, seed=0, residual=False):
     rng = np.random.default_rng(seed + 999)
     g = G()
+    g.residual = "S" if residual else None
     W = rng.standard_normal((C, C, 3, 3), dtype=np.float32) / np.sqrt(9 * C)
     B = rng.standard_normal(C, dtype=np.float32) * 0.1
     y = g.op("Relu", [g.conv("X", W, B, (1, 1), stride)])
@@ -160,6 +190,11 @@ def _concat_conv3(g, Wt, parts, ys, with_bias):
 
 
 def _add_all(g, terms, use_sum=False):
+    # residual first: Add(S, conv3_A) fuses S into conv3_A's NCHWc Sum input,
+    # Add(that, conv3_R) fuses into conv3_R, and a following Relu fuses too.
+    if g.residual and not g.res_used:
+        terms = [g.residual] + list(terms)
+        g.res_used = True
     if len(terms) == 1:
         return terms[0]
     if use_sum:
@@ -170,9 +205,11 @@ def _add_all(g, terms, use_sum=False):
     return acc
 
 
-def build_form(form, C, Hin, Win, stride, branches, seed=0):
+def build_form(form, C, Hin, Win, stride, branches, seed=0, residual=False):
+    """residual=True adds graph input S (shortcut) summed into the output (trunk use)."""
     Wt = Weights(C, branches, seed)
     g = G()
+    g.residual = "S" if residual else None
     nb = len(branches)
     table_order = list(range(nb))
     by_width = sorted(table_order, key=lambda i: -branches[i][0])
@@ -245,7 +282,7 @@ def build_form(form, C, Hin, Win, stride, branches, seed=0):
             terms.append(g.conv(y, Wt.W3[:, cols], None if A else Wt.B3))
         out = _add_all(g, terms)
 
-    elif form in ("rows_col2im", "rows_col2im_h"):
+    elif form.startswith("rows_col2im") and "s2" not in form or form.startswith("rows_all") and "s2" not in form:
         # aligned floor16 parts: ordinary dilated Conv (NCHWc, no padding waste).
         # remainders (<16 ch each) grouped by horizontal dilation dw: ONE 1x3 Conv
         # per group (dilation (1,dw)) producing the 3 kernel rows of every
@@ -254,10 +291,8 @@ def build_form(form, C, Hin, Win, stride, branches, seed=0):
         # shift-and-add (no MACs), Concat, +bias, ReLU, conv3_R, Add.
         # "_h" variant: group by dh, 3x1 convs, horizontal Col2Im.
         assert stride == 1
-        vert = form == "rows_col2im"
-        parts = parts_from(Wt, aligned_first, True)
-        A = [p for p in parts if p[0].shape[0] % BLOCK == 0]
-        U = [p for p in parts if p[0].shape[0] % BLOCK != 0]
+        vert = "_h" not in form
+        A, U = split_direct_rows(Wt, aligned_first, form_T(form))
         terms = []
         if A:
             ys = [_branch(g, p, stride) for p in A]
@@ -287,6 +322,80 @@ def build_form(form, C, Hin, Win, stride, branches, seed=0):
                     pads = [d, 0, d, 0] if vert else [0, d, 0, d]
                     ys.append(g.op("Col2Im", [zi, img, blk], dilations=dil, pads=pads, strides=[1, 1]))
                     Uo.append(p)
+            y = ys[0] if len(ys) == 1 else g.op("Concat", ys, axis=1)
+            R = sum(p[0].shape[0] for p in Uo)
+            bias = np.concatenate([p[1] for p in Uo]).reshape(1, R, 1, 1)
+            y = g.op("Relu", [g.op("Add", [y, g.const(bias, "bias")])])
+            cols = np.concatenate([p[3] for p in Uo])
+            terms.append(g.conv(y, Wt.W3[:, cols], None if A else Wt.B3))
+        out = _add_all(g, terms)
+
+    elif "s2" in form:
+        # stride-2 version of rows_col2im (vertical phase split, same MACs):
+        # per dw group, Conv_e (kernel [1,3], stride 2) on X gives every tap row
+        # whose vertical offset is even; Conv_o on X[:, :, 1:, :] (Slice) gives the
+        # odd-offset rows.  dh even: Col2Im([3,1], dil dh/2, pads dh/2).
+        # dh odd: centre row used directly + Col2Im([2,1], dil dh,
+        # pads [(dh-1)/2,0,(dh+1)/2,0]) of rows (2,0) from Conv_o, then Add.
+        assert stride == 2 and Hin % 2 == 0 and Win % 2 == 0
+        Ho, Wo = Hin // 2, Win // 2
+        A, U = split_direct_rows(Wt, aligned_first, form_T(form))
+        terms = []
+        if A:
+            ys = [_branch(g, p, stride) for p in A]
+            terms.append(_concat_conv3(g, Wt, A, ys, with_bias=True))
+        if U:
+            groups = collections.OrderedDict()
+            for p in sorted(U, key=lambda p: p[2][1]):
+                groups.setdefault(p[2][1], []).append(p)
+            xo = g.op("Slice", ["X", g.const(np.array([1], np.int64), "st"),
+                                g.const(np.array([Hin], np.int64), "en"), g.const(np.array([2], np.int64), "ax")])
+            img = g.const(np.array([Ho, Wo], np.int64), "img")
+            blk3 = g.const(np.array([3, 1], np.int64), "blk")
+            blk2 = g.const(np.array([2, 1], np.int64), "blk")
+            shp4 = {}
+            ys, Uo = [], []
+
+            def rows_conv(src, Wlist, dw):
+                Wr = np.concatenate(Wlist).astype(np.float32)
+                n = Wr.shape[0]
+                z = g.op("Conv", [src, g.const(np.ascontiguousarray(Wr))], "rows", dilations=[1, dw],
+                         strides=[2, 2], pads=[0, dw, 0, dw], kernel_shape=[1, 3])
+                return g.op("Reshape", [z, g.const(np.array([1, n, Ho * Wo], np.int64), "shape")]), n
+
+            def split(z, sizes):
+                if len(sizes) == 1:
+                    return [z]
+                return g.op("Split", [z, g.const(np.array(sizes, np.int64), "split")], n_out=len(sizes), axis=1)
+
+            for dw, grp in groups.items():
+                ev_w, ev_sz, od_w, od_sz = [], [], [], []
+                for p in grp:
+                    Wb, dh = p[0], p[2][0]
+                    r = Wb.shape[0]
+                    if dh % 2 == 0:   # rows (2,1,0) per channel, all even offsets
+                        ev_w.append(Wb[:, :, ::-1, :].transpose(0, 2, 1, 3).reshape(-1, C, 1, 3)); ev_sz.append(3 * r)
+                    else:             # centre row even; rows (2,0) odd
+                        ev_w.append(Wb[:, :, 1:2, :].reshape(r, C, 1, 3)); ev_sz.append(r)
+                        od_w.append(Wb[:, :, [2, 0], :].transpose(0, 2, 1, 3).reshape(-1, C, 1, 3)); od_sz.append(2 * r)
+                ze, _ = rows_conv("X", ev_w, dw)
+                zes = split(ze, ev_sz)
+                zos = split(rows_conv(xo, od_w, dw)[0], od_sz) if od_w else []
+                io = 0
+                for zi, p in zip(zes, grp):
+                    dh, r = p[2][0], p[0].shape[0]
+                    if dh % 2 == 0:
+                        y = g.op("Col2Im", [zi, img, blk3], dilations=[dh // 2, 1],
+                                 pads=[dh // 2, 0, dh // 2, 0], strides=[1, 1])
+                    else:
+                        if r not in shp4:
+                            shp4[r] = g.const(np.array([1, r, Ho, Wo], np.int64), "shape")
+                        c = g.op("Reshape", [zi, shp4[r]])
+                        o = g.op("Col2Im", [zos[io], img, blk2], dilations=[dh, 1],
+                                 pads=[(dh - 1) // 2, 0, (dh + 1) // 2, 0], strides=[1, 1])
+                        io += 1
+                        y = g.op("Add", [c, o])
+                    ys.append(y); Uo.append(p)
             y = ys[0] if len(ys) == 1 else g.op("Concat", ys, axis=1)
             R = sum(p[0].shape[0] for p in Uo)
             bias = np.concatenate([p[1] for p in Uo]).reshape(1, R, 1, 1)
@@ -392,9 +501,10 @@ def main():
     ap.add_argument("--dump", default=None)
     ap.add_argument("--trunk", dest="trunk", action="store_true", default=True)
     ap.add_argument("--no-trunk", dest="trunk", action="store_false")
+    ap.add_argument("--trunk-forms", default="naive,rows_col2im,rows_col2im_t48")
     ap.add_argument("--levels", default="all,extended")
     args = ap.parse_args()
-    pairs = args.pairs or (8 if args.quick else 20)
+    pairs = args.pairs or (8 if args.quick else 15)
 
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}")
     ic = icconv_blocks()
@@ -411,7 +521,8 @@ def main():
     if args.only:
         cases = [c for c in cases if args.only in c[0]]
     forms = ["naive", "naive_sorted", "naive_concat_relu", "sum1x1_add", "sum1x1_sum",
-             "partition", "split_partition", "tap_col2im", "REF_pad16"]
+             "partition", "split_partition", "tap_col2im", "rows_col2im", "rows_col2im_h",
+             "rows_col2im_t48", "rows_all", "REF_pad16"]
     if args.forms:
         forms = args.forms.split(",")
     levels = args.levels.split(",")
@@ -427,9 +538,15 @@ def main():
         ref_out = None
         for level in levels:
             s_base = session(base, level)
+            done = set()
             for form in forms:
-                if form in STRIDE1_ONLY and stride != 1:
+                if level != "all" and form not in EXT_FORMS:
                     continue
+                if stride != 1 and form in STRIDE2_FALLBACK:
+                    form = STRIDE2_FALLBACK[form]
+                if ("s2" in form and stride != 2) or form in done:
+                    continue
+                done.add(form)
                 m = build_form(form, C, Hin, Win, stride, branches)
                 macs, params = conv_macs(m)
                 same = (macs == bmacs and params == bparams)
@@ -457,7 +574,7 @@ def main():
                 del s_var
 
     if args.trunk:
-        tforms = ["naive", "tap_col2im"]
+        tforms = args.trunk_forms.split(",")
         print("\n== trunk (IC-Conv ResNet-50 layers1-4, 1x64x200x304 input) ==", flush=True)
         feed = {"X": np.random.default_rng(1).standard_normal((1, 64, 200, 304), dtype=np.float32)}
         base = build_trunk_perblock(ic, lambda st: "baseline")
@@ -472,6 +589,7 @@ def main():
             tb, tv, r = bench_pair(s_base, s_var, feed, max(6, pairs // 2), warm=1)
             rows.append(dict(case="trunk_icconv", C=0, widths=[], level="all", form=form, ratio=r,
                              base_ms=tb, var_ms=tv, relerr=0.0, ok=True, same_macs=True, hist=None))
+            s_var = None
             print(f"  trunk {form:24s} ratio {r:5.3f}  base {tb:7.1f} ms  var {tv:7.1f} ms", flush=True)
 
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "last_run.json")
@@ -481,10 +599,17 @@ def main():
 
 
 def build_trunk_mixed(blocks, form):
-    if form == "tap_col2im":
-        # per block: tap form when stride 1, split_partition on the stride-2 block
-        return build_trunk_perblock(blocks, lambda st: "tap_col2im" if st == 1 else "split_partition")
+    """form for stride-1 blocks; stride-2 blocks use STRIDE2_FALLBACK[form]."""
+    if form in STRIDE2_FALLBACK:
+        fb = STRIDE2_FALLBACK[form]
+        return build_trunk_perblock(blocks, lambda st: form if st == 1 else fb)
     return build_trunk_perblock(blocks, lambda st: form)
+
+
+EXT_FORMS = {"naive", "rows_col2im"}   # forms also timed at ORT_ENABLE_EXTENDED
+STRIDE2_FALLBACK = {"rows_col2im": "rows_col2im_s2", "rows_col2im_h": "rows_col2im_s2",
+                    "rows_col2im_t64": "rows_col2im_s2_t64", "rows_col2im_t48": "rows_col2im_s2_t48",
+                    "rows_all": "rows_all_s2", "tap_col2im": "naive"}
 
 
 def build_trunk_perblock(blocks, choose):
@@ -497,10 +622,15 @@ def build_trunk_perblock(blocks, choose):
                                  rng.standard_normal(C, dtype=np.float32) * 0.1)])
         Hin, Win = H * stride, W * stride
         form = choose(stride)
-        sub = build_baseline(C, Hin, Win, stride) if form == "baseline" else \
-            build_form(form, C, Hin, Win, stride, branches)
+        if name.endswith(".0"):
+            sc = g.conv(x, rng.standard_normal((4 * C, cin, 1, 1), dtype=np.float32) / np.sqrt(cin),
+                        np.zeros(4 * C, np.float32), stride=stride)
+        else:
+            sc = x
+        sub = build_baseline(C, Hin, Win, stride, residual=True) if form == "baseline" else \
+            build_form(form, C, Hin, Win, stride, branches, residual=True)
         pre = name.replace(".", "_") + "_"
-        ren = lambda s, h1=h1, pre=pre: h1 if s == "X" else (pre + s if s else s)
+        ren = lambda s, h1=h1, pre=pre, sc=sc: h1 if s == "X" else (sc if s == "S" else (pre + s if s else s))
         for n in sub.graph.node:
             nn = helper.make_node(n.op_type, [ren(i) for i in n.input], [ren(o) for o in n.output],
                                   name=pre + n.name)
@@ -509,13 +639,7 @@ def build_trunk_perblock(blocks, choose):
         for ini in sub.graph.initializer:
             t = onnx.TensorProto(); t.CopyFrom(ini); t.name = pre + ini.name
             g.inits.append(t)
-        y = ren(sub.graph.output[0].name)
-        if name.endswith(".0"):
-            sc = g.conv(x, rng.standard_normal((4 * C, cin, 1, 1), dtype=np.float32) / np.sqrt(cin),
-                        np.zeros(4 * C, np.float32), stride=stride)
-        else:
-            sc = x
-        x = g.op("Relu", [g.op("Add", [y, sc])])
+        x = g.op("Relu", [ren(sub.graph.output[0].name)])
     return g.model([1, 64, 200, 304], x, "trunk")
 
 

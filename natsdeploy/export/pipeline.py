@@ -23,7 +23,7 @@ from natsdeploy.arch import Arch, atomic_write_text, load_arch
 from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
 from natsdeploy.shapes import UsageError, format_shape, parse_input_shape
 
-__all__ = ["ExportResult", "export", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
+__all__ = ["ExportResult", "export_arch", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
 
 DEFAULT_FORM: Form = "branches"
 
@@ -63,7 +63,7 @@ def rewrite(trunk, *, merge: bool = True):
     return merge_same_dilation(trunk, any_order=True) if merge else trunk
 
 
-def export(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[str],
+def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[str],
            input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False, opset: int = 17,
            form: Form = DEFAULT_FORM, logits: bool = False, tolerance: float | None = None,
            latency_pairs: int = 20, warmup_s: float = 2.0, threads: int | None = None, seed: int = 0,
@@ -276,7 +276,7 @@ def export_cli(args: argparse.Namespace) -> int:
         from natsdeploy.models.build import resolve_weights
 
         resolve_weights(weights, arch.spec)  # fail before any work or output
-    result = export(arch, weights=weights, out_dir=out, input_shape=shape, dynamic=args.dynamic, opset=opset,
+    result = export_arch(arch, weights=weights, out_dir=out, input_shape=shape, dynamic=args.dynamic, opset=opset,
                     form=args.form, logits=args.outputs == "logits", tolerance=tol, latency_pairs=pairs,
                     warmup_s=warm, threads=threads, seed=seed, engine=args.engine, fp16=args.fp16)
     print(format_report(result.report))
