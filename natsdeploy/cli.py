@@ -42,6 +42,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return export_cli(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from natsdeploy.bench.cli import bench_cli
+
+    return bench_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="natsdeploy", description="NATS-transformed backbones from search to deployment.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -63,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export transformed and baseline ONNX with a parity/cost/latency report")
     add_export_arguments(e)
     e.set_defaults(func=_cmd_export)
+
+    from natsdeploy.bench.cli import add_bench_arguments
+
+    b = sub.add_parser("bench", help="latency of transformed vs baseline per runtime, interleaved, with percentiles")
+    add_bench_arguments(b)
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -38,11 +38,14 @@ class PairedTiming:
 
 
 def time_interleaved(run_baseline: Callable[[], object], run_transformed: Callable[[], object], *,
-                     pairs: int = 20, warmup_s: float = 2.0, sync: Callable[[], None] | None = None,
+                     pairs: int = 20, warmup_s: float = 2.0, duration_s: float | None = None,
+                     sync: Callable[[], None] | None = None,
                      clock: Callable[[], float] = time.perf_counter) -> PairedTiming:
-    """Time `pairs` runs of each; pair i runs baseline first when i is even, transformed first when odd.
+    """Time pairs of runs; pair i runs baseline first when i is even, transformed first when odd.
 
-    `sync` (e.g. torch.cuda.synchronize) is called before reading the clock on both ends.
+    With `duration_s`, pairs continue until that much time has passed (at least `pairs` of them);
+    otherwise exactly `pairs` are timed. `sync` (e.g. torch.cuda.synchronize) is called before
+    reading the clock on both ends.
     """
     if pairs < 1:
         raise ValueError(f"pairs: got {pairs}, expected >= 1")
@@ -61,11 +64,14 @@ def time_interleaved(run_baseline: Callable[[], object], run_transformed: Callab
         timed(run_transformed)
         warm += 1
     base, trans = [], []
-    for i in range(pairs):
+    t_stop = clock() + duration_s if duration_s else None
+    i = 0
+    while i < pairs or (t_stop is not None and clock() < t_stop):
         if i % 2 == 0:
             base.append(timed(run_baseline))
             trans.append(timed(run_transformed))
         else:
             trans.append(timed(run_transformed))
             base.append(timed(run_baseline))
+        i += 1
     return PairedTiming(tuple(base), tuple(trans), warm)

@@ -1,0 +1,94 @@
+"""Argument parsing for `natsdeploy bench` (thin: validates, then calls `bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from natsdeploy.shapes import UsageError, parse_input_shape
+
+__all__ = ["add_bench_arguments", "bench_cli"]
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", nargs="?", default=None, help="arch.json (optional with --onnx or --engines)")
+    p.add_argument("--backend", nargs="+", default=["torch", "ort"], help="torch, ort and/or trt")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
+    p.add_argument("--batch", nargs="+", default=[], help="extra batch sizes to time")
+    p.add_argument("--weights", default=None, help="torchvision-layout .pth (default: seeded init)")
+    p.add_argument("--onnx", default=None, help="folder from `natsdeploy export` (model.onnx, baseline.onnx)")
+    p.add_argument("--engines", nargs=2, default=None, metavar=("BASELINE", "MODEL"), help="TensorRT engines")
+    p.add_argument("--fp16", action="store_true", help="fp16 (torch CUDA autocast, TensorRT fp16)")
+    p.add_argument("--threads", default=None, help="CPU threads (default: all logical CPUs)")
+    p.add_argument("--warmup-s", default="2", help="warm-up seconds (default 2)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--duration-s", default=None, help="time pairs for this many seconds")
+    g.add_argument("--runs", default=None, help="number of interleaved pairs (default 20)")
+    p.add_argument("--per-conv", action="store_true", help="also time each transformed conv vs its baseline conv")
+    p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--plot", default=None, help="write a PNG box plot here")
+
+
+def _num(flag: str, value: str, cast, lo):
+    try:
+        v = cast(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {value!r}, expected a {'number' if cast is float else 'positive integer'}") from None
+    if v < lo:
+        raise UsageError(f"{flag}: got {value!r}, expected >= {lo}")
+    return v
+
+
+def bench_cli(args: argparse.Namespace) -> int:
+    from natsdeploy.arch import load_arch
+    from natsdeploy.bench.run import BACKENDS, bench, format_bench, plot_bench
+
+    for b in args.backend:
+        if b not in BACKENDS:
+            raise UsageError(f"--backend: got {b!r}, expected some of {list(BACKENDS)}")
+    if args.device not in ("cpu", "cuda"):
+        raise UsageError(f"--device: got {args.device!r}, expected 'cpu' or 'cuda'")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device: got 'cuda', but torch sees no CUDA device here; expected 'cpu'")
+    shape = parse_input_shape(args.input_shape)
+    batches = [_num("--batch", b, int, 1) for b in args.batch]
+    threads = _num("--threads", args.threads, int, 1) if args.threads else None
+    warm = _num("--warmup-s", args.warmup_s, float, 0.0)
+    duration = _num("--duration-s", args.duration_s, float, 0.0) if args.duration_s else None
+    runs = _num("--runs", args.runs, int, 1) if args.runs else (3 if duration else 20)
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path and Path(path).is_dir():
+            raise UsageError(f"{flag}: got {path!r}, a folder, expected a file path")
+    if "trt" in args.backend:
+        from natsdeploy.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    arch = load_arch(args.arch) if args.arch else None
+    if args.onnx and not Path(args.onnx).is_dir():
+        raise UsageError(f"--onnx: got {args.onnx!r}, expected a folder written by natsdeploy export")
+    report = bench(arch, weights=args.weights, onnx_dir=args.onnx, engines=args.engines, backends=args.backend,
+                   device=args.device, input_shape=shape, batches=batches, fp16=args.fp16, threads=threads,
+                   warmup_s=warm, duration_s=duration, runs=runs)
+    if args.per_conv:
+        if arch is None:
+            raise UsageError("--per-conv: got no arch file, expected ARCH.json")
+        from natsdeploy.bench.per_conv import per_conv_bench
+
+        print("per-conv (transformed conv vs its baseline conv, p50):")
+        report["per_conv"] = per_conv_bench(arch, backends=[b for b in args.backend if b != "trt"],
+                                            input_shape=shape, threads=report["settings"]["threads"])
+    print(format_bench(report))
+    if args.json:
+        from natsdeploy.arch import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_bench(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

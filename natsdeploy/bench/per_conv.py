@@ -1,0 +1,101 @@
+"""Per-conv micro-benchmarks: each transformed conv against its baseline conv, at its in-network shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from natsdeploy.arch import Arch
+from natsdeploy.bench.latency import time_interleaved
+
+__all__ = ["conv_input_shapes", "per_conv_bench"]
+
+
+def conv_input_shapes(arch: Arch, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """The input shape each listed conv sees in the network (computed on the meta device)."""
+    import torch
+
+    from natsdeploy.models.build import build_baseline
+
+    with torch.device("meta"):
+        model = build_baseline(arch.backbone)
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, n=n: shapes.__setitem__(n, tuple(a[0].shape))) for n in arch.convs]
+    with torch.no_grad():
+        model(torch.zeros(tuple(input_shape), device="meta"))
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+def _ort_single(conv_module, shape, name: str, threads: int):
+    """A one-conv ONNX graph (branch form for a MixedDilationConv) on ORT CPU."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from natsdeploy.export.fold import ConvOp, SplitConv
+    from natsdeploy.export.onnx import _emit_split, _Graph
+    from natsdeploy.models.mixed_conv import MixedDilationConv
+    from natsdeploy.runners import ort_session_options
+
+    def op(c, n):
+        w = c.weight.detach().float().numpy()
+        return ConvOp(n, w, np.zeros(w.shape[0], np.float32), int(c.stride[0]), tuple(c.padding), tuple(c.dilation),
+                      int(c.groups))
+
+    g = _Graph()
+    if isinstance(conv_module, MixedDilationConv):
+        split = SplitConv(name, tuple(op(c, f"{name}/b{i}") for i, c in enumerate(conv_module.branches)),
+                          grouped=conv_module.groups > 1)
+        y = _emit_split(g, "x", split)
+    else:
+        y = g.conv("x", op(conv_module, name))
+    g.node("Identity", [y], "y", "out")
+    graph = helper.make_graph(g.nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=ort_session_options(threads=threads),
+                                providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {"x": x})
+
+
+def per_conv_bench(arch: Arch, *, backends: Sequence[str], input_shape: Sequence[int], threads: int,
+                   runs: int = 10, warmup_s: float = 0.5, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Time every transformed conv against its baseline conv (random weights: timing only)."""
+    import torch
+
+    from natsdeploy.models.build import build_backbone, build_baseline
+
+    torch.manual_seed(0)
+    transformed, baseline = build_backbone(arch), build_baseline(arch.backbone)
+    rows = []
+    for name, shape in conv_input_shapes(arch, input_shape).items():
+        x_np = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        t_mod, b_mod = transformed.get_submodule(name), baseline.get_submodule(name)
+        for backend in backends:
+            if backend == "torch":
+                x = torch.from_numpy(x_np)
+
+                def run(m, x=x):
+                    with torch.inference_mode():
+                        return m(x)
+
+                fb, ft = (lambda: run(b_mod)), (lambda: run(t_mod))
+            elif backend == "ort":
+                rb, rt = _ort_single(b_mod, shape, name, threads), _ort_single(t_mod, shape, name, threads)
+                fb, ft = (lambda: rb(x_np)), (lambda: rt(x_np))
+            else:
+                continue  # TensorRT per-conv engines are not built (too slow to build per conv)
+            timing = time_interleaved(fb, ft, pairs=runs, warmup_s=warmup_s)
+            ratio = timing.ratio
+            ct = arch.convs[name]
+            rows.append({"conv": name, "backend": backend, "input_shape": list(shape),
+                         "branches": [[list(b.dilation), b.channels] for b in ct.branches],
+                         "baseline_p50_ms": timing.baseline.p50, "transformed_p50_ms": timing.transformed.p50,
+                         "ratio": ratio.median, "ci95": [ratio.ci_low, ratio.ci_high]})
+            log(f"  {name:<16} {backend:<6} {len(ct.branches):>2} branches  "
+                f"{timing.baseline.p50:8.3f} ms -> {timing.transformed.p50:8.3f} ms  {ratio.median:.3f}x")
+    return rows

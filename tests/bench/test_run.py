@@ -1,0 +1,67 @@
+"""`natsdeploy bench` end to end on a tiny input (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from natsdeploy.cli import main
+from tests.conftest import EXAMPLES
+
+EX = str(EXAMPLES / "resnet18_nats_c.json")
+TINY = ["--input-shape", "1x3x64x96", "--runs", "3", "--warmup-s", "0"]
+
+TOP_KEYS = {"schema", "arch", "settings", "machine", "results"}
+RESULT_KEYS = {"backend", "device", "precision", "input_shape", "notes", "baseline_ms", "transformed_ms",
+               "ratio_transformed_over_baseline", "verdict", "pairs", "warmup_runs", "raw"}
+STAT_KEYS = {"n", "p50", "p90", "p99", "mean", "cv"}
+
+
+def test_bench_torch_and_ort_writes_json_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    assert main(["bench", EX, "--backend", "torch", "ort", *TINY, "--batch", "2", "--json", str(js),
+                 "--plot", str(png), "--per-conv"]) == 0
+    out = capsys.readouterr().out
+    assert "transformed is" in out and "baseline" in out
+    rep = json.loads(js.read_text())
+    assert set(rep) >= TOP_KEYS and rep["schema"] == "natsdeploy-bench/1"
+    assert [(r["backend"], r["input_shape"][0]) for r in rep["results"]] == [("torch", 1), ("torch", 2), ("ort", 1), ("ort", 2)]
+    for r in rep["results"]:
+        assert set(r) == RESULT_KEYS and set(r["baseline_ms"]) == STAT_KEYS and r["pairs"] == 3
+        assert len(r["raw"]["transformed_ms"]) == 3
+        lo, hi = r["ratio_transformed_over_baseline"]["ci95"]
+        assert lo <= r["ratio_transformed_over_baseline"]["median"] <= hi
+    assert {"cpu", "versions", "logical_cpus"} <= set(rep["machine"])
+    assert rep["per_conv"] and {p["conv"] for p in rep["per_conv"]} <= set(json.loads(open(EX).read())["convs"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_from_exported_onnx(tmp_path, capsys):
+    assert main(["export", EX, "--input-shape", "1x3x64x96", "--latency-pairs", "0", "--out", str(tmp_path / "e")]) == 0
+    assert main(["bench", "--onnx", str(tmp_path / "e"), "--backend", "ort", *TINY]) == 0
+    assert "ort cpu fp32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([EX, "--backend", "tvm"], "--backend"),
+    ([EX, "--device", "tpu"], "--device"),
+    ([EX, "--runs", "0"], "--runs"),
+    ([EX, "--runs", "x"], "--runs"),
+    ([EX, "--threads", "-2"], "--threads"),
+    ([EX, "--input-shape", "3x224"], "--input-shape"),
+    (["--backend", "torch"], "arch"),
+    (["--onnx", "/nonexistent", "--backend", "ort"], "--onnx"),
+    ([EX, "--runs", "3", "--duration-s", "1"], "not allowed with"),
+])
+def test_bad_flags_exit_2(capsys, args, expected):
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
+                    reason="TensorRT is installed here; the missing-TensorRT message cannot be shown")
+def test_trt_backend_without_tensorrt(capsys):
+    assert main(["bench", EX, "--backend", "trt"]) == 2
+    assert "TensorRT is not importable" in capsys.readouterr().err
