@@ -48,6 +48,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_cli(args)
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from natsdeploy.search.cli import search_cli
+
+    return search_cli(args)
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from natsdeploy.search.cli import decode_cli
+
+    return decode_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="natsdeploy", description="NATS-transformed backbones from search to deployment.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -75,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="latency of transformed vs baseline per runtime, interleaved, with percentiles")
     add_bench_arguments(b)
     b.set_defaults(func=_cmd_bench)
+
+    from natsdeploy.search.cli import add_decode_arguments, add_search_arguments
+
+    s = sub.add_parser("search", help="channel-level NATS search on a torchvision detector (torchrun for DDP)")
+    add_search_arguments(s)
+    s.set_defaults(func=_cmd_search)
+    d = sub.add_parser("decode", help="decode a search checkpoint into an arch file")
+    add_decode_arguments(d)
+    d.set_defaults(func=_cmd_decode)
     return p
 
 

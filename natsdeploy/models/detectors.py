@@ -1,0 +1,54 @@
+"""torchvision detectors (Faster R-CNN FPN, RetinaNet, Mask R-CNN) around any ResNet-style backbone.
+
+The backbone module (baseline, transformed or super-net) is wrapped exactly as torchvision's own
+`*_resnet50_fpn` builders do: BatchNorm frozen, stem and layer1 frozen (trainable_layers=3), FPN
+on layer1-4 (RetinaNet: layer2-4 plus P6/P7).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+__all__ = ["DETECTORS", "freeze_batchnorm", "build_detector"]
+
+DETECTORS = ("faster_rcnn", "retinanet", "mask_rcnn")
+Detector = Literal["faster_rcnn", "retinanet", "mask_rcnn"]
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d with the same statistics."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def build_detector(kind: Detector, backbone: nn.Module, *, num_classes: int, min_size: int = 800,
+                   max_size: int = 1333, trainable_layers: int = 3, **kwargs) -> nn.Module:
+    """A torchvision detector with `num_classes` (background included) on `backbone`."""
+    from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    if kind not in DETECTORS:
+        raise ValueError(f"--detector: got {kind!r}, expected one of {list(DETECTORS)}")
+    backbone = freeze_batchnorm(backbone)
+    if kind == "retinanet":
+        out_ch = 256
+        body = _resnet_fpn_extractor(backbone, trainable_layers, returned_layers=[2, 3, 4],
+                                     extra_blocks=LastLevelP6P7(out_ch, out_ch))
+        return RetinaNet(body, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    body = _resnet_fpn_extractor(backbone, trainable_layers)
+    cls = FasterRCNN if kind == "faster_rcnn" else MaskRCNN
+    return cls(body, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)

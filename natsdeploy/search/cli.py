@@ -1,0 +1,165 @@
+"""Argument parsing for `natsdeploy search` and `natsdeploy decode` (thin wrappers)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from natsdeploy.shapes import UsageError
+
+__all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli", "decode_checkpoint"]
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="synthetic", help="COCO-format folder, or 'synthetic' (generated, no download)")
+    p.add_argument("--detector", default="faster_rcnn", help="faster_rcnn, retinanet or mask_rcnn")
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--weights", default=None, help="torchvision-layout backbone .pth or 'imagenet' (default: init)")
+    p.add_argument("--preset", default="NATS-C", help="NATS-A, NATS-B or NATS-C")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--groups", default=None, help="channel groups per conv (default 16)")
+    g.add_argument("--channels-per-group", default=None, help="fixed channels per group instead of --groups")
+    p.add_argument("--stages", default="layer2,layer3,layer4", help="searched stages (torchvision names)")
+    p.add_argument("--epochs", default="25")
+    p.add_argument("--warmup-epochs", default="10", help="epochs with alpha frozen (paper: 10 of 25)")
+    p.add_argument("--batch-size", default="1", help="images per process (paper: 1 per GPU)")
+    p.add_argument("--lr-per-image", default="0.00125", help="SGD lr per image of the global batch")
+    p.add_argument("--lr-min-per-image", default="0.00005", help="cosine floor per image")
+    p.add_argument("--momentum", default="0.9")
+    p.add_argument("--weight-decay", default="0.0001")
+    p.add_argument("--alpha-lr", default="0.01", help="Adam lr for alpha")
+    p.add_argument("--alpha-weight-decay", default="0.00001")
+    p.add_argument("--min-size", default="800", help="detector resize: shorter side")
+    p.add_argument("--max-size", default="1333", help="detector resize: longer side cap")
+    p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
+    p.add_argument("--seed", default="0")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--recompute", action="store_true", help="recompute replica activations in backward (less memory)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
+    p.add_argument("--out", default="search-out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _int(flag, v, lo=0):
+    try:
+        x = int(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {v!r}, expected an integer") from None
+    if x < lo:
+        raise UsageError(f"{flag}: got {x}, expected >= {lo}")
+    return x
+
+
+def _float(flag, v, lo=0.0):
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {v!r}, expected a number") from None
+    if not x >= lo:
+        raise UsageError(f"{flag}: got {v!r}, expected a number >= {lo:g}")
+    return x
+
+
+def search_cli(args: argparse.Namespace) -> int:
+    import torch
+
+    from natsdeploy.models.detectors import DETECTORS
+    from natsdeploy.models.specs import BACKBONES
+    from natsdeploy.search.decode import PRESETS
+    from natsdeploy.search.loop import SearchConfig, run_search
+
+    if args.detector not in DETECTORS:
+        raise UsageError(f"--detector: got {args.detector!r}, expected one of {list(DETECTORS)}")
+    if args.backbone not in BACKBONES:
+        raise UsageError(f"--backbone: got {args.backbone!r}, expected one of {sorted(BACKBONES)}")
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset: got {args.preset!r}, expected one of {sorted(PRESETS)}")
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    for s in stages:
+        if s not in PRESETS[args.preset]:
+            raise UsageError(f"--stages: got {s!r}, expected some of {sorted(PRESETS[args.preset])}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise UsageError(f"--device: got {device!r}, expected 'cpu'" + (" or 'cuda'" if torch.cuda.is_available() else ""))
+    groups = _int("--groups", args.groups, 1) if args.groups else (None if args.channels_per_group else 16)
+    cpg = _int("--channels-per-group", args.channels_per_group, 1) if args.channels_per_group else None
+    if args.data != "synthetic" and not Path(args.data).is_dir():
+        raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
+    cfg = SearchConfig(
+        data=args.data, out=args.out, detector=args.detector, backbone=args.backbone, weights=args.weights,
+        preset=args.preset, groups=groups, channels_per_group=cpg, stages=stages,
+        epochs=_int("--epochs", args.epochs, 1), warmup_epochs=_int("--warmup-epochs", args.warmup_epochs, 0),
+        batch_size=_int("--batch-size", args.batch_size, 1), lr_per_image=_float("--lr-per-image", args.lr_per_image),
+        lr_min_per_image=_float("--lr-min-per-image", args.lr_min_per_image),
+        momentum=_float("--momentum", args.momentum), weight_decay=_float("--weight-decay", args.weight_decay),
+        alpha_lr=_float("--alpha-lr", args.alpha_lr), alpha_weight_decay=_float("--alpha-weight-decay", args.alpha_weight_decay),
+        min_size=_int("--min-size", args.min_size, 32), max_size=_int("--max-size", args.max_size, 32),
+        seed=_int("--seed", args.seed), device=device, recompute=args.recompute, resume=args.resume,
+        max_steps_per_epoch=_int("--max-steps-per-epoch", args.max_steps_per_epoch, 1) if args.max_steps_per_epoch else None,
+        progress=not args.no_progress)
+    # validate the search space against the backbone before any data or model work
+    from natsdeploy.models.specs import BACKBONES as _B
+    from natsdeploy.search.decode import searchable_convs
+    from natsdeploy.search.supernet import group_width
+
+    for name in searchable_convs(cfg.backbone, cfg.stages):
+        group_width(_B[cfg.backbone].convs[name], groups=cfg.groups, channels_per_group=cfg.channels_per_group)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        _init_distributed(device)
+        if device == "cuda":
+            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        result = run_search(cfg)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if result.arch_path is not None:
+        n = sum(len(ct.branches) for ct in result.arch.convs.values())
+        print(f"wrote {result.arch_path} ({len(result.arch.convs)} convs, {n} branches), "
+              f"{Path(cfg.out) / 'alpha.png'}, checkpoint {result.checkpoint}")
+    return 0
+
+
+def _init_distributed(device: str) -> None:
+    import torch
+
+    backend = "nccl" if device == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="search checkpoint (OUT/checkpoint.pth)")
+    p.add_argument("-o", "--output", required=True, help="arch.json to write")
+
+
+def decode_checkpoint(path: str | os.PathLike[str]):
+    """The arch a search checkpoint decodes to (its alphas, backbone and preset)."""
+    import torch
+
+    from natsdeploy.search.supernet import decode_supernet
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"checkpoint: got {str(p)!r}, expected an existing search checkpoint file")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UsageError(f"checkpoint: got {str(p)!r} that torch.load cannot read ({type(e).__name__}), "
+                         "expected a search checkpoint") from None
+    if not isinstance(ck, dict) or ck.get("format") != "natsdeploy-search-checkpoint/1":
+        raise UsageError(f"checkpoint: got {str(p)!r} without format natsdeploy-search-checkpoint/1, "
+                         "expected OUT/checkpoint.pth written by natsdeploy search")
+    cfg = ck["config"]
+    alphas = {k[k.find("layer"):-len(".alpha")]: v for k, v in ck["model"].items() if k.endswith(".alpha")}
+    return decode_supernet(alphas, cfg["backbone"], cfg["preset"],
+                           extra={"detector": cfg["detector"], "epochs_done": ck["epoch"], "data": cfg["data"]})
+
+
+def decode_cli(args: argparse.Namespace) -> int:
+    arch = decode_checkpoint(args.checkpoint)
+    print(f"wrote {arch.save(args.output)} ({len(arch.convs)} convs)")
+    return 0

@@ -1,0 +1,299 @@
+"""Bi-level NATS search (paper 4.2): weight steps on one half of the data, alpha steps on the other.
+
+Runs on one process or under torchrun (DDP, one DistributedSampler per split). Every epoch ends
+with a checkpoint holding everything needed to continue bit-identically: weights, alphas,
+optimiser and scheduler states, RNG states, the epoch, and the alpha history.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from natsdeploy.arch import Arch, atomic_write_bytes
+
+__all__ = ["SearchConfig", "SearchResult", "run_search", "split_indices", "alpha_summary"]
+
+
+@dataclass
+class SearchConfig:
+    data: str = "synthetic"
+    out: str = "search-out"
+    detector: str = "faster_rcnn"
+    backbone: str = "resnet50"
+    weights: str | None = None
+    preset: str = "NATS-C"
+    groups: int | None = 16
+    channels_per_group: int | None = None
+    stages: tuple[str, ...] = ("layer2", "layer3", "layer4")
+    epochs: int = 25
+    warmup_epochs: int = 10
+    batch_size: int = 1
+    lr_per_image: float = 0.00125
+    lr_min_per_image: float = 0.00005
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    alpha_lr: float = 0.01
+    alpha_weight_decay: float = 1e-5
+    min_size: int = 800
+    max_size: int = 1333
+    seed: int = 0
+    device: str = "cpu"
+    recompute: bool = False
+    resume: bool = False
+    max_steps_per_epoch: int | None = None
+    detector_kwargs: dict = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass
+class SearchResult:
+    arch: Arch
+    arch_path: Path | None
+    checkpoint: Path | None
+    history: list[dict[str, Any]]
+    model: nn.Module
+
+
+def split_indices(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """The training set split into two halves (weights, alphas), deterministic by seed."""
+    if n < 2:
+        raise ValueError(f"dataset: got {n} images, expected at least 2 (one per search split)")
+    perm = np.random.default_rng(seed).permutation(n).tolist()
+    half = n // 2
+    return sorted(perm[:half]), sorted(perm[half:])
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def alpha_summary(model: nn.Module) -> dict[str, list[float]]:
+    """Mean softmax(alpha) per stage and genotype (for the over-epochs plot)."""
+    from natsdeploy.search.supernet import ChannelMixedConv
+
+    acc: dict[str, list[torch.Tensor]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, ChannelMixedConv):
+            stage = name[name.find("layer"):].split(".")[0]
+            acc.setdefault(stage, []).append(torch.softmax(m.alpha.detach().float().cpu(), 1).mean(0))
+    return {s: torch.stack(v).mean(0).tolist() for s, v in sorted(acc.items())}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _build(cfg: SearchConfig, num_classes: int) -> nn.Module:
+    from natsdeploy.models.detectors import build_detector
+    from natsdeploy.search.supernet import build_supernet_backbone
+
+    backbone = build_supernet_backbone(cfg.backbone, preset=cfg.preset, groups=cfg.groups,
+                                       channels_per_group=cfg.channels_per_group, stages=cfg.stages,
+                                       weights=cfg.weights, recompute=cfg.recompute)
+    return build_detector(cfg.detector, backbone, num_classes=num_classes, min_size=cfg.min_size,
+                          max_size=cfg.max_size, **cfg.detector_kwargs)
+
+
+def _loader(dataset, indices, cfg: SearchConfig, rank: int, world: int, seed_offset: int):
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from natsdeploy.data.coco import collate
+
+    subset = Subset(dataset, indices)
+    sampler = DistributedSampler(subset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed + seed_offset,
+                                 drop_last=True)
+    return DataLoader(subset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=0), sampler
+
+
+def _to(images, targets, device):
+    return ([i.to(device) for i in images],
+            [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets])
+
+
+def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> SearchResult:
+    """Search, checkpointing every epoch; returns the decoded arch (written to `cfg.out/arch.json` by rank 0)."""
+    from natsdeploy.data.coco import load_dataset
+    from natsdeploy.search.supernet import arch_parameters, decode_supernet, supernet_alphas, weight_parameters
+
+    rank, world = _dist()
+    device = torch.device(cfg.device)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pth"
+    if cfg.warmup_epochs > cfg.epochs:
+        log(f"note: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: alpha is never updated")
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    dataset = load_dataset(cfg.data, "train", masks=cfg.detector == "mask_rcnn", seed=cfg.seed)
+    idx_w, idx_a = split_indices(len(dataset), cfg.seed)
+    if len(idx_w) < world * cfg.batch_size:
+        raise ValueError(f"--batch-size: got {cfg.batch_size} x {world} processes, expected at most "
+                         f"{len(idx_w) // world} for a split of {len(idx_w)} images")
+    loader_w, sampler_w = _loader(dataset, idx_w, cfg, rank, world, 0)
+    loader_a, sampler_a = _loader(dataset, idx_a, cfg, rank, world, 1)
+
+    model = _build(cfg, dataset.num_classes + 1).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+
+    global_batch = cfg.batch_size * world
+    steps = len(loader_w) if cfg.max_steps_per_epoch is None else min(len(loader_w), cfg.max_steps_per_epoch)
+    opt_w = torch.optim.SGD(weight_parameters(model), lr=cfg.lr_per_image * global_batch, momentum=cfg.momentum,
+                            weight_decay=cfg.weight_decay)
+    opt_a = torch.optim.Adam(arch_parameters(model), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, cfg.epochs * steps),
+                                                       eta_min=cfg.lr_min_per_image * global_batch)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt_w.load_state_dict(ck["opt_w"])
+        opt_a.load_state_dict(ck["opt_a"])
+        sched.load_state_dict(ck["sched"])
+        scaler.load_state_dict(ck["scaler"])
+        history = ck["history"]
+        start = ck["epoch"]
+        _set_rng_state(ck["rng"])
+        log(f"resumed from {ckpt_path} at epoch {start}")
+    elif cfg.resume:
+        log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
+
+    for epoch in range(start, cfg.epochs):
+        net.train()
+        sampler_w.set_epoch(epoch)
+        sampler_a.set_epoch(epoch)
+        search_alpha = epoch >= cfg.warmup_epochs
+        it_a = iter(loader_a)
+        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
+        sums = {"loss_w": 0.0, "loss_a": 0.0}
+        for step, (images, targets) in enumerate(loader_w):
+            if step >= steps:
+                break
+            loss_w = _step(net, opt_w, scaler, *_to(images, targets, device), cuda)
+            sched.step()
+            sums["loss_w"] += loss_w
+            if search_alpha:
+                try:
+                    batch_a = next(it_a)
+                except StopIteration:
+                    it_a = iter(loader_a)
+                    batch_a = next(it_a)
+                sums["loss_a"] += _step(net, opt_a, scaler, *_to(*batch_a, device), cuda)
+            if bar is not None:
+                bar.set_postfix(loss_w=f"{loss_w:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}",
+                                alpha="on" if search_alpha else "warm-up")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        history.append({"epoch": epoch + 1, "loss_w": sums["loss_w"] / max(steps, 1),
+                        "loss_a": sums["loss_a"] / max(steps, 1) if search_alpha else None,
+                        "alpha_softmax": alpha_summary(model)})
+        if rank == 0:
+            _save_checkpoint(ckpt_path, model, opt_w, opt_a, sched, scaler, epoch + 1, history, cfg)
+            log(f"epoch {epoch + 1}: loss_w {history[-1]['loss_w']:.4f}"
+                + (f", loss_a {history[-1]['loss_a']:.4f}" if search_alpha else " (alpha frozen)")
+                + f"; checkpoint {ckpt_path}")
+        if world > 1:
+            torch.distributed.barrier()
+
+    alphas = supernet_alphas(model)
+    arch = decode_supernet(alphas, cfg.backbone, cfg.preset,
+                           extra={"detector": cfg.detector, "epochs": cfg.epochs, "data": cfg.data,
+                                  "stages": list(cfg.stages),
+                                  "channels_per_group": cfg.channels_per_group})
+    arch_path = None
+    if rank == 0:
+        arch_path = arch.save(out / "arch.json")
+        if history:
+            plot_alpha_history(history, out / "alpha.png", preset=cfg.preset)
+        (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    return SearchResult(arch, arch_path, ckpt_path if rank == 0 else None, history, model)
+
+
+def _step(net: nn.Module, opt: torch.optim.Optimizer, scaler, images, targets, cuda: bool) -> float:
+    net.zero_grad(set_to_none=True)  # both parameter sets: only `opt`'s are stepped
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        losses = net(images, targets)
+        loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} ({ {k: float(v) for k, v in losses.items()} }); "
+                                 "lower the learning rate")
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.detach())
+
+
+def _progress(total: int, desc: str, *, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _save_checkpoint(path: Path, model, opt_w, opt_a, sched, scaler, epoch: int, history, cfg: SearchConfig) -> None:
+    buf = io.BytesIO()
+    torch.save({"epoch": epoch, "model": model.state_dict(), "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
+                "sched": sched.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                "history": history, "config": asdict(cfg), "format": "natsdeploy-search-checkpoint/1"}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_alpha_history(history: list[dict[str, Any]], path: Path, *, preset: str) -> Path:
+    """Mean softmax(alpha) per genotype over epochs, one panel per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natsdeploy.search.decode import genotypes
+
+    stages = sorted(history[-1]["alpha_softmax"])
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.2), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, stage in zip(axes[0], stages):
+        vals = np.array([h["alpha_softmax"][stage] for h in history])
+        for g, d in enumerate(genotypes(preset, stage)):
+            ax.plot(epochs, vals[:, g], marker="o", ms=3, label=f"d{d[0]}" if d[0] == d[1] else f"d({d[0]},{d[1]})")
+        ax.set_title(f"{stage} (paper stage-{int(stage[-1]) + 1})", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean softmax(alpha)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
