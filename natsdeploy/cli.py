@@ -96,16 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decode", help="decode a search checkpoint into an arch file")
     add_decode_arguments(d)
     d.set_defaults(func=_cmd_decode)
+
+    from natsdeploy.data.cli import add_data_arguments
+
+    add_data_arguments(sub.add_parser("data", help="datasets: `data synth` writes the synthetic multi-scale COCO set"))
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from natsdeploy.models.build import WeightsError  # noqa: PLC0415 (torch import only when running)
+    from natsdeploy.data.errors import DatasetError  # noqa: PLC0415
 
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except (ArchError, UsageError, WeightsError) as e:
+    except (ArchError, UsageError, WeightsError, DatasetError) as e:
         print(f"natsdeploy: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

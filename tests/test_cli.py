@@ -67,3 +67,19 @@ def test_console_script_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "natsdeploy.cli", "check", str(p)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_check_exits_1_when_counts_differ(monkeypatch, capsys):
+    import natsdeploy.verify.check as check_mod
+    from natsdeploy.verify.count import Counts
+
+    real = check_mod.check_arch
+
+    def skewed(arch, shape):
+        r = real(arch, shape)
+        return check_mod.CheckResult(r.arch, r.input_shape, Counts(r.transformed.params, r.transformed.macs + 1),
+                                     r.baseline)
+
+    monkeypatch.setattr(check_mod, "check_arch", skewed)
+    assert main(["check", str(EXAMPLES / "resnet18_nats_c.json"), "--input-shape", "1x3x64x64"]) == 1
+    assert "DIFFERENT" in capsys.readouterr().out

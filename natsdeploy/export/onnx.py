@@ -7,6 +7,9 @@ Forms of a transformed conv:
   conv1 -> conv2 is 3x3 and keeps ``branches``), the Concat is removed: each branch feeds its own
   column slice of the consumer conv and the partial results are added,
   conv(concat(y_b)) = sum_b conv[:, slice_b](y_b). Same parameters and MACs.
+- ``rows``: each branch's first 16*floor(w/16) channels stay a direct conv; the remainders become one
+  [1, 3] "rows" conv per horizontal dilation and a Col2Im shift-and-add (opset 18 or newer). Same
+  parameters and MACs; see `natsdeploy.export.rows`.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from natsdeploy.export.fold import Block, ConvOp, SplitConv, Trunk
 
 __all__ = ["Form", "FEATURE_OUTPUTS", "trunk_to_onnx", "save_onnx", "check_onnx"]
 
-Form = Literal["branches", "sum"]
-FORMS: tuple[str, ...] = ("branches", "sum")
+Form = Literal["branches", "sum", "rows"]
+FORMS: tuple[str, ...] = ("branches", "sum", "rows")
 FEATURE_OUTPUTS = ("c2", "c3", "c4", "c5")
 INPUT_NAME = "images"
 
@@ -33,6 +36,7 @@ class _Graph:
         self.nodes: list = []
         self.inits: list = []
         self._names: set[str] = set()
+        self.hw: tuple[int, int] | None = None  # static spatial size of the current block input ("rows" form)
 
     def init(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -104,6 +108,10 @@ def _emit_split_sum(g: _Graph, x: str, split: SplitConv, consumer: ConvOp) -> st
 
 
 def _emit_block(g: _Graph, x: str, blk: Block, form: Form) -> str:
+    if form == "rows":
+        from natsdeploy.export import rows
+
+        return rows.emit_block(g, x, blk)
     y = x
     path = list(blk.path)
     i = 0
@@ -134,9 +142,16 @@ def trunk_to_onnx(trunk: Trunk, *, input_shape: Sequence[int] = (1, 3, 800, 1216
 
     if form not in FORMS:
         raise ValueError(f"form: got {form!r}, expected one of {list(FORMS)}")
+    if form == "rows":
+        from natsdeploy.export import rows
+
+        if opset < rows.MIN_OPSET:
+            raise ValueError(rows.opset_message(opset))
     g = _Graph()
     y = g.conv(INPUT_NAME, trunk.stem)
     y = g.node("MaxPool", [y], "maxpool:out", "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    if form == "rows":
+        g.hw = rows.start_hw(input_shape, trunk.stem, dynamic)
     out_of = {v: k for k, v in trunk.stage_ends.items()}
     outputs: list[str] = []
     for blk in trunk.blocks:

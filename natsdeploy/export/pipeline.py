@@ -64,7 +64,7 @@ def rewrite(trunk, *, merge: bool = True):
 
 
 def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[str],
-           input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False, opset: int = 17,
+           input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False, opset: int | None = None,
            form: Form = DEFAULT_FORM, logits: bool = False, tolerance: float | None = None,
            latency_pairs: int = 20, warmup_s: float = 2.0, threads: int | None = None, seed: int = 0,
            engine: bool = False, fp16: bool = False, log=print) -> ExportResult:
@@ -84,6 +84,7 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
 
         require_tensorrt()
     shape = tuple(int(d) for d in input_shape)
+    opset = int(opset) if opset is not None else (18 if form == "rows" else 17)
     threads = int(threads or os.cpu_count() or 1)
     tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE["fp32"])
     out_names = FEATURE_OUTPUTS + (("logits",) if logits else ())
@@ -129,7 +130,8 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                    "rewrites": ["fold BatchNorm into conv (per branch)", "ReLU into branches",
                                 "permutation folded into weights", "merge branches sharing a dilation"],
                    "transformed_convs_in_graph": len(splits),
-                   "branches_in_graph": sum(len(s.branches) for s in splits)},
+                   "branches_in_graph": sum(len(s.branches) for s in splits),
+                   "conv_nodes": {k: sum(n.op_type == "Conv" for n in p.graph.node) for k, p in protos.items()}},
         "cost": {"model": counts["model"].to_dict(), "baseline": counts["baseline"].to_dict(), "equal": cost_equal,
                  "counted_from": "ONNX graphs (Conv/Gemm MACs from inferred shapes; params = initializer elements)"},
         "parity": {"reference": "PyTorch eval-mode modules (unfolded BN) on the same seeded input",
@@ -182,7 +184,7 @@ def _write_outputs(out_dir: Path, blobs: dict[str, bytes], report: dict) -> dict
 def format_report(report: dict) -> str:
     e, c, p, lat = report["export"], report["cost"], report["parity"], report["latency"]
     lines = [f"natsdeploy export: {report['arch']['backbone']} ({report['arch']['transformed_convs']} transformed convs, "
-             f"{e['branches_in_graph']} branch convs in graph), form={e['form']}, opset {e['opset']}, "
+             f"{e['branches_in_graph']} branches after merging, {e['conv_nodes']['model']} Conv nodes), form={e['form']}, opset {e['opset']}, "
              f"input {format_shape(tuple(e['input_shape']))}{' (dynamic)' if e['dynamic'] else ''}",
              f"weights: {report['weights']}", "",
              f"  {'':<22}{'model.onnx':>18}{'baseline.onnx':>18}  verdict"]
@@ -218,7 +220,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="torchvision-layout .pth, or 'imagenet' (default: seeded init)")
     p.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
-    p.add_argument("--opset", default="17", help="ONNX opset (13 or newer; default 17)")
+    p.add_argument("--opset", default=None, help="ONNX opset (default 17; 18 for --form rows, which needs Col2Im)")
     p.add_argument("--form", default=DEFAULT_FORM, help=f"transformed conv form: {', '.join(FORMS)}")
     p.add_argument("--outputs", default="features", help="features (c2..c5) or logits (c2..c5 and logits)")
     p.add_argument("--out", default=None, help="output folder (default: ./export-<arch file stem>)")
@@ -256,9 +258,13 @@ def export_cli(args: argparse.Namespace) -> int:
 
     arch = load_arch(args.arch)
     shape = parse_input_shape(args.input_shape)
-    opset = _int("--opset", args.opset, 13, onnx.defs.onnx_opset_version())
     if args.form not in FORMS:
         raise UsageError(f"--form: got {args.form!r}, expected one of {list(FORMS)}")
+    default_opset = "18" if args.form == "rows" else "17"
+    opset = _int("--opset", args.opset if args.opset is not None else default_opset, 13,
+                 onnx.defs.onnx_opset_version())
+    if args.form == "rows" and opset < 18:
+        raise UsageError(f"--opset: got {opset}, expected 18 or newer for form 'rows' (Col2Im)")
     if args.outputs not in ("features", "logits"):
         raise UsageError(f"--outputs: got {args.outputs!r}, expected 'features' or 'logits'")
     if args.fp16 and not args.engine:

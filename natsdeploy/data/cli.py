@@ -1,0 +1,58 @@
+"""Argument parsing for `natsdeploy data` (thin: validates flags, then calls the library)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from natsdeploy.shapes import UsageError
+
+__all__ = ["add_data_arguments", "synth_cli"]
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="{synth}", required=True)  # parser_class defaults to type(p)
+    s = sub.add_parser("synth", help="write the synthetic multi-scale COCO-format shapes dataset")
+    s.add_argument("--out", required=True, help="folder to create (must be new or empty)")
+    s.add_argument("--images", default="64", help="training images (default 64)")
+    s.add_argument("--val-images", default="16", help="validation images (default 16)")
+    s.add_argument("--size", default="256x320", help="image HxW, each 32..4096 (default 256x320)")
+    s.add_argument("--classes", default="3", help="classes (one shape each), 1..6 (default 3)")
+    s.add_argument("--max-objects", default="6", help="most objects per image (default 6)")
+    s.add_argument("--seed", default="0", help="seed, >= 0 (default 0)")
+    s.set_defaults(func=synth_cli)
+
+
+def _int(flag: str, text: str, lo: int, hi: int | None = None) -> int:
+    expected = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+    try:
+        v = int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {text!r}, expected {expected}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise UsageError(f"{flag}: got {text!r}, expected {expected}")
+    return v
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)[x,](\d+)\s*", text or "")
+    if not m or not all(32 <= int(g) <= 4096 for g in m.groups()):
+        raise UsageError(f"--size: got {text!r}, expected HxW with H and W in 32..4096, such as 256x320")
+    return int(m.group(1)), int(m.group(2))
+
+
+def synth_cli(args: argparse.Namespace) -> int:
+    from natsdeploy.data.synthetic import SHAPES, make_synthetic_coco
+
+    kwargs = dict(train_images=_int("--images", args.images, 1), val_images=_int("--val-images", args.val_images, 1),
+                  image_size=_size(args.size), classes=_int("--classes", args.classes, 1, len(SHAPES)),
+                  max_objects=_int("--max-objects", args.max_objects, 1), seed=_int("--seed", args.seed, 0))
+    out = make_synthetic_coco(args.out, **kwargs)
+    counts = {split: len(json.loads((out / "annotations" / f"instances_{split}.json").read_text())["annotations"])
+              for split in ("train", "val")}
+    h, w = kwargs["image_size"]
+    print(f"wrote {out}: train {kwargs['train_images']} images / {counts['train']} objects, "
+          f"val {kwargs['val_images']} images / {counts['val']} objects, {kwargs['classes']} classes, "
+          f"{h}x{w}, seed {kwargs['seed']}")
+    return 0

@@ -1,0 +1,83 @@
+"""COCO evaluation (pycocotools COCOeval, quiet) and conversion of torchvision outputs to COCO results."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["METRICS", "coco_evaluate", "to_coco_results"]
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _empty_results(coco_gt):
+    from pycocotools.coco import COCO
+
+    res = COCO()
+    res.dataset = {"images": list(coco_gt.dataset.get("images", [])),
+                   "categories": copy.deepcopy(coco_gt.dataset.get("categories", [])),
+                   "annotations": []}
+    res.createIndex()
+    return res
+
+
+def coco_evaluate(coco_gt, detections: Sequence[Mapping[str, Any]], *, iou_type: str = "bbox") -> dict[str, float]:
+    """COCO AP of `detections` against `coco_gt` (a pycocotools COCO, e.g. `CocoDetection.coco`).
+
+    `detections`: COCO result dicts (`image_id`, `category_id`, `bbox` [x, y, w, h], `score`; plus
+    `segmentation` for `iou_type="segm"`). They are not modified. Returns floats for METRICS
+    (AP@[.5:.95], AP50, AP75, AP small/medium/large, maxDets=100, every image of `coco_gt`).
+
+    A value of -1.0 means "not defined": pycocotools' convention when no ground truth falls into
+    that size range (e.g. APl on a set with no object larger than 96x96 px). Empty `detections`
+    give 0.0 for every metric that has ground truth (and -1.0 where it has none), like any other
+    detections would; pycocotools' own `loadRes([])` cannot do this, so it is side-stepped.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"coco_evaluate: iou_type={iou_type!r}, expected 'bbox' or 'segm'")
+    known_images, known_cats = set(coco_gt.getImgIds()), set(coco_gt.getCatIds())
+    dets = []
+    for i, d in enumerate(detections):
+        if d.get("image_id") not in known_images:
+            raise ValueError(f"coco_evaluate: detections[{i}].image_id={d.get('image_id')!r}, "
+                             "expected an image id of the ground truth")
+        if d.get("category_id") not in known_cats:
+            raise ValueError(f"coco_evaluate: detections[{i}].category_id={d.get('category_id')!r}, "
+                             f"expected one of {sorted(known_cats)}")
+        dets.append(copy.deepcopy(dict(d)))  # loadRes adds fields (area, id, segmentation) in place
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(dets) if dets else _empty_results(coco_gt)
+        ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: float(v) for name, v in zip(METRICS, ev.stats[:6])}
+
+
+def _as_list(x) -> list:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    return x.tolist() if hasattr(x, "tolist") else list(x)
+
+
+def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[int],
+                    label_to_cat_id: Mapping[int, int]) -> list[dict]:
+    """torchvision detection outputs (`boxes` xyxy, `scores`, `labels` per image) -> COCO result dicts
+    (`image_id`, `category_id`, `bbox` xywh, `score`), labels mapped through `label_to_cat_id`."""
+    if len(outputs) != len(image_ids):
+        raise ValueError(f"to_coco_results: {len(outputs)} outputs for {len(image_ids)} image ids, expected as many")
+    results = []
+    for out, image_id in zip(outputs, image_ids):
+        boxes, scores, labels = _as_list(out["boxes"]), _as_list(out["scores"]), _as_list(out["labels"])
+        for (x0, y0, x1, y1), score, label in zip(boxes, scores, labels):
+            if int(label) not in label_to_cat_id:
+                raise ValueError(f"to_coco_results: label {label!r} for image {image_id}, "
+                                 f"expected one of {sorted(label_to_cat_id)}")
+            results.append({"image_id": int(image_id), "category_id": int(label_to_cat_id[int(label)]),
+                            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score)})
+    return results
