@@ -29,6 +29,7 @@ from natsdeploy import build_backbone, build_baseline, count_onnx, load_arch  # 
 from natsdeploy.bench.latency import time_interleaved  # noqa: E402
 from natsdeploy.bench.machine import machine_info  # noqa: E402
 from natsdeploy.convert import load_ic_conv  # noqa: E402
+from natsdeploy.export.autotune import choose_rows  # noqa: E402
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation  # noqa: E402
 from natsdeploy.export.onnx import FORMS, trunk_to_onnx  # noqa: E402
 from natsdeploy.runners import ort_session_options  # noqa: E402
@@ -42,6 +43,7 @@ VARIANTS = {
     "branches": ("branches", True, 17),
     "sum": ("sum", True, 17),
     "rows": ("rows", True, 18),
+    "auto": ("auto", True, 18),  # per-block choice of rows/branches, timed on this machine
 }
 
 
@@ -63,7 +65,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "export_latency.json"))
     args = ap.parse_args()
     shape = parse_input_shape(args.shape)
-    variants = [v for v in args.variants.split(",") if VARIANTS[v][0] in FORMS]
+    variants = [v for v in args.variants.split(",") if VARIANTS[v][0] in (*FORMS, "auto")]
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     so = ort_session_options(threads=args.threads)
     results = []
@@ -79,7 +81,11 @@ def main() -> None:
             trunk = fold_trunk(transformed)
             if merge:
                 trunk = merge_same_dilation(trunk)
-            proto = trunk_to_onnx(trunk, input_shape=shape, form=form, opset=opset)
+            rows_only = None
+            if form == "auto":
+                rows_only, _ = choose_rows(trunk, shape, threads=args.threads, log=lambda s: None)
+            proto = trunk_to_onnx(trunk, input_shape=shape, form="rows" if form == "auto" else form, opset=opset,
+                                  rows_only=rows_only)
             cost = count_onnx(proto)
             sess = ort.InferenceSession(proto.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
             t0 = time.time()
@@ -91,7 +97,8 @@ def main() -> None:
                    "ratio": r.median, "ci95": [r.ci_low, r.ci_high],
                    "baseline_p50_ms": timing.baseline.p50, "model_p50_ms": timing.transformed.p50,
                    "baseline_cv": timing.baseline.cv, "model_cv": timing.transformed.cv, "pairs": args.pairs,
-                   "nodes": len(proto.graph.node)}
+                   "nodes": len(proto.graph.node),
+                   "rows_convs": rows_only}
             results.append(row)
             print(f"{label:<42} {v:<17} ratio {r.median:.3f} (CI {r.ci_low:.3f}-{r.ci_high:.3f})  "
                   f"base {timing.baseline.p50:7.1f} ms  model {timing.transformed.p50:7.1f} ms  "

@@ -15,7 +15,7 @@ Forms of a transformed conv:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +37,7 @@ class _Graph:
         self.inits: list = []
         self._names: set[str] = set()
         self.hw: tuple[int, int] | None = None  # static spatial size of the current block input ("rows" form)
+        self.rows_only: frozenset[str] | None = None  # "rows" form: only these splits (None: all eligible)
 
     def init(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -135,8 +136,12 @@ def _emit_block(g: _Graph, x: str, blk: Block, form: Form) -> str:
 
 def trunk_to_onnx(trunk: Trunk, *, input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False,
                   opset: int = 17, form: Form = "branches", logits: bool = False,
-                  graph_name: str = "natsdeploy") -> "onnx.ModelProto":  # noqa: F821
-    """The trunk as an ONNX model: input `images`, outputs c2..c5 (and `logits` if asked)."""
+                  graph_name: str = "natsdeploy", rows_only: Collection[str] | None = None) -> "onnx.ModelProto":  # noqa: F821
+    """The trunk as an ONNX model: input `images`, outputs c2..c5 (and `logits` if asked).
+
+    With ``form="rows"``, `rows_only` restricts the rows form to the named transformed convs; the
+    others keep the branch form (how `natsdeploy.export.autotune` applies a per-conv choice).
+    """
     import onnx
     from onnx import TensorProto, helper, shape_inference
 
@@ -148,6 +153,7 @@ def trunk_to_onnx(trunk: Trunk, *, input_shape: Sequence[int] = (1, 3, 800, 1216
         if opset < rows.MIN_OPSET:
             raise ValueError(rows.opset_message(opset))
     g = _Graph()
+    g.rows_only = frozenset(rows_only) if rows_only is not None else None
     y = g.conv(INPUT_NAME, trunk.stem)
     y = g.node("MaxPool", [y], "maxpool:out", "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     if form == "rows":

@@ -26,6 +26,7 @@ from natsdeploy.shapes import UsageError, format_shape, parse_input_shape
 __all__ = ["ExportResult", "export_arch", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
 
 DEFAULT_FORM: Form = "branches"
+CLI_FORMS = (*FORMS, "auto")  # auto: rows or branches per conv, whichever ORT CPU runs faster here
 
 
 @dataclass
@@ -84,15 +85,22 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
 
         require_tensorrt()
     shape = tuple(int(d) for d in input_shape)
-    opset = int(opset) if opset is not None else (18 if form == "rows" else 17)
+    opset = int(opset) if opset is not None else (18 if form in ("rows", "auto") else 17)
     threads = int(threads or os.cpu_count() or 1)
     tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE["fp32"])
     out_names = FEATURE_OUTPUTS + (("logits",) if logits else ())
 
     transformed, baseline, weight_source = _trunks(arch, weights, seed)
     trunks = {"model": rewrite(fold_trunk(transformed)), "baseline": rewrite(fold_trunk(baseline))}
-    protos = {k: trunk_to_onnx(t, input_shape=shape, dynamic=dynamic, opset=opset, form=form, logits=logits,
-                               graph_name=f"{arch.backbone}-{k}") for k, t in trunks.items()}
+    emit_form, rows_only, autotune = form, None, None
+    if form == "auto":
+        from natsdeploy.export.autotune import choose_rows
+
+        log(f"autotune: timing branches vs rows per block at {format_shape(shape)} on ONNX Runtime CPU, {threads} threads")
+        rows_only, autotune = choose_rows(trunks["model"], shape, threads=threads, log=log)
+        emit_form = "rows"
+    protos = {k: trunk_to_onnx(t, input_shape=shape, dynamic=dynamic, opset=opset, form=emit_form, logits=logits,
+                               graph_name=f"{arch.backbone}-{k}", rows_only=rows_only) for k, t in trunks.items()}
     for p in protos.values():
         check_onnx(p)
     blobs = {k: p.SerializeToString(deterministic=True) for k, p in protos.items()}
@@ -131,7 +139,8 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                                 "permutation folded into weights", "merge branches sharing a dilation"],
                    "transformed_convs_in_graph": len(splits),
                    "branches_in_graph": sum(len(s.branches) for s in splits),
-                   "conv_nodes": {k: sum(n.op_type == "Conv" for n in p.graph.node) for k, p in protos.items()}},
+                   "conv_nodes": {k: sum(n.op_type == "Conv" for n in p.graph.node) for k, p in protos.items()},
+                   "autotune": autotune},
         "cost": {"model": counts["model"].to_dict(), "baseline": counts["baseline"].to_dict(), "equal": cost_equal,
                  "counted_from": "ONNX graphs (Conv/Gemm MACs from inferred shapes; params = initializer elements)"},
         "parity": {"reference": "PyTorch eval-mode modules (unfolded BN) on the same seeded input",
@@ -221,7 +230,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--opset", default=None, help="ONNX opset (default 17; 18 for --form rows, which needs Col2Im)")
-    p.add_argument("--form", default=DEFAULT_FORM, help=f"transformed conv form: {', '.join(FORMS)}")
+    p.add_argument("--form", default=DEFAULT_FORM, help=f"transformed conv form: {', '.join(CLI_FORMS)} (default branches)")
     p.add_argument("--outputs", default="features", help="features (c2..c5) or logits (c2..c5 and logits)")
     p.add_argument("--out", default=None, help="output folder (default: ./export-<arch file stem>)")
     p.add_argument("--tolerance", default=None, help="parity bound on max|err|/max|ref| (fp32 default 1e-4)")
@@ -258,12 +267,12 @@ def export_cli(args: argparse.Namespace) -> int:
 
     arch = load_arch(args.arch)
     shape = parse_input_shape(args.input_shape)
-    if args.form not in FORMS:
-        raise UsageError(f"--form: got {args.form!r}, expected one of {list(FORMS)}")
-    default_opset = "18" if args.form == "rows" else "17"
+    if args.form not in CLI_FORMS:
+        raise UsageError(f"--form: got {args.form!r}, expected one of {list(CLI_FORMS)}")
+    default_opset = "18" if args.form in ("rows", "auto") else "17"
     opset = _int("--opset", args.opset if args.opset is not None else default_opset, 13,
                  onnx.defs.onnx_opset_version())
-    if args.form == "rows" and opset < 18:
+    if args.form in ("rows", "auto") and opset < 18:
         raise UsageError(f"--opset: got {opset}, expected 18 or newer for form 'rows' (Col2Im)")
     if args.outputs not in ("features", "logits"):
         raise UsageError(f"--outputs: got {args.outputs!r}, expected 'features' or 'logits'")

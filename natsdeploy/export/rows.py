@@ -284,7 +284,8 @@ def emit_block(g: _Graph, x: str, blk: Block) -> str:
     for i, op in enumerate(path):
         hw_out = _out_hw(hw, op)
         nxt = path[i + 1] if i + 1 < len(path) else None
-        plan = plan_split(op) if isinstance(op, SplitConv) else None
+        chosen = isinstance(op, SplitConv) and (g.rows_only is None or op.name in g.rows_only)
+        plan = plan_split(op) if chosen else None
         if plan is None:
             y = _emit_split(g, y, op) if isinstance(op, SplitConv) else g.conv(y, op)
         elif _pointwise_tail(nxt, i + 2 == len(path)):
