@@ -60,6 +60,12 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     return decode_cli(args)
 
 
+def _cmd_erf(args: argparse.Namespace) -> int:
+    from natsdeploy.verify.erf import erf_cli
+
+    return erf_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="natsdeploy", description="NATS-transformed backbones from search to deployment.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -100,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     from natsdeploy.data.cli import add_data_arguments
 
     add_data_arguments(sub.add_parser("data", help="datasets: `data synth` writes the synthetic multi-scale COCO set"))
+
+    r = sub.add_parser("erf", help="effective receptive field of layer4's centre unit, baseline beside transformed")
+    r.add_argument("arch", help="arch.json")
+    r.add_argument("--weights", default=None, help="PATH.pth or 'imagenet' (default: torchvision init, seeded)")
+    r.add_argument("--input-size", type=int, default=512, help="input is 1x3xSxS of ones (default 512, >= 64)")
+    r.add_argument("--share", type=float, nargs="+", default=[0.5, 0.9], help="ERF mass shares for the radii")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("-o", "--output", required=True, help="PNG to write")
+    r.add_argument("--json", default=None, help="JSON report to write")
+    r.set_defaults(func=_cmd_erf)
     return p
 
 
