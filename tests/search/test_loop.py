@@ -109,3 +109,11 @@ def test_two_process_gloo_matches_single_process(synth, tmp_path):
         assert d_one.norm() > 0
         rel = float((d_ddp - d_one).norm() / d_one.norm())
         assert rel < 0.1, (k, rel)
+
+
+@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
+def test_other_detectors_search(synth, tmp_path, detector):
+    r = run_search(_cfg(synth, tmp_path, detector=detector, epochs=1, warmup_epochs=0, max_steps_per_epoch=1,
+                        detector_kwargs={}), log=lambda s: None)
+    assert r.arch_path is not None and load_arch(r.arch_path).backbone == "resnet18"
+    assert r.history[0]["loss_a"] is not None
