@@ -66,6 +66,18 @@ def _cmd_erf(args: argparse.Namespace) -> int:
     return erf_cli(args)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from natsdeploy.train.cli import train_cli
+
+    return train_cli(args)
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    from natsdeploy.verify.detection_parity import parity_cli
+
+    return parity_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="natsdeploy", description="NATS-transformed backbones from search to deployment.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -116,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, help="PNG to write")
     r.add_argument("--json", default=None, help="JSON report to write")
     r.set_defaults(func=_cmd_erf)
+
+    from natsdeploy.train.cli import add_train_arguments
+    from natsdeploy.verify.detection_parity import add_parity_arguments
+
+    t = sub.add_parser("train", help="train a detector on a transformed (or baseline) backbone, COCO AP each epoch")
+    add_train_arguments(t)
+    t.set_defaults(func=_cmd_train)
+    q = sub.add_parser("parity", help="detector COCO AP with the PyTorch backbone vs the exported one (ORT/TensorRT)")
+    add_parity_arguments(q)
+    q.set_defaults(func=_cmd_parity)
     return p
 
 

@@ -1,0 +1,122 @@
+"""Argument parsing for `natsdeploy train` (thin: validates flags, then calls `natsdeploy.train.loop.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from natsdeploy.shapes import UsageError
+
+__all__ = ["add_train_arguments", "train_cli"]
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("arch", nargs="?", default=None,
+                   help="arch.json (omit, or give an all-dilation-1 arch, to train the baseline; then --backbone)")
+    p.add_argument("--data", default="synthetic", help="COCO-format folder, or 'synthetic' (generated, no download)")
+    p.add_argument("--detector", default="faster_rcnn", help="faster_rcnn, retinanet or mask_rcnn")
+    p.add_argument("--backbone", default=None, help="backbone name; required without ARCH.json")
+    p.add_argument("--weights", default=None,
+                   help="torchvision-layout backbone .pth or 'imagenet' (default: torchvision init, seeded)")
+    p.add_argument("--epochs", default="13", help="epochs (default 13: the 1x schedule)")
+    p.add_argument("--batch-size", default="2", help="images per process (default 2)")
+    p.add_argument("--lr-per-image", default="0.00125", help="SGD lr per image of the global batch (default 0.00125)")
+    p.add_argument("--steps", nargs="+", default=["8", "11"], help="epochs (0-based) from which lr / 10 (default 8 11)")
+    p.add_argument("--warmup-iters", default="500", help="linear warm-up iterations, factor 0.001 -> 1 (default 500)")
+    p.add_argument("--momentum", default="0.9")
+    p.add_argument("--weight-decay", default="0.0001")
+    p.add_argument("--min-size", default="800", help="detector resize: shorter side (default 800)")
+    p.add_argument("--max-size", default="1333", help="detector resize: longer side cap (default 1333)")
+    p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
+    p.add_argument("--seed", default="0")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--out", required=True, help="output folder (checkpoint.pth, metrics.json)")
+
+
+def _int(flag: str, v, lo: int = 0) -> int:
+    try:
+        x = int(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {v!r}, expected an integer") from None
+    if x < lo:
+        raise UsageError(f"{flag}: got {x}, expected >= {lo}")
+    return x
+
+
+def _float(flag: str, v, lo: float = 0.0) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {v!r}, expected a number") from None
+    if not x >= lo:
+        raise UsageError(f"{flag}: got {v!r}, expected a number >= {lo:g}")
+    return x
+
+
+def _init_distributed(device: str) -> None:
+    import torch
+
+    torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def train_cli(args: argparse.Namespace) -> int:
+    import torch
+
+    from natsdeploy.models.detectors import DETECTORS
+    from natsdeploy.models.specs import BACKBONES
+    from natsdeploy.train.loop import TrainConfig, format_metrics, resolve_arch, train
+
+    if args.detector not in DETECTORS:
+        raise UsageError(f"--detector: got {args.detector!r}, expected one of {list(DETECTORS)}")
+    if args.backbone is not None and args.backbone not in BACKBONES:
+        raise UsageError(f"--backbone: got {args.backbone!r}, expected one of {sorted(BACKBONES)}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise UsageError(f"--device: got {device!r}, expected 'cpu'" + (" or 'cuda'" if torch.cuda.is_available() else ""))
+    if args.data != "synthetic" and not Path(args.data).is_dir():
+        raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
+    epochs = _int("--epochs", args.epochs, 1)
+    cfg = TrainConfig(
+        arch=args.arch, data=args.data, out=args.out, detector=args.detector, backbone=args.backbone,
+        weights=args.weights, epochs=epochs, batch_size=_int("--batch-size", args.batch_size, 1),
+        lr_per_image=_float("--lr-per-image", args.lr_per_image),
+        steps=tuple(sorted(_int("--steps", s, 1) for s in args.steps)),
+        warmup_iters=_int("--warmup-iters", args.warmup_iters, 0),
+        momentum=_float("--momentum", args.momentum), weight_decay=_float("--weight-decay", args.weight_decay),
+        min_size=_int("--min-size", args.min_size, 32), max_size=_int("--max-size", args.max_size, 32),
+        max_steps_per_epoch=_int("--max-steps-per-epoch", args.max_steps_per_epoch, 1)
+        if args.max_steps_per_epoch else None,
+        seed=_int("--seed", args.seed), device=device, resume=args.resume, progress=not args.no_progress)
+    if cfg.max_size < cfg.min_size:
+        raise UsageError(f"--max-size: got {cfg.max_size}, expected >= --min-size {cfg.min_size}")
+    arch = resolve_arch(cfg)  # bad arch / missing --backbone: exit 2 before any work
+    if args.weights is not None and args.weights != "imagenet":
+        from natsdeploy.models.build import resolve_weights
+
+        resolve_weights(args.weights, arch.spec)  # fail before any data or model work
+    cfg.arch = arch
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        _init_distributed(device)
+        if device == "cuda":
+            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        result = train(cfg)
+    except FloatingPointError as e:  # diverged: a failed run, not a bad input (exit 1, one line, no traceback)
+        import sys
+
+        print(f"natsdeploy: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if result.checkpoint is not None and result.metrics:
+        last = result.metrics[-1]
+        print(f"final (epoch {last['epoch']}) val: {format_metrics(last)}")
+        print(f"wrote {result.checkpoint}, {result.metrics_path}")
+    return 0

@@ -1,0 +1,402 @@
+"""Detector training on a transformed (or baseline) backbone: one recipe for both, so they compare.
+
+The backbone is `build_backbone(arch, weights)` (weights transferred per ARCH_FORMAT.md; the baseline
+is the all-identity arch), wrapped by `build_detector` (frozen BN, frozen stem + layer1). Recipe
+(Detectron/torchvision 1x): SGD momentum 0.9, weight decay 1e-4, lr = lr_per_image x global batch,
+linear warm-up over `warmup_iters` iterations (factor 0.001 -> 1), then lr / 10 from each epoch in
+`steps` on (defaults: 13 epochs, steps 8 and 11, the paper's schedule). AMP and channels_last on CUDA
+only. Runs on one process or under torchrun (DDP; DistributedSampler; rank 0 writes files).
+
+After every epoch: COCO evaluation (pycocotools) on the val split, the six metrics logged and
+appended to `OUT/metrics.json` (AP points, 0-100; -1 = undefined, pycocotools' convention), and
+`OUT/checkpoint.pth` (format "natsdeploy-train-checkpoint/1") holding everything needed to continue
+bit-identically (`resume=True`) and to rebuild the detector (`load_detector_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from natsdeploy.arch import Arch, atomic_write_bytes, atomic_write_text, load_arch
+from natsdeploy.shapes import UsageError
+
+__all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError", "train", "evaluate",
+           "load_detector_checkpoint", "read_checkpoint", "detector_from_checkpoint", "lr_factor",
+           "resolve_arch", "format_metrics"]
+
+CHECKPOINT_FORMAT = "natsdeploy-train-checkpoint/1"
+METRIC_SCALE = "AP points (0-100); -1 = undefined (no ground truth in that size range)"
+
+
+class CheckpointError(UsageError):
+    """A detector checkpoint that is missing, unreadable or of another kind/arch (one line; exit 2)."""
+
+
+@dataclass
+class TrainConfig:
+    arch: str | os.PathLike | Arch | None = None  # None: the baseline of `backbone`
+    data: str = "synthetic"
+    out: str = "train-out"
+    detector: str = "faster_rcnn"
+    backbone: str | None = None  # required without `arch`; must match arch.backbone with it
+    weights: Any = None  # None (torchvision init, seeded), "imagenet", a .pth path or a state dict
+    epochs: int = 13
+    batch_size: int = 2  # images per process
+    lr_per_image: float = 0.00125
+    steps: tuple[int, ...] = (8, 11)
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    min_size: int = 800
+    max_size: int = 1333
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    detector_kwargs: dict = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    arch: Arch
+    checkpoint: Path | None
+    metrics_path: Path | None
+    metrics: list[dict[str, Any]]
+    model: nn.Module
+
+
+def lr_factor(it: int, *, steps_per_epoch: int, steps: Sequence[int], warmup_iters: int,
+              warmup_factor: float = 0.001) -> float:
+    """Multiplier of the base lr at iteration `it` (0-based, counted over all epochs).
+
+    0.1 ** (number of entries of `steps` <= the current 0-based epoch), times a linear warm-up from
+    `warmup_factor` to 1 over the first `warmup_iters` iterations (torchvision's reference recipe).
+    """
+    epoch = it // max(1, steps_per_epoch)
+    f = 0.1 ** sum(1 for s in steps if epoch >= s)
+    if it < warmup_iters:
+        a = it / warmup_iters
+        f *= warmup_factor * (1 - a) + a
+    return f
+
+
+def resolve_arch(cfg: TrainConfig) -> Arch:
+    """The arch to train: `cfg.arch` (path or Arch), or the baseline of `cfg.backbone`."""
+    if cfg.arch is None:
+        if not cfg.backbone:
+            raise UsageError("--backbone: got nothing without ARCH.json, expected a backbone name "
+                             "(training the baseline needs --backbone)")
+        return Arch(backbone=cfg.backbone)
+    arch = cfg.arch if isinstance(cfg.arch, Arch) else load_arch(cfg.arch)
+    if cfg.backbone and cfg.backbone != arch.backbone:
+        raise UsageError(f"--backbone: got {cfg.backbone!r}, expected {arch.backbone!r} (the backbone of the arch file) "
+                         "or no --backbone")
+    return arch
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to(images, targets, device):
+    return ([i.to(device) for i in images],
+            [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets])
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, Arch):
+            v = v.to_dict()
+        elif isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        elif f.name == "weights" and v is not None and not isinstance(v, str):
+            v = "state dict passed in"
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def _points(metrics: dict[str, float]) -> dict[str, float]:
+    """pycocotools' 0-1 values as AP points (0-100), -1 (undefined) kept."""
+    return {k: (round(100.0 * v, 6) if v >= 0 else -1.0) for k, v in metrics.items()}
+
+
+def format_metrics(m: dict[str, float]) -> str:
+    from natsdeploy.data.evaluate import METRICS
+
+    return " ".join(f"{k} {m[k]:.2f}" if m[k] >= 0 else f"{k} n/a" for k in METRICS)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, *, device: torch.device | str = "cpu", amp: bool = False,
+             rank: int = 0, world: int = 1) -> dict[str, float]:
+    """COCO bbox metrics (AP points, 0-100) of `model` on every image of `dataset`, one image per forward.
+
+    Under DDP each rank runs every `world`-th image; rank 0's return value covers all of them (the
+    other ranks get the same, all-gathered).
+    """
+    from natsdeploy.data.evaluate import coco_evaluate, to_coco_results
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    try:
+        for i in range(rank, len(dataset), world):
+            image, target = dataset[i]
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+                out = model([image.to(device)])
+            results += to_coco_results(out, [target["image_id"]], dataset.label_to_cat_id)
+    finally:
+        model.train(was_training)
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+        results.sort(key=lambda r: r["image_id"])  # stable: the single-process order within an image
+    return _points(coco_evaluate(dataset.coco, results))
+
+
+def _step(net: nn.Module, opt, scaler, images, targets, cuda: bool) -> tuple[float, dict[str, float]]:
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        losses = net(images, targets)
+        loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {float(loss.detach())} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
+                                 "lower the learning rate (--lr-per-image) or lengthen --warmup-iters")
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}
+
+
+def _progress(total: int, desc: str, *, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _build_detector(kind: str, arch: Arch, weights: Any, num_classes: int, min_size: int, max_size: int,
+                    detector_kwargs: dict) -> nn.Module:
+    from natsdeploy.models.build import build_backbone
+    from natsdeploy.models.detectors import build_detector
+
+    backbone = build_backbone(arch, weights)
+    return build_detector(kind, backbone, num_classes=num_classes, min_size=min_size, max_size=max_size,
+                          **detector_kwargs)
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+    """Train, evaluate and checkpoint every epoch; returns the final model and the metric log."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from natsdeploy.data.coco import collate, load_dataset
+    from natsdeploy.data.errors import DatasetError
+    from natsdeploy.models.detectors import DETECTORS
+
+    if cfg.detector not in DETECTORS:
+        raise UsageError(f"--detector: got {cfg.detector!r}, expected one of {list(DETECTORS)}")
+    rank, world = _dist()
+    device = torch.device(cfg.device)
+    cuda = device.type == "cuda"
+    arch = resolve_arch(cfg)
+    out = Path(cfg.out)
+    ckpt_path, metrics_path = out / "checkpoint.pth", out / "metrics.json"
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    train_set = load_dataset(cfg.data, "train", masks=cfg.detector == "mask_rcnn", seed=cfg.seed)
+    val_set = load_dataset(cfg.data, "val", seed=cfg.seed)
+    if val_set.label_to_cat_id != train_set.label_to_cat_id:
+        raise DatasetError(f"{val_set.ann_file}: categories {sorted(val_set.label_to_cat_id.values())}; expected "
+                           f"those of the train split {sorted(train_set.label_to_cat_id.values())}")
+    if len(train_set) < world * cfg.batch_size:
+        raise UsageError(f"--batch-size: got {cfg.batch_size} x {world} processes, expected at most "
+                         f"{len(train_set) // world} for {len(train_set)} training images")
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=True)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=0)
+    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+
+    num_classes = train_set.num_classes + 1  # background included, as torchvision counts
+    model = _build_detector(cfg.detector, arch, cfg.weights, num_classes, cfg.min_size, cfg.max_size,
+                            cfg.detector_kwargs).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+
+    global_batch = cfg.batch_size * world
+    base_lr = cfg.lr_per_image * global_batch
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = dict(steps_per_epoch=steps, steps=tuple(cfg.steps), warmup_iters=cfg.warmup_iters,
+                    warmup_factor=cfg.warmup_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, **schedule))
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    metrics: list[dict[str, Any]] = []
+    start = 0
+    if cfg.resume and ckpt_path.exists():
+        ck = read_checkpoint(ckpt_path)
+        if ck["arch"] != arch.to_dict() or ck["detector"] != cfg.detector:
+            raise CheckpointError(f"--resume: {ckpt_path} holds a {ck['detector']} on arch "
+                                  f"{_arch_label(ck['arch'])}, expected a {cfg.detector} on {_arch_label(arch.to_dict())}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        metrics = list(ck["metrics"])
+        start = int(ck["epoch"])
+        _set_rng_state(ck["rng"])
+        log(f"resumed from {ckpt_path} at epoch {start}")
+    elif cfg.resume:
+        log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
+
+    if rank == 0:
+        kind = f"transformed ({len(arch.convs)} convs)" if arch.convs else "baseline"
+        log(f"training {cfg.detector} on {arch.backbone} {kind}: {len(train_set)} train / {len(val_set)} val images, "
+            f"{world} process(es) x {cfg.batch_size} images, lr {base_lr:g}, {steps} steps/epoch, "
+            f"{cfg.epochs} epochs, lr / 10 from epochs {list(cfg.steps)}, warm-up {cfg.warmup_iters} iters, "
+            f"device {device}{' (AMP, channels_last)' if cuda else ''}")
+
+    for epoch in range(start, cfg.epochs):
+        net.train()
+        sampler.set_epoch(epoch)
+        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
+        total, parts, lr = 0.0, {}, opt.param_groups[0]["lr"]
+        for images, targets in itertools.islice(loader, steps):
+            lr = opt.param_groups[0]["lr"]
+            loss, losses = _step(net, opt, scaler, *_to(images, targets, device), cuda)
+            sched.step()
+            total += loss
+            for k, v in losses.items():
+                parts[k] = parts.get(k, 0.0) + v
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if world > 1:  # log the mean over all processes, not rank 0's share
+            keys = sorted(parts)
+            sums = torch.tensor([total] + [parts[k] for k in keys], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(sums)
+            total, parts = float(sums[0]) / world, {k: float(v) / world for k, v in zip(keys, sums[1:].tolist())}
+        val = evaluate(model, val_set, device=device, amp=cuda, rank=rank, world=world)
+        record = {"epoch": epoch + 1, "loss": total / max(steps, 1),
+                  "losses": {k: v / max(steps, 1) for k, v in parts.items()},
+                  "lr": lr, "iterations": (epoch + 1) * steps, **val,
+                  "metric_scale": METRIC_SCALE}
+        metrics.append(record)
+        if rank == 0:
+            _save_checkpoint(ckpt_path, model, opt, sched, scaler, epoch + 1, metrics, cfg, arch, train_set)
+            atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
+            log(f"epoch {epoch + 1}: loss {record['loss']:.4f}, lr {record['lr']:.2e}; val "
+                f"{format_metrics(val)}; checkpoint {ckpt_path}")
+        if world > 1:
+            torch.distributed.barrier()
+
+    return TrainResult(arch, ckpt_path if rank == 0 else None, metrics_path if rank == 0 else None, metrics, model)
+
+
+def _arch_label(d: dict) -> str:
+    n = len(d.get("convs", {}))
+    return f"{d.get('backbone')} ({n} transformed convs)" if n else f"{d.get('backbone')} (baseline)"
+
+
+def _save_checkpoint(path: Path, model, opt, sched, scaler, epoch: int, metrics, cfg: TrainConfig, arch: Arch,
+                     dataset) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "arch": arch.to_dict(), "detector": cfg.detector,
+                "num_classes": dataset.num_classes + 1, "label_to_cat_id": dict(dataset.label_to_cat_id),
+                "min_size": cfg.min_size, "max_size": cfg.max_size, "detector_kwargs": dict(cfg.detector_kwargs),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "metrics": metrics,
+                "config": _config_dict(cfg)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"--checkpoint: got {str(p)!r}, expected an existing checkpoint file written by "
+                              "natsdeploy train (OUT/checkpoint.pth)")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"--checkpoint: got {str(p)!r} that torch.load cannot read ({type(e).__name__}), "
+                              "expected OUT/checkpoint.pth written by natsdeploy train") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise CheckpointError(f"--checkpoint: got {str(p)!r} with format {got!r}, expected {CHECKPOINT_FORMAT!r} "
+                              "(OUT/checkpoint.pth written by natsdeploy train)")
+    return ck
+
+
+def load_detector_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, Arch, dict]:
+    """The trained detector (eval mode, on `device`), its arch, and the checkpoint's metadata.
+
+    `meta`: detector, num_classes (background included), label_to_cat_id, min_size, max_size,
+    detector_kwargs, epoch, metrics, config. Raises CheckpointError (one line) for a missing or
+    unreadable file or one that is not a natsdeploy train checkpoint.
+    """
+    return detector_from_checkpoint(read_checkpoint(path), device=device, path=path)
+
+
+def detector_from_checkpoint(ck: dict[str, Any], *, device: str = "cpu", path: Any = "checkpoint"
+                             ) -> tuple[nn.Module, Arch, dict]:
+    """`load_detector_checkpoint` for a checkpoint dict already read with `read_checkpoint`."""
+    from natsdeploy.arch import ArchError
+
+    try:
+        arch = Arch.from_dict(ck["arch"])
+    except ArchError as e:
+        raise CheckpointError(f"--checkpoint: {path}: its arch is invalid ({e})") from None
+    with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
+        model = _build_detector(ck["detector"], arch, None, int(ck["num_classes"]), int(ck["min_size"]),
+                                int(ck["max_size"]), dict(ck.get("detector_kwargs") or {}))
+    model.load_state_dict(ck["model"], strict=True)
+    model = model.to(device).eval()
+    meta = {k: ck.get(k) for k in ("detector", "num_classes", "label_to_cat_id", "min_size", "max_size",
+                                   "detector_kwargs", "epoch", "metrics", "config")}
+    meta["label_to_cat_id"] = {int(k): int(v) for k, v in meta["label_to_cat_id"].items()}
+    meta["path"] = str(path)
+    return model, arch, meta

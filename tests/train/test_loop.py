@@ -1,0 +1,158 @@
+"""`natsdeploy train`: a short run writes a checkpoint and metrics, resume is bit-identical, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from natsdeploy import load_arch
+from natsdeploy.cli import main
+from natsdeploy.data.evaluate import METRICS
+from natsdeploy.train.loop import (CHECKPOINT_FORMAT, TrainConfig, evaluate, load_detector_checkpoint, lr_factor,
+                                   train)
+from tests.conftest import EXAMPLES
+
+ARCH = EXAMPLES / "resnet18_nats_c.json"
+# fewer proposals and RoI samples than torchvision's defaults: same code paths, a fraction of the CPU time
+FAST = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
+            rpn_post_nms_top_n_test=100, box_batch_size_per_image=128)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from natsdeploy.data.synthetic import make_synthetic_coco
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    make_synthetic_coco(root, train_images=8, val_images=4, image_size=(96, 128), seed=0)
+    return str(root)
+
+
+def _cfg(synth, out, **kw) -> TrainConfig:
+    base = dict(arch=str(ARCH), data=synth, out=str(out), epochs=2, steps=(1,), batch_size=2, warmup_iters=2,
+                lr_per_image=0.005, min_size=96, max_size=128, max_steps_per_epoch=3, progress=False,
+                detector_kwargs=dict(FAST))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lr_schedule_warmup_then_steps():
+    f = lambda it: lr_factor(it, steps_per_epoch=10, steps=(8, 11), warmup_iters=5)  # noqa: E731
+    assert f(0) == pytest.approx(0.001)
+    assert f(1) == pytest.approx(0.001 * 0.8 + 0.2)
+    assert f(5) == f(79) == 1.0
+    assert f(80) == pytest.approx(0.1) and f(109) == pytest.approx(0.1)
+    assert f(110) == pytest.approx(0.01) and f(129) == pytest.approx(0.01)
+
+
+def test_short_train_writes_checkpoint_and_metrics(synth, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["train", str(ARCH), "--data", synth, "--detector", "faster_rcnn", "--epochs", "2", "--steps", "1",
+                 "--batch-size", "2", "--warmup-iters", "2", "--min-size", "96", "--max-size", "128",
+                 "--max-steps-per-epoch", "3", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1:" in printed and "epoch 2:" in printed and all(f"{m} " in printed for m in METRICS)
+
+    ck = torch.load(out / "checkpoint.pth", weights_only=False)
+    assert ck["format"] == CHECKPOINT_FORMAT and ck["epoch"] == 2 and ck["detector"] == "faster_rcnn"
+    assert ck["arch"] == load_arch(ARCH).to_dict()
+    assert ck["num_classes"] == 4 and ck["label_to_cat_id"] == {1: 1, 2: 2, 3: 3}
+    assert (ck["min_size"], ck["max_size"]) == (96, 128)
+    for key in ("model", "optimizer", "scheduler", "rng", "metrics"):
+        assert ck[key], key
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        for k in METRICS:  # AP points; -1 where pycocotools has no ground truth in the size range
+            assert m[k] == -1.0 or 0.0 <= m[k] <= 100.0, (k, m[k])
+    assert metrics[0]["lr"] == pytest.approx(0.0025) and metrics[1]["lr"] == pytest.approx(0.00025)  # / 10 from epoch 1
+    assert metrics == ck["metrics"]
+
+    # the checkpoint rebuilds the same detector: evaluating it again gives the logged metrics
+    model, arch, meta = load_detector_checkpoint(out / "checkpoint.pth")
+    assert not model.training and arch == load_arch(ARCH) and meta["epoch"] == 2
+    from natsdeploy.data.coco import load_dataset
+
+    again = evaluate(model, load_dataset(synth, "val"))
+    assert again == {k: metrics[-1][k] for k in METRICS}
+
+
+def test_resume_is_bit_identical(synth, tmp_path):
+    full = train(_cfg(synth, tmp_path / "full"), log=lambda s: None)
+
+    def interrupt_after_first_epoch(msg):
+        if msg.startswith("epoch 1:"):  # logged after the checkpoint is written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(synth, tmp_path / "part"), log=interrupt_after_first_epoch)
+    assert torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=False)["epoch"] == 1
+    resumed = train(_cfg(synth, tmp_path / "part", resume=True), log=lambda s: None)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full.metrics == resumed.metrics
+    assert (tmp_path / "full" / "metrics.json").read_text() == (tmp_path / "part" / "metrics.json").read_text()
+
+
+def test_baseline_trains_under_the_same_recipe(synth, tmp_path):
+    r = train(_cfg(synth, tmp_path / "b", arch=None, backbone="resnet18", epochs=1, max_steps_per_epoch=1),
+              log=lambda s: None)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=False)
+    assert ck["arch"]["convs"] == {} and ck["arch"]["backbone"] == "resnet18" and len(r.metrics) == 1
+
+
+def test_baseline_without_backbone_exits_2(synth, tmp_path, capsys):
+    assert main(["train", "--data", synth, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--backbone" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_backbone_other_than_the_arch_exits_2(synth, tmp_path, capsys):
+    assert main(["train", str(ARCH), "--backbone", "resnet50", "--data", synth, "--out", str(tmp_path / "x")]) == 2
+    assert "resnet18" in capsys.readouterr().err
+
+
+def test_dataset_without_annotations_exits_2(tmp_path, capsys):
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    assert main(["train", str(ARCH), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "annotation" in err
+
+
+def _ddp_worker(rank, world, init_file, cfg_dict, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        r = train(TrainConfig(**cfg_dict), log=lambda s: None)
+        torch.save({"model": r.model.state_dict(), "metrics": r.metrics, "checkpoint": r.checkpoint},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ranks_agree_and_rank0_writes(synth, tmp_path):
+    import dataclasses
+
+    import torch.multiprocessing as mp
+
+    cfg = _cfg(synth, tmp_path / "ddp", epochs=1, max_steps_per_epoch=2, batch_size=1)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), dataclasses.asdict(cfg), str(tmp_path)), nprocs=2,
+             join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in (0, 1))
+    for k in r0["model"]:
+        assert torch.equal(r0["model"][k], r1["model"][k]), k  # gradients are synchronised
+    assert r0["metrics"] == r1["metrics"]  # evaluation is sharded and all-gathered
+    assert r0["checkpoint"] is not None and r1["checkpoint"] is None
+    ck = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=False)
+    assert ck["metrics"] == r0["metrics"] and ck["config"]["batch_size"] == 1
+    from natsdeploy.data.coco import load_dataset
+
+    model, _, _ = load_detector_checkpoint(tmp_path / "ddp" / "checkpoint.pth")
+    single = evaluate(model, load_dataset(synth, "val"))  # one process, every image
+    assert single == {k: r0["metrics"][-1][k] for k in METRICS}

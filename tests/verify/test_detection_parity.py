@@ -1,0 +1,148 @@
+"""`natsdeploy parity`: a trained detector with its PyTorch backbone vs its exported backbone on ONNX Runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from natsdeploy import Arch
+from natsdeploy.cli import main
+from natsdeploy.data.evaluate import METRICS
+from natsdeploy.runners import OrtRunner
+from natsdeploy.verify.detection_parity import detection_parity, match_detections
+from tests.conftest import EXAMPLES
+
+ARCH = EXAMPLES / "resnet18_nats_c.json"
+FAST = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
+            rpn_post_nms_top_n_test=100, box_batch_size_per_image=128)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A briefly trained Faster R-CNN on the example transformed ResNet-18 and its data."""
+    from natsdeploy.data.synthetic import make_synthetic_coco
+    from natsdeploy.train.loop import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("parity")
+    data = make_synthetic_coco(root / "data", train_images=8, val_images=4, image_size=(96, 128), seed=0)
+    cfg = TrainConfig(arch=str(ARCH), data=str(data), out=str(root / "run"), epochs=1, steps=(1,), batch_size=2,
+                      warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128, max_steps_per_epoch=3,
+                      progress=False, detector_kwargs=dict(FAST, box_score_thresh=0.0))
+    # so short a run scores far below torchvision's 0.05 threshold (max ~1e-3): 0 (kept in the checkpoint,
+    # used on both sides) keeps the top 100 detections per image to match
+    train(cfg, log=lambda s: None)
+    return {"data": str(data), "checkpoint": str(root / "run" / "checkpoint.pth")}
+
+
+@pytest.fixture
+def ort_calls(monkeypatch):
+    """Counts every OrtRunner.run call (independently of the swapped body's own counter)."""
+    calls = []
+    real = OrtRunner.run
+
+    def counting(self, feed):
+        calls.append(tuple(next(iter(feed.values())).shape))
+        return real(self, feed)
+
+    monkeypatch.setattr(OrtRunner, "run", counting)
+    return calls
+
+
+def test_ort_parity_passes_with_zero_delta(trained, tmp_path, capsys, ort_calls):
+    out = tmp_path / "p.json"
+    rc = main(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"],
+               "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    r = json.loads(out.read_text())
+    assert r["passed"] and r["backend"] == "ort" and r["images"] == 4 and r["tolerance_ap_points"] == 0.1
+    assert all(r["delta"][k] == 0.0 for k in METRICS), r["delta"]
+    assert r["matching"]["matched_share"] >= 0.99 and r["matching"]["reference_detections"] > 0
+    assert r["matching"]["max_score_diff"] < 1e-4
+    assert r["backbone_features"]["passed"]
+    # the runtime really ran: once per val image through the swapped body, plus the seeded feature check
+    assert r["runtime_calls"] == 4 and len(ort_calls) == 5
+    assert all(shape[0] == 1 and shape[2] % 32 == 0 and shape[3] % 32 == 0 for shape in ort_calls)
+    assert "pytorch" in printed and "ort" in printed and "diff" in printed and "verdict: PASS" in printed
+    assert "0-100" in printed
+
+
+def test_limit_evaluates_the_first_images(trained, ort_calls):
+    r = detection_parity(Arch.from_dict(json.loads(ARCH.read_text())), trained["checkpoint"], trained["data"],
+                         limit=2, log=lambda s: None)
+    assert r.images == 2 and r.runtime_calls == 2 and len(ort_calls) == 3 and r.passed
+
+
+def test_broken_runtime_features_are_caught(trained, monkeypatch):
+    """The matcher sees a runtime whose features are wrong (zeroed c5), even where AP cannot."""
+    real = OrtRunner.run
+
+    def broken(self, feed):
+        out = real(self, feed)
+        out["c5"] = out["c5"] * 0
+        return out
+
+    monkeypatch.setattr(OrtRunner, "run", broken)
+    r = detection_parity(Arch.from_dict(json.loads(ARCH.read_text())), trained["checkpoint"], trained["data"],
+                         log=lambda s: None)
+    assert not r.features["passed"] and r.match.share < 0.99
+
+
+def test_match_detections_needs_same_class_and_iou():
+    box = torch.tensor([[10.0, 10.0, 50.0, 60.0]])
+    ref = [{"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}]
+    same = [{"boxes": box + 0.01, "labels": torch.tensor([1]), "scores": torch.tensor([0.89])}]
+    moved = [{"boxes": box + 2.0, "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}]
+    other = [{"boxes": box, "labels": torch.tensor([2]), "scores": torch.tensor([0.9])}]
+    m = match_detections(ref, same)
+    assert m.share == 1.0 and m.max_score_diff == pytest.approx(0.01)
+    assert match_detections(ref, moved).share == 0.0 and match_detections(ref, other).share == 0.0
+    empty = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}]
+    assert match_detections(empty, empty).share == 1.0 and match_detections(empty, ref).share == 0.0
+
+
+def _one_line_exit_2(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("natsdeploy: error:") and "\n" not in err, err
+    return err
+
+
+def test_checkpoint_of_another_arch_exits_2(trained, tmp_path, capsys):
+    baseline = Arch(backbone="resnet18").save(tmp_path / "baseline.json")
+    err = _one_line_exit_2(capsys, ["parity", str(baseline), "--checkpoint", trained["checkpoint"],
+                                    "--data", trained["data"]])
+    assert "another arch" in err and 'convs["layer2.0.conv1"]' in err
+
+
+def test_missing_or_unreadable_checkpoint_exits_2(trained, tmp_path, capsys):
+    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", str(tmp_path / "nope.pth"),
+                                    "--data", trained["data"]])
+    assert "nope.pth" in err
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", str(tmp_path / "junk.pth"),
+                                    "--data", trained["data"]])
+    assert "junk.pth" in err and "cannot read" in err
+
+
+def test_dataset_without_annotations_exits_2(trained, tmp_path, capsys):
+    (tmp_path / "d" / "val").mkdir(parents=True)
+    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                                    "--data", str(tmp_path / "d")])
+    assert "annotation" in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is importable here")
+def test_trt_without_tensorrt_exits_2(trained, capsys):
+    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                                    "--data", trained["data"], "--backend", "trt"])
+    assert "--backend trt" in err and "TensorRT" in err
+
+
+def test_fp16_needs_trt_exits_2(trained, capsys):
+    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                                    "--data", trained["data"], "--fp16"])
+    assert "--fp16" in err
