@@ -17,6 +17,14 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_readme_outputs():
+    """The examples write under out/readme; start empty so reruns behave like a fresh clone."""
+    import shutil
+
+    shutil.rmtree(REPO / "out" / "readme", ignore_errors=True)
+
+
 COMMANDS = [line for block in _blocks("bash") for line in block.splitlines() if line.startswith("natsdeploy ")]
 
 
