@@ -1,10 +1,10 @@
-"""Input-shape strings such as 1x3x800x1216."""
+"""Command-line values: input-shape strings such as 1x3x800x1216, bounded integers and numbers."""
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["UsageError", "parse_input_shape", "format_shape"]
+__all__ = ["UsageError", "parse_input_shape", "format_shape", "parse_int", "parse_float"]
 
 
 class UsageError(ValueError):
@@ -24,3 +24,26 @@ def parse_input_shape(text: str, *, flag: str = "--input-shape") -> tuple[int, i
 
 def format_shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
+
+
+def parse_int(flag: str, text, lo: int = 0, hi: int | None = None) -> int:
+    """`text` as an integer in lo..hi (hi None: unbounded), else UsageError naming flag, value and range."""
+    expected = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+    try:
+        v = int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {text!r}, expected {expected}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise UsageError(f"{flag}: got {text!r}, expected {expected}")
+    return v
+
+
+def parse_float(flag: str, text, lo: float = 0.0) -> float:
+    """`text` as a finite-or-infinite number >= lo (NaN rejected), else UsageError."""
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: got {text!r}, expected a number >= {lo:g}") from None
+    if not v >= lo:
+        raise UsageError(f"{flag}: got {text!r}, expected a number >= {lo:g}")
+    return v

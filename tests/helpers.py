@@ -154,3 +154,25 @@ def assert_features_close(actual: dict, expected: dict, rel: float = 1e-4) -> No
     for k, ref in expected.items():
         scale = ref.abs().max().item()
         torch.testing.assert_close(actual[k], ref, rtol=rel, atol=rel * max(scale, 1e-6), msg=lambda m: f"{k}: {m}")
+
+
+def ort_outputs(model, x):
+    """Run an ONNX ModelProto on ONNX Runtime CPU (the runtime reference): {output name: array}."""
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {"images": x})))
+
+
+def assert_ort_parity(model_pt, proto, shape, rel=1e-4, seed=0):
+    """The graph's outputs on ORT equal the PyTorch model's features (rtol `rel`, atol `rel` x max |ref|)."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    got = ort_outputs(proto, x.numpy())
+    with torch.no_grad():
+        ref = model_features(model_pt, x)
+    compared = [k for k in ref if k in got]
+    assert compared, f"no graph output among {sorted(ref)}; graph has {sorted(got)}"
+    for k in compared:
+        v = ref[k]
+        scale = float(v.abs().max())
+        torch.testing.assert_close(torch.from_numpy(got[k]), v, rtol=rel, atol=rel * scale, msg=lambda m: f"{k}: {m}")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError, parse_input_shape
+from natsdeploy.shapes import UsageError, parse_input_shape, parse_int, parse_float
 
 __all__ = ["add_bench_arguments", "bench_cli"]
 
@@ -31,14 +31,6 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, help="write a PNG box plot here")
 
 
-def _num(flag: str, value: str, cast, lo):
-    try:
-        v = cast(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {value!r}, expected a {'number' if cast is float else 'positive integer'}") from None
-    if v < lo:
-        raise UsageError(f"{flag}: got {value!r}, expected >= {lo}")
-    return v
 
 
 def bench_cli(args: argparse.Namespace) -> int:
@@ -56,11 +48,11 @@ def bench_cli(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise UsageError("--device: got 'cuda', but torch sees no CUDA device here; expected 'cpu'")
     shape = parse_input_shape(args.input_shape)
-    batches = [_num("--batch", b, int, 1) for b in args.batch]
-    threads = _num("--threads", args.threads, int, 1) if args.threads else None
-    warm = _num("--warmup-s", args.warmup_s, float, 0.0)
-    duration = _num("--duration-s", args.duration_s, float, 0.0) if args.duration_s else None
-    runs = _num("--runs", args.runs, int, 1) if args.runs else (3 if duration else 20)
+    batches = [parse_int("--batch", b, 1) for b in args.batch]
+    threads = parse_int("--threads", args.threads, 1) if args.threads else None
+    warm = parse_float("--warmup-s", args.warmup_s, 0.0)
+    duration = parse_float("--duration-s", args.duration_s, 0.0) if args.duration_s else None
+    runs = parse_int("--runs", args.runs, 1) if args.runs else (3 if duration else 20)
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path and Path(path).is_dir():
             raise UsageError(f"{flag}: got {path!r}, a folder, expected a file path")

@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 
-from natsdeploy.shapes import UsageError
+from natsdeploy.shapes import UsageError, parse_int
 
 __all__ = ["add_data_arguments", "synth_cli"]
 
@@ -24,15 +24,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     s.set_defaults(func=synth_cli)
 
 
-def _int(flag: str, text: str, lo: int, hi: int | None = None) -> int:
-    expected = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
-    try:
-        v = int(text)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {text!r}, expected {expected}") from None
-    if v < lo or (hi is not None and v > hi):
-        raise UsageError(f"{flag}: got {text!r}, expected {expected}")
-    return v
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -45,9 +36,9 @@ def _size(text: str) -> tuple[int, int]:
 def synth_cli(args: argparse.Namespace) -> int:
     from natsdeploy.data.synthetic import SHAPES, make_synthetic_coco
 
-    kwargs = dict(train_images=_int("--images", args.images, 1), val_images=_int("--val-images", args.val_images, 1),
-                  image_size=_size(args.size), classes=_int("--classes", args.classes, 1, len(SHAPES)),
-                  max_objects=_int("--max-objects", args.max_objects, 1), seed=_int("--seed", args.seed, 0))
+    kwargs = dict(train_images=parse_int("--images", args.images, 1), val_images=parse_int("--val-images", args.val_images, 1),
+                  image_size=_size(args.size), classes=parse_int("--classes", args.classes, 1, len(SHAPES)),
+                  max_objects=parse_int("--max-objects", args.max_objects, 1), seed=parse_int("--seed", args.seed, 0))
     out = make_synthetic_coco(args.out, **kwargs)
     counts = {split: len(json.loads((out / "annotations" / f"instances_{split}.json").read_text())["annotations"])
               for split in ("train", "val")}

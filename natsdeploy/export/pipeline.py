@@ -21,7 +21,7 @@ import numpy as np
 
 from natsdeploy.arch import Arch, atomic_write_text, load_arch
 from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
-from natsdeploy.shapes import UsageError, format_shape, parse_input_shape
+from natsdeploy.shapes import UsageError, format_shape, parse_input_shape, parse_int, parse_float
 
 __all__ = ["ExportResult", "export_arch", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
 
@@ -242,24 +242,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp16", action="store_true", help="fp16 TensorRT engines (with --engine)")
 
 
-def _int(flag: str, value: str, lo: int, hi: int | None = None) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {value!r}, expected an integer") from None
-    if v < lo or (hi is not None and v > hi):
-        raise UsageError(f"{flag}: got {v}, expected {lo}..{hi}" if hi is not None else f"{flag}: got {v}, expected >= {lo}")
-    return v
 
 
-def _float(flag: str, value: str, lo: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {value!r}, expected a number") from None
-    if not v >= lo:
-        raise UsageError(f"{flag}: got {value!r}, expected a number >= {lo:g}")
-    return v
 
 
 def export_cli(args: argparse.Namespace) -> int:
@@ -270,7 +254,7 @@ def export_cli(args: argparse.Namespace) -> int:
     if args.form not in CLI_FORMS:
         raise UsageError(f"--form: got {args.form!r}, expected one of {list(CLI_FORMS)}")
     default_opset = "18" if args.form in ("rows", "auto") else "17"
-    opset = _int("--opset", args.opset if args.opset is not None else default_opset, 13,
+    opset = parse_int("--opset", args.opset if args.opset is not None else default_opset, 13,
                  onnx.defs.onnx_opset_version())
     if args.form in ("rows", "auto") and opset < 18:
         raise UsageError(f"--opset: got {opset}, expected 18 or newer for form 'rows' (Col2Im)")
@@ -278,11 +262,11 @@ def export_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--outputs: got {args.outputs!r}, expected 'features' or 'logits'")
     if args.fp16 and not args.engine:
         raise UsageError("--fp16: got it without --engine, expected --engine (fp16 applies to TensorRT engines)")
-    tol = _float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
-    pairs = _int("--latency-pairs", args.latency_pairs, 0)
-    warm = _float("--warmup-s", args.warmup_s, 0.0)
-    threads = _int("--threads", args.threads, 1) if args.threads is not None else None
-    seed = _int("--seed", args.seed, 0)
+    tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
+    pairs = parse_int("--latency-pairs", args.latency_pairs, 0)
+    warm = parse_float("--warmup-s", args.warmup_s, 0.0)
+    threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None
+    seed = parse_int("--seed", args.seed, 0)
     out = Path(args.out) if args.out else Path(f"export-{Path(args.arch).stem}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: got {str(out)!r}, an existing file, expected a folder")

@@ -80,14 +80,15 @@ def resolve_weights(weights: Weights, spec: BackboneSpec) -> dict[str, torch.Ten
     else:
         raise WeightsError(f"weights: got {type(weights).__name__}, expected None, 'imagenet', a path or a state dict")
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-    ref = _plain_resnet(spec).state_dict()
+    with torch.random.fork_rng(devices=[]):  # shapes only: passing weights must not shift the caller's RNG
+        ref = _plain_resnet(spec).state_dict()
     if any(".branches." in k for k in sd):
         raise WeightsError("weights: got a transformed-layout state dict, expected torchvision layout "
                            "(convert with natsdeploy.transformed_state_dict_to_baseline)")
     for k, v in ref.items():
         if k not in sd:
-            if k.startswith("fc."):
-                continue  # detector backbones carry no classifier; keep the init
+            if k.startswith("fc.") or k.endswith(".num_batches_tracked"):
+                continue  # detector backbones carry no classifier, frozen BN no counter; keep the init
             raise WeightsError(f"weights[{k!r}]: missing, expected a {spec.name} state dict")
         if tuple(sd[k].shape) != tuple(v.shape):
             raise WeightsError(f"weights[{k!r}]: got shape {tuple(sd[k].shape)}, expected {tuple(v.shape)} "

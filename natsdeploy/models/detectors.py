@@ -1,8 +1,11 @@
 """torchvision detectors (Faster R-CNN FPN, RetinaNet, Mask R-CNN) around any ResNet-style backbone.
 
 The backbone module (baseline, transformed or super-net) is wrapped exactly as torchvision's own
-`*_resnet50_fpn` builders do: BatchNorm frozen, stem and layer1 frozen (trainable_layers=3), FPN
-on layer1-4 (RetinaNet: layer2-4 plus P6/P7).
+`*_resnet50_fpn` builders do, FPN on layer1-4 (RetinaNet: layer2-4 plus P6/P7), with torchvision's
+rule for BatchNorm and frozen layers: a backbone with pretrained weights gets FrozenBatchNorm2d and
+trainable_layers=3 (stem and layer1 frozen); one trained from its initialisation keeps trainable
+BatchNorm2d and trains every layer (trainable_layers=5), since frozen identity BN on a random init
+leaves a deep ResNet unnormalised.
 """
 
 from __future__ import annotations
@@ -34,16 +37,26 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def build_detector(kind: Detector, backbone: nn.Module, *, num_classes: int, min_size: int = 800,
-                   max_size: int = 1333, trainable_layers: int = 3, **kwargs) -> nn.Module:
-    """A torchvision detector with `num_classes` (background included) on `backbone`."""
+def build_detector(kind: Detector, backbone: nn.Module, *, num_classes: int, pretrained: bool = True,
+                   min_size: int = 800, max_size: int = 1333, trainable_layers: int | None = None,
+                   **kwargs) -> nn.Module:
+    """A torchvision detector with `num_classes` (background included) on `backbone`.
+
+    `pretrained`: the backbone carries trained weights (BN frozen, default trainable_layers 3);
+    otherwise BN stays trainable and every layer trains (default trainable_layers 5).
+    """
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     if kind not in DETECTORS:
         raise ValueError(f"--detector: got {kind!r}, expected one of {list(DETECTORS)}")
-    backbone = freeze_batchnorm(backbone)
+    if trainable_layers is None:
+        trainable_layers = 3 if pretrained else 5
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers: got {trainable_layers}, expected 0..5")
+    if pretrained:
+        backbone = freeze_batchnorm(backbone)
     if kind == "retinanet":
         out_ch = 256
         body = _resnet_fpn_extractor(backbone, trainable_layers, returned_layers=[2, 3, 4],

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError
+from natsdeploy.shapes import UsageError, parse_int, parse_float
 
 __all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli", "decode_checkpoint"]
 
@@ -41,24 +41,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _int(flag, v, lo=0):
-    try:
-        x = int(v)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {v!r}, expected an integer") from None
-    if x < lo:
-        raise UsageError(f"{flag}: got {x}, expected >= {lo}")
-    return x
 
 
-def _float(flag, v, lo=0.0):
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {v!r}, expected a number") from None
-    if not x >= lo:
-        raise UsageError(f"{flag}: got {v!r}, expected a number >= {lo:g}")
-    return x
 
 
 def search_cli(args: argparse.Namespace) -> int:
@@ -82,21 +66,21 @@ def search_cli(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         raise UsageError(f"--device: got {device!r}, expected 'cpu'" + (" or 'cuda'" if torch.cuda.is_available() else ""))
-    groups = _int("--groups", args.groups, 1) if args.groups else (None if args.channels_per_group else 16)
-    cpg = _int("--channels-per-group", args.channels_per_group, 1) if args.channels_per_group else None
+    groups = parse_int("--groups", args.groups, 1) if args.groups else (None if args.channels_per_group else 16)
+    cpg = parse_int("--channels-per-group", args.channels_per_group, 1) if args.channels_per_group else None
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
     cfg = SearchConfig(
         data=args.data, out=args.out, detector=args.detector, backbone=args.backbone, weights=args.weights,
         preset=args.preset, groups=groups, channels_per_group=cpg, stages=stages,
-        epochs=_int("--epochs", args.epochs, 1), warmup_epochs=_int("--warmup-epochs", args.warmup_epochs, 0),
-        batch_size=_int("--batch-size", args.batch_size, 1), lr_per_image=_float("--lr-per-image", args.lr_per_image),
-        lr_min_per_image=_float("--lr-min-per-image", args.lr_min_per_image),
-        momentum=_float("--momentum", args.momentum), weight_decay=_float("--weight-decay", args.weight_decay),
-        alpha_lr=_float("--alpha-lr", args.alpha_lr), alpha_weight_decay=_float("--alpha-weight-decay", args.alpha_weight_decay),
-        min_size=_int("--min-size", args.min_size, 32), max_size=_int("--max-size", args.max_size, 32),
-        seed=_int("--seed", args.seed), device=device, recompute=args.recompute, resume=args.resume,
-        max_steps_per_epoch=_int("--max-steps-per-epoch", args.max_steps_per_epoch, 1) if args.max_steps_per_epoch else None,
+        epochs=parse_int("--epochs", args.epochs, 1), warmup_epochs=parse_int("--warmup-epochs", args.warmup_epochs, 0),
+        batch_size=parse_int("--batch-size", args.batch_size, 1), lr_per_image=parse_float("--lr-per-image", args.lr_per_image),
+        lr_min_per_image=parse_float("--lr-min-per-image", args.lr_min_per_image),
+        momentum=parse_float("--momentum", args.momentum), weight_decay=parse_float("--weight-decay", args.weight_decay),
+        alpha_lr=parse_float("--alpha-lr", args.alpha_lr), alpha_weight_decay=parse_float("--alpha-weight-decay", args.alpha_weight_decay),
+        min_size=parse_int("--min-size", args.min_size, 32), max_size=parse_int("--max-size", args.max_size, 32),
+        seed=parse_int("--seed", args.seed), device=device, recompute=args.recompute, resume=args.resume,
+        max_steps_per_epoch=parse_int("--max-steps-per-epoch", args.max_steps_per_epoch, 1) if args.max_steps_per_epoch else None,
         progress=not args.no_progress)
     # validate the search space against the backbone before any data or model work
     from natsdeploy.models.specs import BACKBONES as _B

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes
+from natsdeploy.loops import (average_bn_buffers, dist_info, progress, rng_state, seed_all, set_rng_state,
+                              to_device, wrap_ddp)
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "split_indices", "alpha_summary"]
 
@@ -73,11 +74,6 @@ def split_indices(n: int, seed: int) -> tuple[list[int], list[int]]:
     return sorted(perm[:half]), sorted(perm[half:])
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
 
 def alpha_summary(model: nn.Module) -> dict[str, list[float]]:
     """Mean softmax(alpha) per stage and genotype (for the over-epochs plot)."""
@@ -91,19 +87,6 @@ def alpha_summary(model: nn.Module) -> dict[str, list[float]]:
     return {s: torch.stack(v).mean(0).tolist() for s, v in sorted(acc.items())}
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _build(cfg: SearchConfig, num_classes: int) -> nn.Module:
@@ -113,7 +96,8 @@ def _build(cfg: SearchConfig, num_classes: int) -> nn.Module:
     backbone = build_supernet_backbone(cfg.backbone, preset=cfg.preset, groups=cfg.groups,
                                        channels_per_group=cfg.channels_per_group, stages=cfg.stages,
                                        weights=cfg.weights, recompute=cfg.recompute)
-    return build_detector(cfg.detector, backbone, num_classes=num_classes, min_size=cfg.min_size,
+    return build_detector(cfg.detector, backbone, num_classes=num_classes, pretrained=cfg.weights is not None,
+                          min_size=cfg.min_size,
                           max_size=cfg.max_size, **cfg.detector_kwargs)
 
 
@@ -128,26 +112,20 @@ def _loader(dataset, indices, cfg: SearchConfig, rank: int, world: int, seed_off
     return DataLoader(subset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=0), sampler
 
 
-def _to(images, targets, device):
-    return ([i.to(device) for i in images],
-            [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets])
-
 
 def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> SearchResult:
     """Search, checkpointing every epoch; returns the decoded arch (written to `cfg.out/arch.json` by rank 0)."""
     from natsdeploy.data.coco import load_dataset
     from natsdeploy.search.supernet import arch_parameters, decode_supernet, supernet_alphas, weight_parameters
 
-    rank, world = _dist()
+    rank, world = dist_info()
     device = torch.device(cfg.device)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pth"
     if cfg.warmup_epochs > cfg.epochs:
         log(f"note: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: alpha is never updated")
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    seed_all(cfg.seed)
     dataset = load_dataset(cfg.data, "train", masks=cfg.detector == "mask_rcnn", seed=cfg.seed)
     idx_w, idx_a = split_indices(len(dataset), cfg.seed)
     if len(idx_w) < world * cfg.batch_size:
@@ -160,10 +138,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    model, net = wrap_ddp(model, device, world)
 
     global_batch = cfg.batch_size * world
     steps = len(loader_w) if cfg.max_steps_per_epoch is None else min(len(loader_w), cfg.max_steps_per_epoch)
@@ -184,7 +159,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         scaler.load_state_dict(ck["scaler"])
         history = ck["history"]
         start = ck["epoch"]
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         log(f"resumed from {ckpt_path} at epoch {start}")
     elif cfg.resume:
         log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
@@ -195,12 +170,12 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         sampler_a.set_epoch(epoch)
         search_alpha = epoch >= cfg.warmup_epochs
         it_a = iter(loader_a)
-        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
+        bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
         sums = {"loss_w": 0.0, "loss_a": 0.0}
         for step, (images, targets) in enumerate(loader_w):
             if step >= steps:
                 break
-            loss_w = _step(net, opt_w, scaler, *_to(images, targets, device), cuda)
+            loss_w = _step(net, opt_w, scaler, *to_device(images, targets, device), cuda)
             sched.step()
             sums["loss_w"] += loss_w
             if search_alpha:
@@ -209,13 +184,14 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                 except StopIteration:
                     it_a = iter(loader_a)
                     batch_a = next(it_a)
-                sums["loss_a"] += _step(net, opt_a, scaler, *_to(*batch_a, device), cuda)
+                sums["loss_a"] += _step(net, opt_a, scaler, *to_device(*batch_a, device), cuda)
             if bar is not None:
                 bar.set_postfix(loss_w=f"{loss_w:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}",
                                 alpha="on" if search_alpha else "warm-up")
                 bar.update(1)
         if bar is not None:
             bar.close()
+        average_bn_buffers(model, world)
         history.append({"epoch": epoch + 1, "loss_w": sums["loss_w"] / max(steps, 1),
                         "loss_a": sums["loss_a"] / max(steps, 1) if search_alpha else None,
                         "alpha_softmax": alpha_summary(model)})
@@ -255,18 +231,11 @@ def _step(net: nn.Module, opt: torch.optim.Optimizer, scaler, images, targets, c
     return float(loss.detach())
 
 
-def _progress(total: int, desc: str, *, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
 
 def _save_checkpoint(path: Path, model, opt_w, opt_a, sched, scaler, epoch: int, history, cfg: SearchConfig) -> None:
     buf = io.BytesIO()
     torch.save({"epoch": epoch, "model": model.state_dict(), "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
-                "sched": sched.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                "sched": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                 "history": history, "config": asdict(cfg), "format": "natsdeploy-search-checkpoint/1"}, buf)
     atomic_write_bytes(path, buf.getvalue())
 

@@ -4,6 +4,7 @@
   lr / 10 after epochs 8 and 11, linear warm-up), COCO AP on the val split after every epoch,
   a checkpoint every epoch (`--resume` continues bit-identically), DDP under torchrun.
 - `load_detector_checkpoint(path) -> (detector in eval mode, arch, meta)`: what `natsdeploy parity` reads.
+- `backbone_weights(path) -> torchvision-layout state dict` of the trained backbone (a `--weights` file).
 
 `import natsdeploy.train` is cheap: torch loads on first use of what needs it.
 """
@@ -19,6 +20,7 @@ _LAZY = {
     "train": "natsdeploy.train.loop",
     "load_detector_checkpoint": "natsdeploy.train.loop",
     "lr_factor": "natsdeploy.train.loop",
+    "backbone_weights": "natsdeploy.train.loop",
     "CHECKPOINT_FORMAT": "natsdeploy.train.loop",
 }
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError
+from natsdeploy.shapes import UsageError, parse_int, parse_float
 
 __all__ = ["add_train_arguments", "train_cli"]
 
@@ -29,6 +29,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", default="800", help="detector resize: shorter side (default 800)")
     p.add_argument("--max-size", default="1333", help="detector resize: longer side cap (default 1333)")
     p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
+    p.add_argument("--trainable-layers", default=None,
+                   help="backbone stages trained, 0..5 (default: 3 with --weights, frozen BN; 5 without, trainable BN)")
     p.add_argument("--seed", default="0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
@@ -36,24 +38,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (checkpoint.pth, metrics.json)")
 
 
-def _int(flag: str, v, lo: int = 0) -> int:
-    try:
-        x = int(v)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {v!r}, expected an integer") from None
-    if x < lo:
-        raise UsageError(f"{flag}: got {x}, expected >= {lo}")
-    return x
 
 
-def _float(flag: str, v, lo: float = 0.0) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise UsageError(f"{flag}: got {v!r}, expected a number") from None
-    if not x >= lo:
-        raise UsageError(f"{flag}: got {v!r}, expected a number >= {lo:g}")
-    return x
 
 
 def _init_distributed(device: str) -> None:
@@ -80,18 +66,20 @@ def train_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--device: got {device!r}, expected 'cpu'" + (" or 'cuda'" if torch.cuda.is_available() else ""))
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
-    epochs = _int("--epochs", args.epochs, 1)
+    epochs = parse_int("--epochs", args.epochs, 1)
     cfg = TrainConfig(
         arch=args.arch, data=args.data, out=args.out, detector=args.detector, backbone=args.backbone,
-        weights=args.weights, epochs=epochs, batch_size=_int("--batch-size", args.batch_size, 1),
-        lr_per_image=_float("--lr-per-image", args.lr_per_image),
-        steps=tuple(sorted(_int("--steps", s, 1) for s in args.steps)),
-        warmup_iters=_int("--warmup-iters", args.warmup_iters, 0),
-        momentum=_float("--momentum", args.momentum), weight_decay=_float("--weight-decay", args.weight_decay),
-        min_size=_int("--min-size", args.min_size, 32), max_size=_int("--max-size", args.max_size, 32),
-        max_steps_per_epoch=_int("--max-steps-per-epoch", args.max_steps_per_epoch, 1)
+        weights=args.weights, epochs=epochs, batch_size=parse_int("--batch-size", args.batch_size, 1),
+        lr_per_image=parse_float("--lr-per-image", args.lr_per_image),
+        steps=tuple(sorted(parse_int("--steps", s, 1) for s in args.steps)),
+        warmup_iters=parse_int("--warmup-iters", args.warmup_iters, 0),
+        momentum=parse_float("--momentum", args.momentum), weight_decay=parse_float("--weight-decay", args.weight_decay),
+        min_size=parse_int("--min-size", args.min_size, 32), max_size=parse_int("--max-size", args.max_size, 32),
+        max_steps_per_epoch=parse_int("--max-steps-per-epoch", args.max_steps_per_epoch, 1)
         if args.max_steps_per_epoch else None,
-        seed=_int("--seed", args.seed), device=device, resume=args.resume, progress=not args.no_progress)
+        trainable_layers=parse_int("--trainable-layers", args.trainable_layers, 0, 5)
+        if args.trainable_layers is not None else None,
+        seed=parse_int("--seed", args.seed), device=device, resume=args.resume, progress=not args.no_progress)
     if cfg.max_size < cfg.min_size:
         raise UsageError(f"--max-size: got {cfg.max_size}, expected >= --min-size {cfg.min_size}")
     arch = resolve_arch(cfg)  # bad arch / missing --backbone: exit 2 before any work

@@ -1,7 +1,8 @@
 """Detector training on a transformed (or baseline) backbone: one recipe for both, so they compare.
 
 The backbone is `build_backbone(arch, weights)` (weights transferred per ARCH_FORMAT.md; the baseline
-is the all-identity arch), wrapped by `build_detector` (frozen BN, frozen stem + layer1). Recipe
+is the all-identity arch), wrapped by `build_detector` (torchvision's rule: with pretrained weights,
+frozen BN and frozen stem + layer1; from the initialisation, trainable BN and every layer). Recipe
 (Detectron/torchvision 1x): SGD momentum 0.9, weight decay 1e-4, lr = lr_per_image x global batch,
 linear warm-up over `warmup_iters` iterations (factor 0.001 -> 1), then lr / 10 from each epoch in
 `steps` on (defaults: 13 epochs, steps 8 and 11, the paper's schedule). AMP and channels_last on CUDA
@@ -25,16 +26,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes, atomic_write_text, load_arch
+from natsdeploy.loops import (average_bn_buffers, dist_info, progress, rng_state, seed_all, set_rng_state,
+                              to_device, wrap_ddp)
 from natsdeploy.shapes import UsageError
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError", "train", "evaluate",
            "load_detector_checkpoint", "read_checkpoint", "detector_from_checkpoint", "lr_factor",
-           "resolve_arch", "format_metrics"]
+           "resolve_arch", "format_metrics", "backbone_weights"]
 
 CHECKPOINT_FORMAT = "natsdeploy-train-checkpoint/1"
 METRIC_SCALE = "AP points (0-100); -1 = undefined (no ground truth in that size range)"
@@ -63,6 +65,7 @@ class TrainConfig:
     min_size: int = 800
     max_size: int = 1333
     max_steps_per_epoch: int | None = None
+    trainable_layers: int | None = None  # None: 3 with weights, 5 (and trainable BN) without
     seed: int = 0
     device: str = "cpu"
     resume: bool = False
@@ -108,30 +111,8 @@ def resolve_arch(cfg: TrainConfig) -> Arch:
     return arch
 
 
-def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to(images, targets, device):
-    return ([i.to(device) for i in images],
-            [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets])
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -205,22 +186,15 @@ def _step(net: nn.Module, opt, scaler, images, targets, cuda: bool) -> tuple[flo
     return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}
 
 
-def _progress(total: int, desc: str, *, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
 
 def _build_detector(kind: str, arch: Arch, weights: Any, num_classes: int, min_size: int, max_size: int,
-                    detector_kwargs: dict) -> nn.Module:
+                    detector_kwargs: dict, *, pretrained: bool, trainable_layers: int | None) -> nn.Module:
     from natsdeploy.models.build import build_backbone
     from natsdeploy.models.detectors import build_detector
 
     backbone = build_backbone(arch, weights)
-    return build_detector(kind, backbone, num_classes=num_classes, min_size=min_size, max_size=max_size,
-                          **detector_kwargs)
+    return build_detector(kind, backbone, num_classes=num_classes, pretrained=pretrained, min_size=min_size,
+                          max_size=max_size, trainable_layers=trainable_layers, **detector_kwargs)
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
@@ -233,16 +207,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 
     if cfg.detector not in DETECTORS:
         raise UsageError(f"--detector: got {cfg.detector!r}, expected one of {list(DETECTORS)}")
-    rank, world = _dist()
+    rank, world = dist_info()
     device = torch.device(cfg.device)
     cuda = device.type == "cuda"
     arch = resolve_arch(cfg)
     out = Path(cfg.out)
     ckpt_path, metrics_path = out / "checkpoint.pth", out / "metrics.json"
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    seed_all(cfg.seed)
     train_set = load_dataset(cfg.data, "train", masks=cfg.detector == "mask_rcnn", seed=cfg.seed)
     val_set = load_dataset(cfg.data, "val", seed=cfg.seed)
     if val_set.label_to_cat_id != train_set.label_to_cat_id:
@@ -257,13 +229,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
 
     num_classes = train_set.num_classes + 1  # background included, as torchvision counts
+    if cfg.trainable_layers is not None and not 0 <= cfg.trainable_layers <= 5:
+        raise UsageError(f"--trainable-layers: got {cfg.trainable_layers}, expected 0..5")
     model = _build_detector(cfg.detector, arch, cfg.weights, num_classes, cfg.min_size, cfg.max_size,
-                            cfg.detector_kwargs).to(device)
+                            cfg.detector_kwargs, pretrained=cfg.weights is not None,
+                            trainable_layers=cfg.trainable_layers).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    model, net = wrap_ddp(model, device, world)
 
     global_batch = cfg.batch_size * world
     base_lr = cfg.lr_per_image * global_batch
@@ -286,7 +259,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         scaler.load_state_dict(ck["scaler"])
         metrics = list(ck["metrics"])
         start = int(ck["epoch"])
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         log(f"resumed from {ckpt_path} at epoch {start}")
     elif cfg.resume:
         log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
@@ -301,11 +274,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     for epoch in range(start, cfg.epochs):
         net.train()
         sampler.set_epoch(epoch)
-        bar = _progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
+        bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
         total, parts, lr = 0.0, {}, opt.param_groups[0]["lr"]
         for images, targets in itertools.islice(loader, steps):
             lr = opt.param_groups[0]["lr"]
-            loss, losses = _step(net, opt, scaler, *_to(images, targets, device), cuda)
+            loss, losses = _step(net, opt, scaler, *to_device(images, targets, device), cuda)
             sched.step()
             total += loss
             for k, v in losses.items():
@@ -320,6 +293,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             sums = torch.tensor([total] + [parts[k] for k in keys], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(sums)
             total, parts = float(sums[0]) / world, {k: float(v) / world for k, v in zip(keys, sums[1:].tolist())}
+        average_bn_buffers(model, world)  # trainable BN (no --weights): same statistics on every rank
         val = evaluate(model, val_set, device=device, amp=cuda, rank=rank, world=world)
         record = {"epoch": epoch + 1, "loss": total / max(steps, 1),
                   "losses": {k: v / max(steps, 1) for k, v in parts.items()},
@@ -348,8 +322,9 @@ def _save_checkpoint(path: Path, model, opt, sched, scaler, epoch: int, metrics,
     torch.save({"format": CHECKPOINT_FORMAT, "arch": arch.to_dict(), "detector": cfg.detector,
                 "num_classes": dataset.num_classes + 1, "label_to_cat_id": dict(dataset.label_to_cat_id),
                 "min_size": cfg.min_size, "max_size": cfg.max_size, "detector_kwargs": dict(cfg.detector_kwargs),
+                "pretrained": cfg.weights is not None, "trainable_layers": cfg.trainable_layers,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch, "metrics": metrics,
+                "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "metrics": metrics,
                 "config": _config_dict(cfg)}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -392,11 +367,31 @@ def detector_from_checkpoint(ck: dict[str, Any], *, device: str = "cpu", path: A
         raise CheckpointError(f"--checkpoint: {path}: its arch is invalid ({e})") from None
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
         model = _build_detector(ck["detector"], arch, None, int(ck["num_classes"]), int(ck["min_size"]),
-                                int(ck["max_size"]), dict(ck.get("detector_kwargs") or {}))
+                                int(ck["max_size"]), dict(ck.get("detector_kwargs") or {}),
+                                pretrained=bool(ck.get("pretrained", True)),
+                                trainable_layers=ck.get("trainable_layers"))
     model.load_state_dict(ck["model"], strict=True)
     model = model.to(device).eval()
     meta = {k: ck.get(k) for k in ("detector", "num_classes", "label_to_cat_id", "min_size", "max_size",
-                                   "detector_kwargs", "epoch", "metrics", "config")}
+                                   "detector_kwargs", "pretrained", "epoch", "metrics", "config")}
     meta["label_to_cat_id"] = {int(k): int(v) for k, v in meta["label_to_cat_id"].items()}
     meta["path"] = str(path)
     return model, arch, meta
+
+
+def backbone_weights(checkpoint: str | os.PathLike | dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The trained backbone of a train checkpoint as a torchvision-layout state dict.
+
+    Transformed backbones are mapped back with `restore_weights` (exact inverse of the transfer), so
+    the result loads through `--weights PATH` into the baseline or any arch of the same backbone:
+    this is how a detector trained here becomes the "pretrained" starting point of a search/retrain.
+    """
+    from natsdeploy.models.transfer import restore_weights
+
+    ck = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    prefix = "backbone.body."
+    sd = {k[len(prefix):]: v.detach().clone() for k, v in ck["model"].items() if k.startswith(prefix)}
+    if not sd:
+        raise CheckpointError("--checkpoint: no 'backbone.body.*' weights in the checkpoint, expected a detector "
+                              "written by natsdeploy train")
+    return restore_weights(sd, Arch.from_dict(ck["arch"]))

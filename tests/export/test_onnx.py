@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -17,24 +15,7 @@ from natsdeploy.convert import load_ic_conv
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation, order_branches
 from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
 from tests.conftest import ICCONV, needs_icconv
-from tests.helpers import ALL, SMALL, model_features, random_arch, seeded_state_dict
-
-
-def _ort(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {"images": x})))
-
-
-def _assert_parity(model_pt, proto, shape, rel=1e-4, seed=0):
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-    got = _ort(proto, x.numpy())
-    with torch.no_grad():
-        ref = model_features(model_pt, x)
-    for k, v in ref.items():
-        if k not in got:
-            continue
-        scale = float(v.abs().max())
-        torch.testing.assert_close(torch.from_numpy(got[k]), v, rtol=rel, atol=rel * scale, msg=lambda m: f"{k}: {m}")
+from tests.helpers import ALL, SMALL, assert_ort_parity, random_arch, seeded_state_dict
 
 
 @pytest.mark.parametrize("backbone", ALL)
@@ -44,7 +25,7 @@ def test_parity_every_backbone(backbone):
     m = build_backbone(arch, sd)
     proto = trunk_to_onnx(merge_same_dilation(fold_trunk(m)), input_shape=(1, 3, 64, 96), logits=True)
     check_onnx(proto)
-    _assert_parity(m, proto, (1, 3, 64, 96))
+    assert_ort_parity(m, proto, (1, 3, 64, 96))
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,7 +38,7 @@ def test_parity_random_archs(seed, backbone, form, merge):
     if merge:
         trunk = merge_same_dilation(trunk)
     proto = trunk_to_onnx(trunk, input_shape=(1, 3, 40, 56), form=form)
-    _assert_parity(m, proto, (1, 3, 40, 56), seed=seed)
+    assert_ort_parity(m, proto, (1, 3, 40, 56), seed=seed)
 
 
 @needs_icconv
@@ -68,7 +49,7 @@ def test_icconv_resnet50_parity_and_rewrites(form):
     for trunk in (fold_trunk(m), merge_same_dilation(fold_trunk(m)),
                   order_branches(fold_trunk(m), key="aligned_first")):
         proto = trunk_to_onnx(trunk, input_shape=(1, 3, 64, 64), form=form)
-        _assert_parity(m, proto, (1, 3, 64, 64))
+        assert_ort_parity(m, proto, (1, 3, 64, 64))
 
 
 def test_dynamic_shapes_at_several_sizes():
@@ -78,7 +59,7 @@ def test_dynamic_shapes_at_several_sizes():
     check_onnx(proto)
     assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
     for shape in [(1, 3, 64, 64), (2, 3, 97, 131), (1, 3, 33, 250), (3, 3, 120, 45)]:
-        _assert_parity(m, proto, shape)
+        assert_ort_parity(m, proto, shape)
 
 
 def test_graph_has_expected_dilations_and_no_batchnorm():
@@ -112,7 +93,7 @@ def test_merge_neighbours_and_any_order():
     assert [(b.dilation, b.out_channels) for b in splits["layer3.0.conv1"].branches] == [((2, 2), 128), ((1, 1), 128)]
     assert [(b.dilation, b.out_channels) for b in splits["layer3.0.conv2"].branches] == [((2, 2), 128), ((1, 1), 128)]
     assert len(splits["layer3.1.conv2"].branches) == 3
-    _assert_parity(m, trunk_to_onnx(trunk, input_shape=(1, 3, 64, 64)), (1, 3, 64, 64))
+    assert_ort_parity(m, trunk_to_onnx(trunk, input_shape=(1, 3, 64, 64)), (1, 3, 64, 64))
 
 
 def test_grouped_conv_uses_split_not_gather():

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -18,24 +16,7 @@ from natsdeploy.convert import load_ic_conv
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation
 from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
 from tests.conftest import EXAMPLES, ICCONV, needs_icconv
-from tests.helpers import SMALL, model_features, random_arch, seeded_state_dict
-
-
-def _ort(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {"images": x})))
-
-
-def _assert_parity(model_pt, proto, shape, rel=1e-4, seed=0):
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-    got = _ort(proto, x.numpy())
-    with torch.no_grad():
-        ref = model_features(model_pt, x)
-    for k, v in ref.items():
-        if k not in got:
-            continue
-        scale = float(v.abs().max())
-        torch.testing.assert_close(torch.from_numpy(got[k]), v, rtol=rel, atol=rel * scale, msg=lambda m: f"{k}: {m}")
+from tests.helpers import SMALL, assert_ort_parity, random_arch, seeded_state_dict
 
 
 def _rows(trunk, **kw):
@@ -70,7 +51,7 @@ def test_parity_random_archs(seed, backbone, merge, size):
     m = build_backbone(arch, seeded_state_dict(backbone, seed=seed % 97))
     trunk = merge_same_dilation(fold_trunk(m)) if merge else fold_trunk(m)
     shape = (1, 3, *size)
-    _assert_parity(m, _rows(trunk, input_shape=shape), shape, seed=seed)
+    assert_ort_parity(m, _rows(trunk, input_shape=shape), shape, seed=seed)
 
 
 @needs_icconv
@@ -78,7 +59,7 @@ def test_icconv_resnet50_parity_cost_and_nodes():
     arch = load_ic_conv(ICCONV / "detection_ic_resnet50_k9.json", "resnet50")
     m = build_backbone(arch, seeded_state_dict("resnet50", seed=1))
     proto = _rows(merge_same_dilation(fold_trunk(m)), input_shape=(1, 3, 64, 64))
-    _assert_parity(m, proto, (1, 3, 64, 64))
+    assert_ort_parity(m, proto, (1, 3, 64, 64))
     base = trunk_to_onnx(fold_trunk(build_baseline("resnet50", seeded_state_dict("resnet50", seed=1))),
                          input_shape=(1, 3, 64, 64))
     got, want = count_onnx(proto), count_onnx(base)
@@ -109,7 +90,7 @@ def test_stride2_basic_and_bottleneck_at_odd_sizes():
         trunk = fold_trunk(m)
         for shape in ((1, 3, 75, 53), (1, 3, 64, 96)):
             proto = _rows(trunk, input_shape=shape)
-            _assert_parity(m, proto, shape)
+            assert_ort_parity(m, proto, shape)
             nodes = _ops(proto)
             for n in names:
                 if n.endswith("conv1") or bb == "resnet50":
@@ -127,7 +108,7 @@ def test_basic_conv2_keeps_channel_order_and_conv1_reorders_consumer():
     m = build_backbone(arch, seeded_state_dict("resnet18", seed=4))
     trunk = fold_trunk(m)
     proto = _rows(trunk, input_shape=(1, 3, 49, 63))
-    _assert_parity(m, proto, (1, 3, 49, 63))
+    assert_ort_parity(m, proto, (1, 3, 49, 63))
     nodes = _ops(proto)
     assert nodes["layer1.0.conv1/concat"].input[-1] == "layer1.0.conv1/rest/relu:out"  # [direct..., remainders]
     # conv2 feeds the residual add: direct and remainder parts interleaved in the original order
@@ -147,7 +128,7 @@ def test_dynamic_shapes_at_several_sizes_and_counts():
     assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
     assert "Shape" in {n.op_type for n in proto.graph.node}
     for shape in [(1, 3, 64, 64), (2, 3, 97, 131), (1, 3, 33, 70)]:
-        _assert_parity(m, proto, shape)
+        assert_ort_parity(m, proto, shape)
     base = trunk_to_onnx(fold_trunk(build_baseline("resnet50", sd)), input_shape=(2, 3, 97, 131))
     got, want = count_onnx(proto, (2, 3, 97, 131)), count_onnx(base)
     assert (got.params, got.macs) == (want.params, want.macs)
@@ -169,7 +150,7 @@ def test_resnext_falls_back_to_branches():
     proto = _rows(trunk, input_shape=(1, 3, 48, 40))
     branches = trunk_to_onnx(trunk, input_shape=(1, 3, 48, 40), opset=18)
     assert proto.SerializeToString(deterministic=True) == branches.SerializeToString(deterministic=True)
-    _assert_parity(m, proto, (1, 3, 48, 40))
+    assert_ort_parity(m, proto, (1, 3, 48, 40))
 
 
 def test_opset_below_18_is_refused(capsys):

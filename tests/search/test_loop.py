@@ -92,17 +92,26 @@ def _worker(rank, world, init_file, cfg_dict, out_dir):
 
 
 def test_two_process_gloo_matches_single_process(synth, tmp_path):
-    cfg = _cfg(synth, tmp_path / "ddp", epochs=1, warmup_epochs=0, max_steps_per_epoch=2, lr_per_image=0.01)
+    # from given weights, as the paper searches: BN frozen, so a rank's batch of 1 and the single
+    # process's batch of 2 see the same normalisation and the updates are comparable (with trainable
+    # BN they are not: per-rank batch statistics). The weights are torchvision's seed-0 init.
+    from tests.helpers import plain_model
+
+    torch.manual_seed(0)
+    weights = str(tmp_path / "init.pth")
+    torch.save(plain_model("resnet18").state_dict(), weights)
+    cfg = _cfg(synth, tmp_path / "ddp", epochs=1, warmup_epochs=0, max_steps_per_epoch=2, lr_per_image=0.01,
+               weights=weights)
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), dataclasses.asdict(cfg), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k  # ranks stay identical: gradients are synchronised
 
     single = run_search(_cfg(synth, tmp_path / "one", epochs=1, warmup_epochs=0, max_steps_per_epoch=2,
-                             lr_per_image=0.01, batch_size=2), log=lambda s: None).model.state_dict()
+                             lr_per_image=0.01, batch_size=2, weights=weights), log=lambda s: None).model.state_dict()
     torch.manual_seed(0)
     init = run_search(_cfg(synth, tmp_path / "init0", epochs=1, warmup_epochs=0, max_steps_per_epoch=1,
-                           lr_per_image=0.0, alpha_lr=0.0), log=lambda s: None).model.state_dict()
+                           lr_per_image=0.0, alpha_lr=0.0, weights=weights), log=lambda s: None).model.state_dict()
     # same global batch: the updates agree (torchvision's losses normalise per batch, so not bit-exactly)
     for k in [k for k in r0 if k.endswith(".alpha")] + ["backbone.body.layer4.1.conv2.weight"]:
         d_ddp, d_one = r0[k] - init[k], single[k] - init[k]

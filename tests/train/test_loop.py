@@ -156,3 +156,34 @@ def test_two_process_gloo_ranks_agree_and_rank0_writes(synth, tmp_path):
     model, _, _ = load_detector_checkpoint(tmp_path / "ddp" / "checkpoint.pth")
     single = evaluate(model, load_dataset(synth, "val"))  # one process, every image
     assert single == {k: r0["metrics"][-1][k] for k in METRICS}
+
+
+def test_backbone_weights_round_trip_into_the_arch(synth, tmp_path):
+    """A trained transformed backbone maps back to torchvision layout and transfers to exactly the trained weights."""
+    from natsdeploy.models.build import build_backbone, build_baseline
+    from natsdeploy.train.loop import backbone_weights
+
+    r = train(_cfg(synth, tmp_path / "w", epochs=1, max_steps_per_epoch=1), log=lambda s: None)
+    ck = torch.load(tmp_path / "w" / "checkpoint.pth", weights_only=False)
+    assert ck["pretrained"] is False  # no --weights: trainable BN, every layer trained (torchvision's rule)
+    sd = backbone_weights(tmp_path / "w" / "checkpoint.pth")
+    assert not any(".branches." in k for k in sd)
+    rebuilt = build_backbone(load_arch(ARCH), sd).state_dict()
+    trained = {k[len("backbone.body."):]: v for k, v in r.model.state_dict().items() if k.startswith("backbone.body.")}
+    assert set(trained) <= set(rebuilt)
+    for k, v in trained.items():
+        assert torch.equal(rebuilt[k], v), k
+    build_baseline("resnet18", sd)  # loads as plain torchvision weights too
+
+    # from those weights: frozen BN and stem (pretrained=True), recorded in the checkpoint
+    train(_cfg(synth, tmp_path / "p", epochs=1, max_steps_per_epoch=1, weights=sd), log=lambda s: None)
+    ck2 = torch.load(tmp_path / "p" / "checkpoint.pth", weights_only=False)
+    assert ck2["pretrained"] is True and not any(k.endswith("num_batches_tracked") for k in ck2["model"])
+    model, _, meta = load_detector_checkpoint(tmp_path / "p" / "checkpoint.pth")
+    assert meta["pretrained"] is True
+
+
+def test_bad_trainable_layers_exits_2(synth, tmp_path, capsys):
+    assert main(["train", str(ARCH), "--data", synth, "--trainable-layers", "6", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == "natsdeploy: error: --trainable-layers: got '6', expected an integer in 0..5"
+    assert not (tmp_path / "x").exists()

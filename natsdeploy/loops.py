@@ -1,0 +1,91 @@
+"""Plumbing shared by the search and train loops: process group, RNG state, batches, progress, BN sync.
+
+Kept in one place so a search and a retrain seed, checkpoint, move batches and synchronise under
+DDP identically.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["dist_info", "seed_all", "rng_state", "set_rng_state", "to_device", "progress", "wrap_ddp", "average_bn_buffers"]
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a loop draws from (torch CPU/CUDA, numpy, python), for bit-identical resume."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def to_device(images, targets, device):
+    """A detection batch (list of images, list of target dicts) on `device`."""
+    return ([i.to(device) for i in images],
+            [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets])
+
+
+def progress(total: int, desc: str, *, enabled: bool):
+    """A tqdm bar, or None when disabled (tests, non-zero ranks)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def average_bn_buffers(model: nn.Module, world: int) -> None:
+    """Average trainable BatchNorm running statistics over the ranks (timm's `distribute_bn`).
+
+    DDP synchronises gradients, not buffers: each rank's BN saw only its own images. Averaging
+    before evaluation and checkpointing keeps every rank's model identical and uses all the data.
+    No-op for one process or a model without BatchNorm (FrozenBatchNorm2d has no running update).
+    """
+    if world <= 1:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for buf in (m.running_mean, m.running_var):
+                torch.distributed.all_reduce(buf)
+                buf.div_(world)
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
+    """(model, net to call): DDP over `model` when world > 1, else the model itself.
+
+    On CUDA trainable BatchNorm becomes SyncBatchNorm (statistics over the global batch); on CPU
+    SyncBatchNorm does not run, so BN statistics are per rank and `average_bn_buffers` reconciles them.
+    """
+    if world <= 1:
+        return model, model
+    cuda = device.type == "cuda"
+    if cuda:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
