@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import nn
 
-__all__ = ["DETECTORS", "freeze_batchnorm", "build_detector"]
+__all__ = ["DETECTORS", "freeze_batchnorm", "build_detector", "parse_detector_options"]
 
 DETECTORS = ("faster_rcnn", "retinanet", "mask_rcnn")
 Detector = Literal["faster_rcnn", "retinanet", "mask_rcnn"]
@@ -65,3 +65,38 @@ def build_detector(kind: Detector, backbone: nn.Module, *, num_classes: int, pre
     body = _resnet_fpn_extractor(backbone, trainable_layers)
     cls = FasterRCNN if kind == "faster_rcnn" else MaskRCNN
     return cls(body, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+
+
+_SET_BY_US = {"backbone", "num_classes", "min_size", "max_size", "self"}
+
+
+def parse_detector_options(kind: str, items: list[str] | None) -> dict[str, int | float]:
+    """`KEY=VALUE` strings as keyword arguments of torchvision's detector class for `kind`.
+
+    Keys must be numeric keyword arguments of `FasterRCNN` / `RetinaNet` / `MaskRCNN` (for example
+    `box_batch_size_per_image=128`, `rpn_post_nms_top_n_train=500`, `score_thresh=0.05`); values
+    are ints or floats. Raises UsageError naming the bad item.
+    """
+    import inspect
+
+    from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+
+    from natsdeploy.shapes import UsageError
+
+    cls = {"faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "mask_rcnn": MaskRCNN}[kind]
+    params = inspect.signature(cls.__init__).parameters
+    allowed = sorted(k for k, v in params.items()
+                     if k not in _SET_BY_US and isinstance(v.default, (int, float)) and not isinstance(v.default, bool))
+    out: dict[str, int | float] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or key not in allowed:
+            raise UsageError(f"--detector-option: got {item!r}, expected KEY=VALUE with KEY one of {allowed} "
+                             f"(numeric options of torchvision's {cls.__name__})")
+        default = params[key].default
+        try:
+            out[key] = int(text) if isinstance(default, int) else float(text)
+        except ValueError:
+            raise UsageError(f"--detector-option: got {item!r}, expected an {'integer' if isinstance(default, int) else 'number'} "
+                             f"for {key}") from None
+    return out

@@ -33,6 +33,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", default="800", help="detector resize: shorter side")
     p.add_argument("--max-size", default="1333", help="detector resize: longer side cap")
     p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
+    p.add_argument("--detector-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="numeric keyword of torchvision's detector, repeatable (e.g. box_batch_size_per_image=128)")
     p.add_argument("--seed", default="0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--recompute", action="store_true", help="recompute replica activations in backward (less memory)")
@@ -70,7 +72,11 @@ def search_cli(args: argparse.Namespace) -> int:
     cpg = parse_int("--channels-per-group", args.channels_per_group, 1) if args.channels_per_group else None
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
+    from natsdeploy.models.detectors import parse_detector_options
+
+    detector_kwargs = parse_detector_options(args.detector, args.detector_option)
     cfg = SearchConfig(
+        detector_kwargs=detector_kwargs,
         data=args.data, out=args.out, detector=args.detector, backbone=args.backbone, weights=args.weights,
         preset=args.preset, groups=groups, channels_per_group=cpg, stages=stages,
         epochs=parse_int("--epochs", args.epochs, 1), warmup_epochs=parse_int("--warmup-epochs", args.warmup_epochs, 0),

@@ -31,6 +31,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
     p.add_argument("--trainable-layers", default=None,
                    help="backbone stages trained, 0..5 (default: 3 with --weights, frozen BN; 5 without, trainable BN)")
+    p.add_argument("--detector-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="numeric keyword of torchvision's detector, repeatable (e.g. box_batch_size_per_image=128)")
     p.add_argument("--seed", default="0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
@@ -67,7 +69,11 @@ def train_cli(args: argparse.Namespace) -> int:
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
     epochs = parse_int("--epochs", args.epochs, 1)
+    from natsdeploy.models.detectors import parse_detector_options
+
+    detector_kwargs = parse_detector_options(args.detector, args.detector_option)
     cfg = TrainConfig(
+        detector_kwargs=detector_kwargs,
         arch=args.arch, data=args.data, out=args.out, detector=args.detector, backbone=args.backbone,
         weights=args.weights, epochs=epochs, batch_size=parse_int("--batch-size", args.batch_size, 1),
         lr_per_image=parse_float("--lr-per-image", args.lr_per_image),

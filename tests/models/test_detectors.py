@@ -45,3 +45,29 @@ def test_explicit_trainable_layers_and_bad_value():
     assert _trainable_stages(_detector(pretrained=True, trainable_layers=1)) == {"layer4"}
     with pytest.raises(ValueError, match=r"trainable_layers: got 6, expected 0..5"):
         _detector(pretrained=True, trainable_layers=6)
+
+
+def test_detector_options_parse_to_typed_torchvision_keywords():
+    from natsdeploy.models.detectors import parse_detector_options
+
+    got = parse_detector_options("faster_rcnn", ["box_batch_size_per_image=128", "box_score_thresh=0.2"])
+    assert got == {"box_batch_size_per_image": 128, "box_score_thresh": 0.2}
+    assert isinstance(got["box_batch_size_per_image"], int)
+    m = _detector(pretrained=True, **got)
+    assert m.roi_heads.fg_bg_sampler.batch_size_per_image == 128 and m.roi_heads.score_thresh == 0.2
+    assert parse_detector_options("retinanet", ["topk_candidates=500"]) == {"topk_candidates": 500}
+    assert parse_detector_options("faster_rcnn", None) == {}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("foo=1", r"--detector-option: got 'foo=1', expected KEY=VALUE with KEY one of \['box_batch_size_per_image'"),
+    ("box_batch_size_per_image", r"got 'box_batch_size_per_image', expected KEY=VALUE"),
+    ("box_batch_size_per_image=1.5", r"got 'box_batch_size_per_image=1.5', expected an integer for box_batch_size"),
+    ("num_classes=3", r"got 'num_classes=3', expected KEY=VALUE"),  # set by natsdeploy from the dataset
+])
+def test_bad_detector_options_name_the_item(item, message):
+    from natsdeploy.models.detectors import parse_detector_options
+    from natsdeploy.shapes import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        parse_detector_options("faster_rcnn", [item])

@@ -187,3 +187,10 @@ def test_bad_trainable_layers_exits_2(synth, tmp_path, capsys):
     assert main(["train", str(ARCH), "--data", synth, "--trainable-layers", "6", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == "natsdeploy: error: --trainable-layers: got '6', expected an integer in 0..5"
     assert not (tmp_path / "x").exists()
+
+
+def test_bad_detector_option_exits_2(synth, tmp_path, capsys):
+    assert main(["train", str(ARCH), "--data", synth, "--detector-option", "rpn_typo=3", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("natsdeploy: error: --detector-option: got 'rpn_typo=3'") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
