@@ -65,19 +65,44 @@ def _as_list(x) -> list:
     return x.tolist() if hasattr(x, "tolist") else list(x)
 
 
+def _mask_rles(masks, threshold: float) -> list[dict]:
+    """Mask R-CNN soft masks (N, 1, H, W) -> COCO RLEs of `mask > threshold` (torchvision's reference: 0.5)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    m = masks.detach().cpu().numpy() if hasattr(masks, "detach") else np.asarray(masks)
+    binary = np.asfortranarray((m[:, 0] > threshold).transpose(1, 2, 0).astype(np.uint8))
+    rles = mask_utils.encode(binary) if len(m) else []
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")  # JSON-able, as COCO result files carry it
+    return list(rles)
+
+
 def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[int],
-                    label_to_cat_id: Mapping[int, int]) -> list[dict]:
+                    label_to_cat_id: Mapping[int, int], *, masks: bool = False,
+                    mask_threshold: float = 0.5) -> list[dict]:
     """torchvision detection outputs (`boxes` xyxy, `scores`, `labels` per image) -> COCO result dicts
-    (`image_id`, `category_id`, `bbox` xywh, `score`), labels mapped through `label_to_cat_id`."""
+    (`image_id`, `category_id`, `bbox` xywh, `score`), labels mapped through `label_to_cat_id`.
+
+    `masks=True` (Mask R-CNN outputs with `masks`): each result also carries `segmentation`, the RLE
+    of its mask thresholded at `mask_threshold`, for `coco_evaluate(..., iou_type="segm")`.
+    """
     if len(outputs) != len(image_ids):
         raise ValueError(f"to_coco_results: {len(outputs)} outputs for {len(image_ids)} image ids, expected as many")
     results = []
     for out, image_id in zip(outputs, image_ids):
         boxes, scores, labels = _as_list(out["boxes"]), _as_list(out["scores"]), _as_list(out["labels"])
-        for (x0, y0, x1, y1), score, label in zip(boxes, scores, labels):
+        if masks and "masks" not in out:
+            raise ValueError(f"to_coco_results: masks=True but the output for image {image_id} has no 'masks' "
+                             f"(keys {sorted(out)}), expected Mask R-CNN outputs")
+        rles = _mask_rles(out["masks"], mask_threshold) if masks else [None] * len(boxes)
+        for (x0, y0, x1, y1), score, label, rle in zip(boxes, scores, labels, rles):
             if int(label) not in label_to_cat_id:
                 raise ValueError(f"to_coco_results: label {label!r} for image {image_id}, "
                                  f"expected one of {sorted(label_to_cat_id)}")
-            results.append({"image_id": int(image_id), "category_id": int(label_to_cat_id[int(label)]),
-                            "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score)})
+            r = {"image_id": int(image_id), "category_id": int(label_to_cat_id[int(label)]),
+                 "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score)}
+            if rle is not None:
+                r["segmentation"] = rle
+            results.append(r)
     return results

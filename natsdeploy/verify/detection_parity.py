@@ -77,21 +77,33 @@ class DetectionParityResult:
     features: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
+    segm_reference: dict[str, float] | None = None  # Mask R-CNN: mask AP rows as well
+    segm_runtime: dict[str, float] | None = None
+
     @property
     def delta(self) -> dict[str, float]:
         return {k: self.runtime[k] - self.reference[k] for k in self.reference}
 
     @property
+    def segm_delta(self) -> dict[str, float] | None:
+        if self.segm_reference is None or self.segm_runtime is None:
+            return None
+        return {k: self.segm_runtime[k] - self.segm_reference[k] for k in self.segm_reference}
+
+    @property
     def passed(self) -> bool:
-        return all(math.isfinite(d) and abs(d) <= self.tolerance + 1e-9 for d in self.delta.values())
+        deltas = list(self.delta.values()) + list((self.segm_delta or {}).values())
+        return all(math.isfinite(d) and abs(d) <= self.tolerance + 1e-9 for d in deltas)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "passed": self.passed, "backend": self.backend, "precision": self.precision,
                 "images": self.images, "runtime_calls": self.runtime_calls,
                 "metric_scale": "AP points (0-100); -1 = undefined (no ground truth in that size range)",
                 "tolerance_ap_points": self.tolerance, "pytorch": self.reference, "runtime": self.runtime,
-                "delta": self.delta, "matching": self.match.to_dict(), "backbone_features": self.features,
-                **self.info}
+                "delta": self.delta,
+                **({"segm": {"pytorch": self.segm_reference, "runtime": self.segm_runtime, "delta": self.segm_delta}}
+                   if self.segm_delta is not None else {}),
+                "matching": self.match.to_dict(), "backbone_features": self.features, **self.info}
 
 
 def _feature_name(layer: str) -> str:
@@ -356,14 +368,19 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
                 finally:
                     detector.backbone.body = body
     coco_gt = _subset_coco(dataset.coco, image_ids)
-    metrics = {}
+    with_masks = meta["detector"] == "mask_rcnn"
+    metrics, segm = {}, {}
     for key, outs in (("reference", ref_out), ("runtime", rt_out)):
-        metrics[key] = _points(coco_evaluate(coco_gt, to_coco_results(outs, image_ids, dataset.label_to_cat_id)))
+        results = to_coco_results(outs, image_ids, dataset.label_to_cat_id, masks=with_masks)
+        metrics[key] = _points(coco_evaluate(coco_gt, results))
+        if with_masks:  # the same detections scored on their masks (COCO's segm rows)
+            segm[key] = _points(coco_evaluate(coco_gt, results, iou_type="segm"))
     info = {"checkpoint": checkpoint, "epoch": meta.get("epoch"), "detector": meta["detector"],
             "backbone": arch.backbone, "transformed_convs": len(arch.convs), "data": str(data), "split": "val",
             "runtime_name": runtime_name, "export_input_shape": list(shape)}
     return DetectionParityResult(metrics["reference"], metrics["runtime"], tol, match_detections(ref_out, rt_out),
-                                 n, backend, precision, swapped.calls, features, info)
+                                 n, backend, precision, swapped.calls, features, info,
+                                 segm.get("reference"), segm.get("runtime"))
 
 
 def format_detection_parity(r: DetectionParityResult) -> str:
@@ -382,16 +399,23 @@ def format_detection_parity(r: DetectionParityResult) -> str:
              f"runtime: {r.info['runtime_name']}; backbone calls on it: {r.runtime_calls}",
              f"backbone features vs PyTorch, max|err|/max|ref|: {feat_cells} "
              f"({'pass' if feat.get('passed') else 'FAIL'})", "",
-             "  " + f"{'':<10}" + "".join(f"{k:>8}" for k in METRICS) + "   (AP points, 0-100 scale)",
+             "  " + f"{'bbox':<10}" + "".join(f"{k:>8}" for k in METRICS) + "   (AP points, 0-100 scale)",
              "  " + f"{'pytorch':<10}" + "".join(cell(r.reference[k]) for k in METRICS),
              "  " + f"{rt_label:<10}" + "".join(cell(r.runtime[k]) for k in METRICS),
-             "  " + f"{'diff':<10}" + "".join(f"{r.delta[k]:>+8.2f}" for k in METRICS), "",
-             f"detections: {m.reference} PyTorch, {m.runtime} runtime; matched by a same-class runtime detection at "
-             f"IoU >= {m.iou:g}: {m.matched}/{m.reference} = {100 * m.share:.2f}%; max |score diff| over matches "
-             f"{m.max_score_diff:.2e}"]
-    worst = max(abs(d) for d in r.delta.values())
+             "  " + f"{'diff':<10}" + "".join(f"{r.delta[k]:>+8.2f}" for k in METRICS), ""]
+    if r.segm_delta is not None:
+        lines += ["  " + f"{'segm':<10}" + "".join(f"{k:>8}" for k in METRICS) + "   (mask AP, same detections)",
+                  "  " + f"{'pytorch':<10}" + "".join(cell(r.segm_reference[k]) for k in METRICS),
+                  "  " + f"{rt_label:<10}" + "".join(cell(r.segm_runtime[k]) for k in METRICS),
+                  "  " + f"{'diff':<10}" + "".join(f"{r.segm_delta[k]:>+8.2f}" for k in METRICS), ""]
+    lines.append(f"detections: {m.reference} PyTorch, {m.runtime} runtime; matched by a same-class runtime detection "
+                 f"at IoU >= {m.iou:g}: {m.matched}/{m.reference} = {100 * m.share:.2f}%; max |score diff| over "
+                 f"matches {m.max_score_diff:.2e}")
+    deltas = list(r.delta.values()) + list((r.segm_delta or {}).values())
+    worst = max(abs(d) for d in deltas)
+    scope = "each of the six box and six mask metrics" if r.segm_delta is not None else "each of the six metrics"
     lines.append(f"verdict: {'PASS' if r.passed else 'FAIL'} (max |delta| {worst:.3f} AP points; tolerance "
-                 f"{r.tolerance:g} AP points on the 0-100 scale, two-sided, for each of the six metrics)")
+                 f"{r.tolerance:g} AP points on the 0-100 scale, two-sided, for {scope})")
     return "\n".join(lines)
 
 

@@ -138,3 +138,33 @@ def test_to_coco_results_roundtrip():
     with pytest.raises(ValueError, match="label 5"):
         to_coco_results([{**empty, "boxes": torch.zeros(1, 4), "scores": torch.ones(1),
                           "labels": torch.tensor([5])}], [1], label_to_cat_id)
+
+
+def _soft_mask(h, w, box, inside=0.9, outside=0.1):
+    m = torch.full((1, h, w), outside)
+    x0, y0, x1, y1 = box
+    m[0, y0:y1, x0:x1] = inside
+    return m
+
+
+def test_to_coco_results_masks_score_segm():
+    """Mask R-CNN soft masks -> RLEs thresholded at 0.5: exact rectangles score segm AP 1; shifted ones less."""
+    gt = make_gt([(1, 1, (10, 10, 40, 30)), (1, 2, (60, 50, 30, 40))])
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 40.0], [60.0, 50.0, 90.0, 90.0]])
+    good = [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2]),
+             "masks": torch.stack([_soft_mask(100, 100, (10, 10, 50, 40)), _soft_mask(100, 100, (60, 50, 90, 90))])}]
+    res = to_coco_results(good, [1], {1: 1, 2: 2}, masks=True)
+    assert all(isinstance(r["segmentation"]["counts"], str) for r in res)  # JSON-able RLE
+    segm = coco_evaluate(gt, res, iou_type="segm")
+    assert segm["AP"] == exactly(1.0)
+    # second mask shifted right by 20 px and clipped at the border: IoU 10/40 = 0.25, a miss at every threshold
+    bad = [dict(good[0], masks=torch.stack([good[0]["masks"][0], _soft_mask(100, 100, (80, 50, 110, 90))]))]
+    segm_bad = coco_evaluate(gt, to_coco_results(bad, [1], {1: 1, 2: 2}, masks=True), iou_type="segm")
+    assert segm_bad["AP"] == exactly(0.5)  # one category perfect, the other 0
+    assert coco_evaluate(gt, to_coco_results(bad, [1], {1: 1, 2: 2}))["AP"] == exactly(1.0)  # boxes untouched
+
+
+def test_to_coco_results_masks_need_mask_outputs():
+    out = [{"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
+    with pytest.raises(ValueError, match=r"masks=True but the output for image 1 has no 'masks'"):
+        to_coco_results(out, [1], {1: 1}, masks=True)

@@ -146,3 +146,25 @@ def test_fp16_needs_trt_exits_2(trained, capsys):
     err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
                                     "--data", trained["data"], "--fp16"])
     assert "--fp16" in err
+
+
+def test_mask_rcnn_parity_scores_boxes_and_masks(tmp_path, capsys):
+    """Mask R-CNN: both the box and the mask rows, each with zero difference on ONNX Runtime."""
+    from natsdeploy.data.synthetic import make_synthetic_coco
+    from natsdeploy.train.loop import TrainConfig, train
+
+    data = make_synthetic_coco(tmp_path / "data", train_images=4, val_images=2, image_size=(96, 128), seed=1)
+    train(TrainConfig(arch=str(ARCH), data=str(data), out=str(tmp_path / "run"), detector="mask_rcnn", epochs=1,
+                      steps=(1,), batch_size=2, warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128,
+                      max_steps_per_epoch=2, progress=False, detector_kwargs=dict(FAST, box_score_thresh=0.0)),
+          log=lambda s: None)
+    out = tmp_path / "p.json"
+    assert main(["parity", str(ARCH), "--checkpoint", str(tmp_path / "run" / "checkpoint.pth"), "--data", str(data),
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["detector"] == "mask_rcnn" and r["passed"]
+    assert set(r["segm"]) == {"pytorch", "runtime", "delta"}
+    assert all(r["segm"]["delta"][k] == 0.0 for k in METRICS) and all(r["delta"][k] == 0.0 for k in METRICS)
+    assert r["matching"]["reference_detections"] > 0 and r["matching"]["matched_share"] >= 0.99
+    assert "segm" in printed and "six box and six mask metrics" in printed
