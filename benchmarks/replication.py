@@ -12,7 +12,8 @@ The paper's pipeline, shrunk to what a 2-core CPU finishes in about an hour:
    AP50, AP75, APs, APm, APl on the target val split after the last epoch.
 
 Every stage is a `natsdeploy` command (printed and recorded); a stage whose output exists is skipped
-(train stages resume), so an interrupted run continues. Results: `results/replication.json` and
+(train stages resume), so an interrupted run continues. Outputs are keyed by folder only: after
+changing any setting, use a new `--work`. Results: `results/replication.json` and
 `results/replication.md`. Whatever comes out is reported as measured.
 
     python benchmarks/replication.py --work /tmp/nats-replication
@@ -42,6 +43,37 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
+def _run_parallel(batch: list[tuple[str, list[str], Path]], env: dict[str, str]) -> dict[str, float]:
+    """Run the commands at once (each logging to OUT/log.txt); their own wall times. On a failure
+    the others are stopped before exiting, so no two processes ever write one checkpoint."""
+    t0 = time.perf_counter()
+    procs = []
+    for name, cmd, out in batch:
+        print("$ " + " ".join(cmd), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        log = open(out / "log.txt", "a")
+        procs.append((name, out, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+    took: dict[str, float] = {}
+    try:
+        while len(took) < len(procs):
+            for name, out, log, proc in procs:
+                if name in took or proc.poll() is None:
+                    continue
+                took[name] = time.perf_counter() - t0
+                log.close()
+                if proc.returncode != 0:
+                    raise SystemExit(f"{name} failed (exit {proc.returncode}); see {out / 'log.txt'}")
+                (out / "metrics.json.done").touch()
+            time.sleep(1.0)
+    finally:
+        for _, _, log, proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+            log.close()
+    return took
+
+
 def _nd(*args: str) -> list[str]:
     return [sys.executable, "-m", "natsdeploy.cli", *args]
 
@@ -57,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-size", type=int, default=192)
     p.add_argument("--max-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr-per-image", default="0.005")
-    p.add_argument("--pretrain-epochs", type=int, default=12)
-    p.add_argument("--search-epochs", type=int, default=6)
-    p.add_argument("--search-warmup-epochs", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=8, help="retrain epochs (lr / 10 at 2/3 and 11/13 of them)")
+    p.add_argument("--lr-per-image", default="0.0025", help="lr 0.01 at batch 4 (0.02 diverged from scratch)")
+    p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument("--search-epochs", type=int, default=5)
+    p.add_argument("--search-warmup-epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=6, help="retrain epochs (lr / 10 at 8/13 and 11/13 of them)")
+    p.add_argument("--jobs", type=int, default=2, help="retrain runs at once (each with threads = cores / jobs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=str(HERE / "results" / "replication"), help="result path stem")
     a = p.parse_args(argv)
@@ -98,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pre = work / "pretrain"
     stage("pretrain", _nd("train", "--backbone", a.backbone, "--data", str(src), "--epochs", str(a.pretrain_epochs),
-                          *sched(a.pretrain_epochs), "--warmup-iters", "100", "--seed", "100", "--resume",
+                          *sched(a.pretrain_epochs), "--warmup-iters", "200", "--seed", "100", "--resume",
                           "--out", str(pre), *common), pre / "metrics.json.done")
     weights = work / "pretrained_backbone.pth"
     if not weights.exists():
@@ -108,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.save(backbone_weights(pre / "checkpoint.pth"), weights)
     (pre / "metrics.json.done").touch()
-    commands.append(f"python -c 'natsdeploy.train.backbone_weights(\"{pre}/checkpoint.pth\")' -> {weights}")
+    commands.append(f"python -c \"import torch, natsdeploy.train as t; torch.save(t.backbone_weights('{pre}/checkpoint.pth'), "
+                    f"'{weights}')\"")
 
     search = work / "search"
     stage("search", _nd("search", "--backbone", a.backbone, "--data", str(tgt), "--weights", str(weights),
@@ -118,17 +152,24 @@ def main(argv: list[str] | None = None) -> int:
                         str(a.batch_size), *heads, "--no-progress"), search / "arch.json")
 
     runs: dict[str, dict[int, dict]] = {"baseline": {}, "searched": {}}
+    todo = []
     for seed in a.seeds:
         for kind in runs:
             out = work / f"{kind}_seed{seed}"
             arch = [str(search / "arch.json")] if kind == "searched" else ["--backbone", a.backbone]
-            stage(f"{kind} seed {seed}", _nd("train", *arch, "--data", str(tgt), "--weights", str(weights),
-                                             "--epochs", str(a.epochs), *sched(a.epochs), "--warmup-iters", "50",
-                                             "--seed", str(seed), "--resume", "--out", str(out), *common),
-                  out / "metrics.json.done")
-            metrics = json.loads((out / "metrics.json").read_text())
-            if len(metrics) == a.epochs:
-                (out / "metrics.json.done").touch()
+            cmd = _nd("train", *arch, "--data", str(tgt), "--weights", str(weights), "--epochs", str(a.epochs),
+                      *sched(a.epochs), "--warmup-iters", "50", "--seed", str(seed), "--resume", "--out", str(out),
+                      *common)
+            commands.append("natsdeploy " + " ".join(cmd[3:]))
+            if not (out / "metrics.json.done").exists():
+                todo.append((f"{kind} seed {seed}", cmd, out))
+    threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    for i in range(0, len(todo), max(1, a.jobs)):  # a.jobs runs at a time, each on its own cores
+        seconds.update(_run_parallel(todo[i:i + a.jobs], env))
+    for seed in a.seeds:
+        for kind in runs:
+            metrics = json.loads((work / f"{kind}_seed{seed}" / "metrics.json").read_text())
             runs[kind][seed] = {"final": {k: metrics[-1][k] for k in METRICS},
                                 "per_epoch_AP": [m["AP"] for m in metrics]}
 
@@ -137,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         summary[kind] = {}
         for k in METRICS:
             vals = [r["final"][k] for r in by_seed.values()]
-            summary[kind][k] = {"mean": statistics.fmean(vals),
-                                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
-    delta = {k: [runs["searched"][s]["final"][k] - runs["baseline"][s]["final"][k] for s in a.seeds] for k in METRICS}
+            defined = [v for v in vals if v >= 0]  # -1: pycocotools' "no ground truth in that range"
+            summary[kind][k] = {"mean": statistics.fmean(defined) if defined else None,
+                                "std": statistics.stdev(defined) if len(defined) > 1 else None, "values": vals}
+    delta = {k: [(runs["searched"][s]["final"][k] - runs["baseline"][s]["final"][k])
+                 if min(runs["searched"][s]["final"][k], runs["baseline"][s]["final"][k]) >= 0 else None
+                 for s in a.seeds] for k in METRICS}
     arch_doc = json.loads((search / "arch.json").read_text())
-    record = {"config": vars(a), "commands": commands, "stage_seconds": seconds, "runs": runs, "summary": summary,
+    record = {"config": vars(a), "jobs_note": f"retrain runs {a.jobs} at a time, {threads} thread(s) each", "commands": commands, "stage_seconds": seconds, "runs": runs, "summary": summary,
               "delta_searched_minus_baseline_per_seed": delta,
               "searched_arch": {"path": str(search / "arch.json"), "convs": len(arch_doc.get("convs", {})),
                                 "dilation_mix": _mix(arch_doc)},
@@ -172,10 +216,11 @@ def _table(r: dict) -> str:
     for kind in ("baseline", "searched"):
         s = r["summary"][kind]
         lines.append(f"| {kind} (mean ± std over seeds {seeds}) | "
-                     + " | ".join(f"{s[k]['mean']:.2f} ± {s[k]['std']:.2f}" for k in METRICS) + " |")
+                     + " | ".join("n/a" if s[k]["mean"] is None else
+                                  f"{s[k]['mean']:.2f} ± {s[k]['std'] or 0.0:.2f}" for k in METRICS) + " |")
     d = r["delta_searched_minus_baseline_per_seed"]
     lines.append("| searched − baseline, per seed | "
-                 + " | ".join(", ".join(f"{v:+.2f}" for v in d[k]) for k in METRICS) + " |")
+                 + " | ".join(", ".join("n/a" if v is None else f"{v:+.2f}" for v in d[k]) for k in METRICS) + " |")
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["dist_info", "seed_all", "rng_state", "set_rng_state", "to_device", "progress", "wrap_ddp", "average_bn_buffers"]
+__all__ = ["dist_info", "seed_all", "rng_state", "set_rng_state", "to_device", "progress", "wrap_ddp", "average_bn_buffers",
+           "check_resume"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -64,9 +65,10 @@ def progress(total: int, desc: str, *, enabled: bool):
 def average_bn_buffers(model: nn.Module, world: int) -> None:
     """Average trainable BatchNorm running statistics over the ranks (timm's `distribute_bn`).
 
-    DDP synchronises gradients, not buffers: each rank's BN saw only its own images. Averaging
-    before evaluation and checkpointing keeps every rank's model identical and uses all the data.
-    No-op for one process or a model without BatchNorm (FrozenBatchNorm2d has no running update).
+    DDP synchronises gradients, not buffers: it broadcasts rank 0's buffers before each forward, so
+    after the last step of an epoch the ranks' running statistics differ by that step's update.
+    Averaging before evaluation and checkpointing makes every rank's model identical. No-op for one
+    process, under SyncBatchNorm (already equal), or without BatchNorm (FrozenBatchNorm2d).
     """
     if world <= 1:
         return
@@ -89,3 +91,18 @@ def wrap_ddp(model: nn.Module, device: torch.device, world: int) -> tuple[nn.Mod
     if cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model, nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], *, path: Any) -> None:
+    """Refuse to resume a checkpoint written under other settings that shape the model or optimiser.
+
+    `saved` / `current`: setting name -> value (as the checkpoint recorded it / as this run has it).
+    Raises UsageError (one line, exit 2) naming the first setting that differs.
+    """
+    from natsdeploy.shapes import UsageError
+
+    for key, want in current.items():
+        got = saved.get(key)
+        if got != want:
+            raise UsageError(f"--resume: {path} was written with {key}={got!r}, expected {want!r} as this run has it "
+                             "(resume with the same settings, or use a new --out)")

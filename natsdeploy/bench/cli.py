@@ -31,8 +31,6 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, help="write a PNG box plot here")
 
 
-
-
 def bench_cli(args: argparse.Namespace) -> int:
     from natsdeploy.arch import load_arch
     from natsdeploy.bench.run import BACKENDS, bench, format_bench, plot_bench

@@ -24,8 +24,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     s.set_defaults(func=synth_cli)
 
 
-
-
 def _size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)[x,](\d+)\s*", text or "")
     if not m or not all(32 <= int(g) <= 4096 for g in m.groups()):

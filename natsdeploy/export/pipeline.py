@@ -242,10 +242,6 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp16", action="store_true", help="fp16 TensorRT engines (with --engine)")
 
 
-
-
-
-
 def export_cli(args: argparse.Namespace) -> int:
     import onnx
 

@@ -93,10 +93,32 @@ def parse_detector_options(kind: str, items: list[str] | None) -> dict[str, int 
         if not sep or key not in allowed:
             raise UsageError(f"--detector-option: got {item!r}, expected KEY=VALUE with KEY one of {allowed} "
                              f"(numeric options of torchvision's {cls.__name__})")
-        default = params[key].default
-        try:
-            out[key] = int(text) if isinstance(default, int) else float(text)
-        except ValueError:
-            raise UsageError(f"--detector-option: got {item!r}, expected an {'integer' if isinstance(default, int) else 'number'} "
-                             f"for {key}") from None
+        if key in out:
+            raise UsageError(f"--detector-option: got {key} twice ({item!r}), expected each key once")
+        out[key] = _option_value(item, key, text, params[key].default)
     return out
+
+
+def _option_value(item: str, key: str, text: str, default: int | float) -> int | float:
+    """Counts (proposals, samples, detections) are integers >= 1; thresholds and fractions lie in [0, 1]."""
+    import math
+
+    from natsdeploy.shapes import UsageError
+
+    unit = key.endswith(("_thresh", "_fraction"))
+    if isinstance(default, int) and not unit:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < 1:
+            raise UsageError(f"--detector-option: got {item!r}, expected an integer >= 1 for {key}")
+        return v
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x) or (unit and not 0.0 <= x <= 1.0):
+        raise UsageError(f"--detector-option: got {item!r}, expected {'a number in [0, 1]' if unit else 'a finite number'} "
+                         f"for {key}")
+    return x

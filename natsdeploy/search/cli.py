@@ -43,10 +43,6 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-
-
-
-
 def search_cli(args: argparse.Namespace) -> int:
     import torch
 

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes
-from natsdeploy.loops import (average_bn_buffers, dist_info, progress, rng_state, seed_all, set_rng_state,
-                              to_device, wrap_ddp)
+from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
+                              set_rng_state, to_device, wrap_ddp)
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "split_indices", "alpha_summary"]
 
@@ -152,6 +152,14 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     start = 0
     if cfg.resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        saved = dict(ck.get("config") or {})
+        saved["pretrained"] = ck.get("pretrained", True)  # older checkpoints: frozen BN always
+        saved["stages"] = tuple(saved.get("stages") or ())
+        check_resume(saved, {"backbone": cfg.backbone, "detector": cfg.detector, "preset": cfg.preset,
+                             "groups": cfg.groups, "channels_per_group": cfg.channels_per_group,
+                             "stages": tuple(cfg.stages),
+                             "pretrained": cfg.weights is not None, "detector_kwargs": dict(cfg.detector_kwargs)},
+                     path=ckpt_path)
         model.load_state_dict(ck["model"])
         opt_w.load_state_dict(ck["opt_w"])
         opt_a.load_state_dict(ck["opt_a"])
@@ -236,7 +244,8 @@ def _save_checkpoint(path: Path, model, opt_w, opt_a, sched, scaler, epoch: int,
     buf = io.BytesIO()
     torch.save({"epoch": epoch, "model": model.state_dict(), "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
                 "sched": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                "history": history, "config": asdict(cfg), "format": "natsdeploy-search-checkpoint/1"}, buf)
+                "history": history, "config": asdict(cfg), "pretrained": cfg.weights is not None,
+                "format": "natsdeploy-search-checkpoint/1"}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

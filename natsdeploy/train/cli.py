@@ -40,10 +40,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (checkpoint.pth, metrics.json)")
 
 
-
-
-
-
 def _init_distributed(device: str) -> None:
     import torch
 

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes, atomic_write_text, load_arch
-from natsdeploy.loops import (average_bn_buffers, dist_info, progress, rng_state, seed_all, set_rng_state,
-                              to_device, wrap_ddp)
+from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
+                              set_rng_state, to_device, wrap_ddp)
 from natsdeploy.shapes import UsageError
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError", "train", "evaluate",
@@ -231,6 +231,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     num_classes = train_set.num_classes + 1  # background included, as torchvision counts
     if cfg.trainable_layers is not None and not 0 <= cfg.trainable_layers <= 5:
         raise UsageError(f"--trainable-layers: got {cfg.trainable_layers}, expected 0..5")
+    if cfg.trainable_layers not in (None, 5) and cfg.weights is None:
+        raise UsageError(f"--trainable-layers: got {cfg.trainable_layers} without --weights, expected 5 (from the "
+                         "initialisation every layer trains, as in torchvision) or --weights")
     model = _build_detector(cfg.detector, arch, cfg.weights, num_classes, cfg.min_size, cfg.max_size,
                             cfg.detector_kwargs, pretrained=cfg.weights is not None,
                             trainable_layers=cfg.trainable_layers).to(device)
@@ -253,6 +256,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         if ck["arch"] != arch.to_dict() or ck["detector"] != cfg.detector:
             raise CheckpointError(f"--resume: {ckpt_path} holds a {ck['detector']} on arch "
                                   f"{_arch_label(ck['arch'])}, expected a {cfg.detector} on {_arch_label(arch.to_dict())}")
+        check_resume({"pretrained": ck.get("pretrained", True), "trainable_layers": ck.get("trainable_layers"),
+                      "detector_kwargs": ck.get("detector_kwargs") or {}},
+                     {"pretrained": cfg.weights is not None, "trainable_layers": cfg.trainable_layers,
+                      "detector_kwargs": dict(cfg.detector_kwargs)}, path=ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])

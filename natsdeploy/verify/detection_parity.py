@@ -356,29 +356,36 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
                            tolerance=DEFAULT_TOLERANCE[precision]).to_dict()
 
         swapped = RuntimeBody(runner, return_layers)
-        ref_out, rt_out = [], []
+        with_masks = meta["detector"] == "mask_rcnn"
+        out = {"reference": [], "runtime": []}  # per image: boxes/scores/labels (for matching)
+        results = {"reference": [], "runtime": []}  # COCO results; masks as RLEs, so no full-size masks are kept
+
+        def keep(key: str, raw: dict, image_id: int) -> None:
+            o = {k: v.cpu() for k, v in raw.items()}
+            results[key] += to_coco_results([o], [image_id], dataset.label_to_cat_id, masks=with_masks)
+            o.pop("masks", None)
+            out[key].append(o)
+
         for i in range(n):
             image, _ = dataset[i]
             image = image.to(device)
             with torch.no_grad():
-                ref_out.append({k: v.cpu() for k, v in detector([image])[0].items()})
+                keep("reference", detector([image])[0], image_ids[i])
                 detector.backbone.body = swapped
                 try:
-                    rt_out.append({k: v.cpu() for k, v in detector([image])[0].items()})
+                    keep("runtime", detector([image])[0], image_ids[i])
                 finally:
                     detector.backbone.body = body
     coco_gt = _subset_coco(dataset.coco, image_ids)
-    with_masks = meta["detector"] == "mask_rcnn"
     metrics, segm = {}, {}
-    for key, outs in (("reference", ref_out), ("runtime", rt_out)):
-        results = to_coco_results(outs, image_ids, dataset.label_to_cat_id, masks=with_masks)
-        metrics[key] = _points(coco_evaluate(coco_gt, results))
+    for key, res in results.items():
+        metrics[key] = _points(coco_evaluate(coco_gt, res))
         if with_masks:  # the same detections scored on their masks (COCO's segm rows)
-            segm[key] = _points(coco_evaluate(coco_gt, results, iou_type="segm"))
+            segm[key] = _points(coco_evaluate(coco_gt, res, iou_type="segm"))
     info = {"checkpoint": checkpoint, "epoch": meta.get("epoch"), "detector": meta["detector"],
             "backbone": arch.backbone, "transformed_convs": len(arch.convs), "data": str(data), "split": "val",
             "runtime_name": runtime_name, "export_input_shape": list(shape)}
-    return DetectionParityResult(metrics["reference"], metrics["runtime"], tol, match_detections(ref_out, rt_out),
+    return DetectionParityResult(metrics["reference"], metrics["runtime"], tol, match_detections(out["reference"], out["runtime"]),
                                  n, backend, precision, swapped.calls, features, info,
                                  segm.get("reference"), segm.get("runtime"))
 

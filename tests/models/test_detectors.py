@@ -62,8 +62,11 @@ def test_detector_options_parse_to_typed_torchvision_keywords():
 @pytest.mark.parametrize("item, message", [
     ("foo=1", r"--detector-option: got 'foo=1', expected KEY=VALUE with KEY one of \['box_batch_size_per_image'"),
     ("box_batch_size_per_image", r"got 'box_batch_size_per_image', expected KEY=VALUE"),
-    ("box_batch_size_per_image=1.5", r"got 'box_batch_size_per_image=1.5', expected an integer for box_batch_size"),
+    ("box_batch_size_per_image=1.5", r"got 'box_batch_size_per_image=1.5', expected an integer >= 1 for box_batch_size"),
     ("num_classes=3", r"got 'num_classes=3', expected KEY=VALUE"),  # set by natsdeploy from the dataset
+    ("rpn_post_nms_top_n_train=0", r"got 'rpn_post_nms_top_n_train=0', expected an integer >= 1"),
+    ("box_score_thresh=nan", r"got 'box_score_thresh=nan', expected a number in \[0, 1\] for box_score_thresh"),
+    ("box_positive_fraction=1.5", r"expected a number in \[0, 1\] for box_positive_fraction"),
 ])
 def test_bad_detector_options_name_the_item(item, message):
     from natsdeploy.models.detectors import parse_detector_options
@@ -71,3 +74,11 @@ def test_bad_detector_options_name_the_item(item, message):
 
     with pytest.raises(UsageError, match=message):
         parse_detector_options("faster_rcnn", [item])
+
+
+def test_repeated_detector_option_is_refused():
+    from natsdeploy.models.detectors import parse_detector_options
+    from natsdeploy.shapes import UsageError
+
+    with pytest.raises(UsageError, match=r"got box_score_thresh twice \('box_score_thresh=0.2'\), expected each key once"):
+        parse_detector_options("faster_rcnn", ["box_score_thresh=0.1", "box_score_thresh=0.2"])

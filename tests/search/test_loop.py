@@ -126,3 +126,12 @@ def test_other_detectors_search(synth, tmp_path, detector):
                         detector_kwargs={}), log=lambda s: None)
     assert r.arch_path is not None and load_arch(r.arch_path).backbone == "resnet18"
     assert r.history[0]["loss_a"] is not None
+
+
+def test_resume_under_other_settings_is_refused(synth, tmp_path):
+    from natsdeploy.shapes import UsageError
+
+    run_search(_cfg(synth, tmp_path, epochs=1, warmup_epochs=1, max_steps_per_epoch=1), log=lambda s: None)
+    with pytest.raises(UsageError, match=r"--resume: .*checkpoint.pth was written with groups=8, expected 4"):
+        run_search(_cfg(synth, tmp_path, epochs=2, warmup_epochs=1, max_steps_per_epoch=1, groups=4, resume=True),
+                   log=lambda s: None)

@@ -194,3 +194,24 @@ def test_bad_detector_option_exits_2(synth, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("natsdeploy: error: --detector-option: got 'rpn_typo=3'") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_under_other_settings_is_refused(synth, tmp_path):
+    """A checkpoint trained from init (trainable BN) cannot be resumed as a pretrained run, nor with other heads."""
+    from natsdeploy.shapes import UsageError
+    from tests.helpers import seeded_state_dict
+
+    train(_cfg(synth, tmp_path / "r", epochs=1, max_steps_per_epoch=1), log=lambda s: None)
+    with pytest.raises(UsageError, match=r"--resume: .*checkpoint.pth was written with pretrained=False, expected True"):
+        train(_cfg(synth, tmp_path / "r", epochs=2, max_steps_per_epoch=1, resume=True,
+                   weights=seeded_state_dict("resnet18")), log=lambda s: None)
+    with pytest.raises(UsageError, match=r"was written with detector_kwargs=.*, expected \{\}"):
+        train(_cfg(synth, tmp_path / "r", epochs=2, max_steps_per_epoch=1, resume=True, detector_kwargs={}),
+              log=lambda s: None)
+
+
+def test_trainable_layers_below_5_needs_weights(synth, tmp_path, capsys):
+    assert main(["train", str(ARCH), "--data", synth, "--trainable-layers", "3", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == ("natsdeploy: error: --trainable-layers: got 3 without --weights, expected 5 "
+                                               "(from the initialisation every layer trains, as in torchvision) or --weights")
+    assert not (tmp_path / "x").exists()

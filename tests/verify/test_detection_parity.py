@@ -165,6 +165,7 @@ def test_mask_rcnn_parity_scores_boxes_and_masks(tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["detector"] == "mask_rcnn" and r["passed"]
     assert set(r["segm"]) == {"pytorch", "runtime", "delta"}
+    assert r["segm"]["pytorch"]["AP"] >= 0 and r["segm"]["pytorch"] != r["pytorch"]  # defined, and scored on masks
     assert all(r["segm"]["delta"][k] == 0.0 for k in METRICS) and all(r["delta"][k] == 0.0 for k in METRICS)
     assert r["matching"]["reference_detections"] > 0 and r["matching"]["matched_share"] >= 0.99
     assert "segm" in printed and "six box and six mask metrics" in printed
