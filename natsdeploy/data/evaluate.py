@@ -84,7 +84,8 @@ def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[in
     """torchvision detection outputs (`boxes` xyxy, `scores`, `labels` per image) -> COCO result dicts
     (`image_id`, `category_id`, `bbox` xywh, `score`), labels mapped through `label_to_cat_id`.
 
-    `masks=True` (Mask R-CNN outputs with `masks`): each result also carries `segmentation`, the RLE
+    Label 0 is background (torchvision counts it in num_classes); RetinaNet, which has no background
+    suppression, can output it at low scores: such detections are dropped. `masks=True` (Mask R-CNN outputs with `masks`): each result also carries `segmentation`, the RLE
     of its mask thresholded at `mask_threshold`, for `coco_evaluate(..., iou_type="segm")`.
     """
     if len(outputs) != len(image_ids):
@@ -97,6 +98,8 @@ def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[in
                              f"(keys {sorted(out)}), expected Mask R-CNN outputs")
         rles = _mask_rles(out["masks"], mask_threshold) if masks else [None] * len(boxes)
         for (x0, y0, x1, y1), score, label, rle in zip(boxes, scores, labels, rles):
+            if int(label) == 0 and 0 not in label_to_cat_id:
+                continue  # background: RetinaNet's head scores it like any class and can emit it; never a detection
             if int(label) not in label_to_cat_id:
                 raise ValueError(f"to_coco_results: label {label!r} for image {image_id}, "
                                  f"expected one of {sorted(label_to_cat_id)}")

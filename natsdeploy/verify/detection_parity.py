@@ -8,6 +8,9 @@ OrderedDict of feature maps. The exported graph is built from the detector's own
 `build_backbone(arch)` with the `backbone.body.*` weights loaded (FrozenBatchNorm2d buffers ->
 BatchNorm2d), then the exporter's fold + rewrites + `trunk_to_onnx(dynamic=True)`.
 
+With `whole=True` (`--whole`, ONNX Runtime) the runtime side is instead the whole detector exported
+as one ONNX graph (transform, backbone, FPN, heads, NMS; `export_whole_detector`), run per image.
+
 Reported: the six COCO metrics of both runs (AP points, 0-100) and their differences; the share
 of PyTorch detections matched by a runtime detection of the same class at IoU >= 0.99 and the max
 score difference over matches; the backbone feature parity on a seeded input (the one comparator,
@@ -32,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from natsdeploy.shapes import UsageError
+from natsdeploy.shapes import UsageError, parse_float, parse_int
 
 __all__ = ["DEFAULT_AP_TOLERANCE", "MATCH_IOU", "DetectionMatch", "DetectionParityResult", "RuntimeBody",
-           "trunk_from_detector", "export_detector_backbone", "match_detections", "detection_parity",
+           "trunk_from_detector", "export_detector_backbone", "export_whole_detector", "match_detections", "detection_parity",
            "format_detection_parity", "add_parity_arguments", "parity_cli"]
 
 DEFAULT_AP_TOLERANCE = {"fp32": 0.1, "fp16": 0.5}
@@ -180,6 +183,33 @@ def export_detector_backbone(detector, arch, path: str | os.PathLike, *, input_s
     return save_onnx(proto, path)
 
 
+def export_whole_detector(detector, path: str | os.PathLike, *, sample) -> Path:
+    """The whole detector as one ONNX graph at `path`: resize + normalise, backbone, FPN, heads, box
+    decoding and NMS (and mask pasting for Mask R-CNN), via torch.onnx's TorchScript exporter, which
+    torchvision's detection models support (opset 17). Input `image`: 3 x H x W in [0, 1], H and W
+    dynamic; outputs `boxes` (xyxy, original image pixels), `labels`, `scores` (+ `masks`).
+
+    `sample` (3 x H x W) is the image traced; the graph is checked with onnx's checker afterwards.
+    """
+    import warnings
+
+    import onnx
+    import torch
+
+    # the traced output is the flattened result dict, so its names are that dict's keys in order (which
+    # differs between detectors: Faster R-CNN boxes, labels, scores; RetinaNet boxes, scores, labels)
+    with torch.no_grad():
+        names = list(detector.eval()([sample])[0].keys())
+    dynamic = {"image": {1: "height", 2: "width"}, **{k: {0: "detections"} for k in names}}
+    path = Path(path)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the tracer's per-op notes about python scalars in torchvision's code
+        torch.onnx.export(detector.eval(), ([sample],), str(path), opset_version=17, dynamo=False,
+                          input_names=["image"], output_names=names, dynamic_axes=dynamic)
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
 def match_detections(reference: Sequence[Mapping[str, Any]], runtime: Sequence[Mapping[str, Any]], *,
                      iou: float = MATCH_IOU) -> DetectionMatch:
     """Greedy one-to-one matching per image, PyTorch detections in descending score order, each to the
@@ -286,8 +316,12 @@ def _tensorrt_or_exit():
 
 def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic", *, backend: str = "ort",
                      fp16: bool = False, limit: int | None = None, tolerance: float | None = None,
-                     threads: int | None = None, log=print) -> DetectionParityResult:
-    """Run the checkpoint's detector on the val split with the PyTorch and the exported backbone."""
+                     threads: int | None = None, whole: bool = False, log=print) -> DetectionParityResult:
+    """Run the checkpoint's detector on the val split with the PyTorch and the exported backbone.
+
+    `whole=True` (ONNX Runtime only): the runtime side is the whole detector exported as one graph
+    (`export_whole_detector`) instead of the backbone under the PyTorch neck and heads.
+    """
     import torch
 
     from natsdeploy.data.coco import load_dataset
@@ -298,6 +332,9 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
 
     if backend not in ("ort", "trt"):
         raise UsageError(f"--backend: got {backend!r}, expected 'ort' or 'trt'")
+    if whole and backend != "ort":
+        raise UsageError(f"--whole: got it with --backend {backend}, expected --backend ort (the whole detector's "
+                         "NMS, RoIAlign and TopK need TensorRT plugins; for TensorRT compare the backbone)")
     if fp16 and backend != "trt":
         raise UsageError("--fp16: got it with --backend ort, expected --backend trt (fp16 applies to TensorRT engines)")
     if backend == "trt":
@@ -366,11 +403,25 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
             o.pop("masks", None)
             out[key].append(o)
 
+        whole_runner = None
+        if whole:
+            from natsdeploy.runners import OrtRunner
+
+            whole_path = export_whole_detector(detector, Path(tmp) / "detector.onnx", sample=dataset[0][0].to(device))
+            whole_runner = OrtRunner(whole_path, threads=threads or os.cpu_count())
+            runtime_name += " (whole detector in one graph)"
+            log(f"exported the whole {meta['detector']} to ONNX (dynamic H, W); it runs on {runtime_name}")
+        whole_calls = 0
         for i in range(n):
             image, _ = dataset[i]
             image = image.to(device)
             with torch.no_grad():
                 keep("reference", detector([image])[0], image_ids[i])
+                if whole_runner is not None:
+                    got = whole_runner.run({"image": image.cpu().numpy()})
+                    whole_calls += 1
+                    keep("runtime", {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in got.items()}, image_ids[i])
+                    continue
                 detector.backbone.body = swapped
                 try:
                     keep("runtime", detector([image])[0], image_ids[i])
@@ -384,9 +435,10 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
             segm[key] = _points(coco_evaluate(coco_gt, res, iou_type="segm"))
     info = {"checkpoint": checkpoint, "epoch": meta.get("epoch"), "detector": meta["detector"],
             "backbone": arch.backbone, "transformed_convs": len(arch.convs), "data": str(data), "split": "val",
-            "runtime_name": runtime_name, "export_input_shape": list(shape)}
+            "runtime_name": runtime_name, "export_input_shape": list(shape),
+            "mode": "whole detector" if whole else "backbone"}
     return DetectionParityResult(metrics["reference"], metrics["runtime"], tol, match_detections(out["reference"], out["runtime"]),
-                                 n, backend, precision, swapped.calls, features, info,
+                                 n, backend, precision, whole_calls if whole else swapped.calls, features, info,
                                  segm.get("reference"), segm.get("runtime"))
 
 
@@ -403,7 +455,8 @@ def format_detection_parity(r: DetectionParityResult) -> str:
     lines = [f"natsdeploy parity: {r.info['detector']} on {r.info['backbone']} ({r.info['transformed_convs']} transformed "
              f"convs), checkpoint {r.info['checkpoint']} (epoch {r.info['epoch']}), {r.info['data']} val: "
              f"{r.images} images",
-             f"runtime: {r.info['runtime_name']}; backbone calls on it: {r.runtime_calls}",
+             f"runtime: {r.info['runtime_name']}; {'detector' if r.info.get('mode') == 'whole detector' else 'backbone'} "
+             f"calls on it: {r.runtime_calls}",
              f"backbone features vs PyTorch, max|err|/max|ref|: {feat_cells} "
              f"({'pass' if feat.get('passed') else 'FAIL'})", "",
              "  " + f"{'bbox':<10}" + "".join(f"{k:>8}" for k in METRICS) + "   (AP points, 0-100 scale)",
@@ -437,6 +490,8 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
                    help="bound on |runtime - PyTorch| per COCO metric in AP points, 0-100 scale "
                         "(default 0.1 for fp32, 0.5 for fp16)")
     p.add_argument("--threads", default=None, help="ONNX Runtime intra-op threads (default: all logical CPUs)")
+    p.add_argument("--whole", action="store_true",
+                   help="run the whole detector exported as one ONNX graph on ONNX Runtime (not only the backbone)")
     p.add_argument("--json", default=None, help="write the result as JSON here")
 
 
@@ -446,30 +501,11 @@ def parity_cli(args: argparse.Namespace) -> int:
     arch = load_arch(args.arch)
     if args.backend not in ("ort", "trt"):
         raise UsageError(f"--backend: got {args.backend!r}, expected 'ort' or 'trt'")
-    limit = tol = threads = None
-    if args.limit is not None:
-        try:
-            limit = int(args.limit)
-        except ValueError:
-            limit = 0
-        if limit < 1:
-            raise UsageError(f"--limit: got {args.limit!r}, expected an integer >= 1")
-    if args.tolerance is not None:
-        try:
-            tol = float(args.tolerance)
-        except ValueError:
-            tol = -1.0
-        if not tol >= 0:
-            raise UsageError(f"--tolerance: got {args.tolerance!r}, expected a number >= 0 (AP points)")
-    if args.threads is not None:
-        try:
-            threads = int(args.threads)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            raise UsageError(f"--threads: got {args.threads!r}, expected an integer >= 1")
+    limit = parse_int("--limit", args.limit, 1) if args.limit is not None else None
+    tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
+    threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None
     result = detection_parity(arch, args.checkpoint, args.data, backend=args.backend, fp16=args.fp16, limit=limit,
-                              tolerance=tol, threads=threads)
+                              tolerance=tol, threads=threads, whole=args.whole)
     print(format_detection_parity(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")

@@ -168,3 +168,13 @@ def test_to_coco_results_masks_need_mask_outputs():
     out = [{"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
     with pytest.raises(ValueError, match=r"masks=True but the output for image 1 has no 'masks'"):
         to_coco_results(out, [1], {1: 1}, masks=True)
+
+
+def test_to_coco_results_drops_background_label():
+    """RetinaNet can emit label 0 (background) at low scores: not a detection; other unknown labels still raise."""
+    out = [{"boxes": torch.tensor([[0.0, 0.0, 5.0, 5.0], [1.0, 1.0, 6.0, 6.0]]), "scores": torch.tensor([0.3, 0.2]),
+            "labels": torch.tensor([0, 1])}]
+    assert [r["category_id"] for r in to_coco_results(out, [1], {1: 7})] == [7]
+    out[0]["labels"] = torch.tensor([4, 1])
+    with pytest.raises(ValueError, match=r"label 4 for image 1, expected one of \[1\]"):
+        to_coco_results(out, [1], {1: 7})

@@ -169,3 +169,49 @@ def test_mask_rcnn_parity_scores_boxes_and_masks(tmp_path, capsys):
     assert all(r["segm"]["delta"][k] == 0.0 for k in METRICS) and all(r["delta"][k] == 0.0 for k in METRICS)
     assert r["matching"]["reference_detections"] > 0 and r["matching"]["matched_share"] >= 0.99
     assert "segm" in printed and "six box and six mask metrics" in printed
+
+
+@pytest.mark.parametrize("detector", ["faster_rcnn", "retinanet"])
+def test_whole_detector_on_ort_matches_pytorch(tmp_path, capsys, detector):
+    """--whole: the entire detector as one ONNX graph on ONNX Runtime gives PyTorch's detections and AP."""
+    import onnx
+
+    from natsdeploy.data.synthetic import make_synthetic_coco
+    from natsdeploy.train.loop import TrainConfig, train
+
+    data = make_synthetic_coco(tmp_path / "data", train_images=4, val_images=3, image_size=(96, 128), seed=2)
+    opts = dict(FAST, box_score_thresh=0.0) if detector == "faster_rcnn" else {"score_thresh": 0.0}
+    train(TrainConfig(arch=str(ARCH), data=str(data), out=str(tmp_path / "run"), detector=detector, epochs=1,
+                      steps=(1,), batch_size=2, warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128,
+                      max_steps_per_epoch=2, progress=False, detector_kwargs=opts), log=lambda s: None)
+    out = tmp_path / "p.json"
+    assert main(["parity", str(ARCH), "--checkpoint", str(tmp_path / "run" / "checkpoint.pth"), "--data", str(data),
+                 "--whole", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["mode"] == "whole detector" and r["runtime_calls"] == 3 and r["passed"]
+    assert all(abs(r["delta"][k]) <= 0.1 for k in METRICS)
+    assert r["matching"]["reference_detections"] > 0 and r["matching"]["matched_share"] >= 0.99
+    assert "whole detector in one graph" in printed and "detector calls on it: 3" in printed
+
+    # the graph really is the whole detector: the detection ops are in it, not only convolutions
+    from natsdeploy.verify.detection_parity import export_whole_detector
+    from natsdeploy.train.loop import load_detector_checkpoint
+
+    def ops(graph, acc):  # NMS sits inside If branches: walk the subgraphs too
+        for node in graph.node:
+            acc.add(node.op_type)
+            for a in node.attribute:
+                for g in [a.g] * a.HasField("g") + list(a.graphs):
+                    ops(g, acc)
+        return acc
+
+    model, _, _ = load_detector_checkpoint(tmp_path / "run" / "checkpoint.pth")
+    graph = onnx.load(export_whole_detector(model, tmp_path / "d.onnx", sample=torch.rand(3, 96, 128))).graph
+    assert {"Conv", "NonMaxSuppression", "TopK", "Resize"} <= ops(graph, set())
+
+
+def test_whole_with_trt_exits_2(trained, capsys):
+    assert main(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"], "--whole",
+                 "--backend", "trt"]) == 2
+    assert "--whole: got it with --backend trt, expected --backend ort" in capsys.readouterr().err
