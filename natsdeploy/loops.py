@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 __all__ = ["dist_info", "seed_all", "rng_state", "set_rng_state", "to_device", "progress", "wrap_ddp", "average_bn_buffers",
-           "check_resume"]
+           "check_resume", "train_step", "run_distributed"]
 
 
 def dist_info() -> tuple[int, int]:
@@ -106,3 +106,50 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], *, path: Any) -
         if got != want:
             raise UsageError(f"--resume: {path} was written with {key}={got!r}, expected {want!r} as this run has it "
                              "(resume with the same settings, or use a new --out)")
+
+
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, scaler, images, targets, *, cuda: bool,
+               hint: str = "lower the learning rate") -> tuple[float, dict[str, float]]:
+    """One detector step: zero every gradient of `net`, forward (AMP on CUDA), backward, step `opt`.
+
+    Returns (total loss, each loss). A non-finite loss raises FloatingPointError (one line, with `hint`)
+    before anything is updated. Zeroing all of `net`'s gradients matters for the search, whose two
+    optimisers each step only their own parameters.
+    """
+    net.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        losses = net(images, targets)
+        loss = sum(losses.values())
+    parts = {k: float(v.detach()) for k, v in losses.items()}
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {float(loss.detach())} ({parts}); {hint}")
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return float(loss.detach()), parts
+
+
+def run_distributed(fn, device: str) -> tuple[Any, int]:
+    """Call `fn(device)` inside a process group when launched by torchrun (WORLD_SIZE > 1), else plainly.
+
+    NCCL on CUDA (each rank on cuda:LOCAL_RANK), gloo on CPU; the group is torn down afterwards.
+    Returns (fn's result, exit code): a diverged run (FloatingPointError) prints one line and gives 1.
+    """
+    import os
+    import sys
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+    try:
+        return fn(device), 0
+    except FloatingPointError as e:  # diverged: a failed run, not a bad input (exit 1, one line, no traceback)
+        print(f"natsdeploy: error: {e}", file=sys.stderr)
+        return None, 1
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()

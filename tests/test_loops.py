@@ -40,3 +40,40 @@ def test_average_bn_buffers_single_process_is_a_no_op():
 def test_to_device_moves_tensors_and_keeps_the_rest():
     images, targets = to_device([torch.zeros(3, 2, 2)], [{"boxes": torch.zeros(1, 4), "image_id": 7}], "cpu")
     assert images[0].shape == (3, 2, 2) and targets[0]["image_id"] == 7 and targets[0]["boxes"].shape == (1, 4)
+
+
+def test_run_distributed_single_process_and_divergence(capsys):
+    from natsdeploy.loops import run_distributed
+
+    assert run_distributed(lambda dev: f"ran on {dev}", "cpu") == ("ran on cpu", 0)
+
+    def diverge(dev):
+        raise FloatingPointError("loss is nan ({'loss_box_reg': nan}); lower the learning rate")
+
+    assert run_distributed(diverge, "cpu") == (None, 1)
+    assert capsys.readouterr().err == "natsdeploy: error: loss is nan ({'loss_box_reg': nan}); lower the learning rate\n"
+
+
+class _Toy(nn.Module):
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(2))
+        self.value = value
+
+    def forward(self, images, targets):
+        return {"a": (self.w * self.value).sum(), "b": self.w.sum() * 0}
+
+
+def test_train_step_updates_and_refuses_non_finite_loss():
+    from natsdeploy.loops import train_step
+
+    net = _Toy(1.0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    loss, parts = train_step(net, opt, scaler, [], [], cuda=False)
+    assert loss == 2.0 and parts == {"a": 2.0, "b": 0.0}
+    assert torch.equal(net.w.detach(), torch.full((2,), 0.5))  # w - 0.5 * grad(1)
+    bad = _Toy(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"^loss is nan \(\{'a': nan, 'b': 0.0\}\); try less"):
+        train_step(bad, torch.optim.SGD(bad.parameters(), lr=0.5), scaler, [], [], cuda=False, hint="try less")
+    assert torch.equal(bad.w.detach(), torch.ones(2))  # nothing stepped

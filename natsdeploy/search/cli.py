@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 def search_cli(args: argparse.Namespace) -> int:
     import torch
 
-    from natsdeploy.models.detectors import DETECTORS
+    from natsdeploy.loops import run_distributed
+    from natsdeploy.models.detectors import DETECTORS, parse_detector_options
     from natsdeploy.models.specs import BACKBONES
     from natsdeploy.search.decode import PRESETS
     from natsdeploy.search.loop import SearchConfig, run_search
@@ -68,8 +70,6 @@ def search_cli(args: argparse.Namespace) -> int:
     cpg = parse_int("--channels-per-group", args.channels_per_group, 1) if args.channels_per_group else None
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
-    from natsdeploy.models.detectors import parse_detector_options
-
     detector_kwargs = parse_detector_options(args.detector, args.detector_option)
     cfg = SearchConfig(
         detector_kwargs=detector_kwargs,
@@ -91,30 +91,14 @@ def search_cli(args: argparse.Namespace) -> int:
 
     for name in searchable_convs(cfg.backbone, cfg.stages):
         group_width(_B[cfg.backbone].convs[name], groups=cfg.groups, channels_per_group=cfg.channels_per_group)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        _init_distributed(device)
-        if device == "cuda":
-            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    try:
-        result = run_search(cfg)
-    finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
+    result, code = run_distributed(lambda dev: run_search(dataclasses.replace(cfg, device=dev)), device)
+    if code:
+        return code
     if result.arch_path is not None:
         n = sum(len(ct.branches) for ct in result.arch.convs.values())
         print(f"wrote {result.arch_path} ({len(result.arch.convs)} convs, {n} branches), "
               f"{Path(cfg.out) / 'alpha.png'}, checkpoint {result.checkpoint}")
     return 0
-
-
-def _init_distributed(device: str) -> None:
-    import torch
-
-    backend = "nccl" if device == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend=backend)
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes
 from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
-                              set_rng_state, to_device, wrap_ddp)
+                              set_rng_state, to_device, train_step, wrap_ddp)
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "split_indices", "alpha_summary"]
 
@@ -183,7 +183,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         for step, (images, targets) in enumerate(loader_w):
             if step >= steps:
                 break
-            loss_w = _step(net, opt_w, scaler, *to_device(images, targets, device), cuda)
+            loss_w, _ = train_step(net, opt_w, scaler, *to_device(images, targets, device), cuda=cuda)
             sched.step()
             sums["loss_w"] += loss_w
             if search_alpha:
@@ -192,7 +192,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                 except StopIteration:
                     it_a = iter(loader_a)
                     batch_a = next(it_a)
-                sums["loss_a"] += _step(net, opt_a, scaler, *to_device(*batch_a, device), cuda)
+                sums["loss_a"] += train_step(net, opt_a, scaler, *to_device(*batch_a, device), cuda=cuda)[0]
             if bar is not None:
                 bar.set_postfix(loss_w=f"{loss_w:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}",
                                 alpha="on" if search_alpha else "warm-up")
@@ -224,19 +224,6 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     return SearchResult(arch, arch_path, ckpt_path if rank == 0 else None, history, model)
 
-
-def _step(net: nn.Module, opt: torch.optim.Optimizer, scaler, images, targets, cuda: bool) -> float:
-    net.zero_grad(set_to_none=True)  # both parameter sets: only `opt`'s are stepped
-    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-        losses = net(images, targets)
-        loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} ({ {k: float(v) for k, v in losses.items()} }); "
-                                 "lower the learning rate")
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return float(loss.detach())
 
 
 

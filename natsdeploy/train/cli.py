@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 from pathlib import Path
 
 from natsdeploy.shapes import UsageError, parse_int, parse_float
@@ -40,18 +40,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (checkpoint.pth, metrics.json)")
 
 
-def _init_distributed(device: str) -> None:
-    import torch
-
-    torch.distributed.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-
-
 def train_cli(args: argparse.Namespace) -> int:
     import torch
 
-    from natsdeploy.models.detectors import DETECTORS
+    from natsdeploy.loops import run_distributed
+    from natsdeploy.models.detectors import DETECTORS, parse_detector_options
     from natsdeploy.models.specs import BACKBONES
     from natsdeploy.train.loop import TrainConfig, format_metrics, resolve_arch, train
 
@@ -65,8 +58,6 @@ def train_cli(args: argparse.Namespace) -> int:
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise UsageError(f"--data: got {args.data!r}, expected a COCO-format folder or 'synthetic'")
     epochs = parse_int("--epochs", args.epochs, 1)
-    from natsdeploy.models.detectors import parse_detector_options
-
     detector_kwargs = parse_detector_options(args.detector, args.detector_option)
     cfg = TrainConfig(
         detector_kwargs=detector_kwargs,
@@ -90,21 +81,9 @@ def train_cli(args: argparse.Namespace) -> int:
 
         resolve_weights(args.weights, arch.spec)  # fail before any data or model work
     cfg.arch = arch
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        _init_distributed(device)
-        if device == "cuda":
-            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    try:
-        result = train(cfg)
-    except FloatingPointError as e:  # diverged: a failed run, not a bad input (exit 1, one line, no traceback)
-        import sys
-
-        print(f"natsdeploy: error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
+    result, code = run_distributed(lambda dev: train(dataclasses.replace(cfg, device=dev)), device)
+    if code:
+        return code
     if result.checkpoint is not None and result.metrics:
         last = result.metrics[-1]
         print(f"final (epoch {last['epoch']}) val: {format_metrics(last)}")

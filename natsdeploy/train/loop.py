@@ -31,7 +31,7 @@ from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes, atomic_write_text, load_arch
 from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
-                              set_rng_state, to_device, wrap_ddp)
+                              set_rng_state, to_device, train_step, wrap_ddp)
 from natsdeploy.shapes import UsageError
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError", "train", "evaluate",
@@ -172,19 +172,6 @@ def evaluate(model: nn.Module, dataset, *, device: torch.device | str = "cpu", a
     return _points(coco_evaluate(dataset.coco, results))
 
 
-def _step(net: nn.Module, opt, scaler, images, targets, cuda: bool) -> tuple[float, dict[str, float]]:
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-        losses = net(images, targets)
-        loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {float(loss.detach())} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
-                                 "lower the learning rate (--lr-per-image) or lengthen --warmup-iters")
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    return float(loss.detach()), {k: float(v.detach()) for k, v in losses.items()}
-
 
 
 def _build_detector(kind: str, arch: Arch, weights: Any, num_classes: int, min_size: int, max_size: int,
@@ -285,7 +272,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         total, parts, lr = 0.0, {}, opt.param_groups[0]["lr"]
         for images, targets in itertools.islice(loader, steps):
             lr = opt.param_groups[0]["lr"]
-            loss, losses = _step(net, opt, scaler, *to_device(images, targets, device), cuda)
+            loss, losses = train_step(net, opt, scaler, *to_device(images, targets, device), cuda=cuda,
+                                      hint="lower the learning rate (--lr-per-image) or lengthen --warmup-iters")
             sched.step()
             total += loss
             for k, v in losses.items():
