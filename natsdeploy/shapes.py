@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["UsageError", "parse_input_shape", "format_shape", "parse_int", "parse_float"]
+__all__ = ["UsageError", "parse_input_shape", "format_shape", "parse_int", "parse_float",
+           "add_detector_option_argument"]
 
 
 class UsageError(ValueError):
@@ -47,3 +48,10 @@ def parse_float(flag: str, text, lo: float = 0.0) -> float:
     if not v >= lo:
         raise UsageError(f"{flag}: got {text!r}, expected a number >= {lo:g}")
     return v
+
+
+def add_detector_option_argument(p) -> None:
+    """`--detector-option KEY=VALUE` (repeatable) on an argparse parser; values are read, checked and typed
+    by `natsdeploy.models.detectors.parse_detector_options` (kept here so building the CLI needs no torch)."""
+    p.add_argument("--detector-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="numeric keyword of torchvision's detector, repeatable (e.g. box_batch_size_per_image=128)")

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError, parse_int, parse_float
+from natsdeploy.shapes import UsageError, add_detector_option_argument, parse_float, parse_int
 
 __all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli", "decode_checkpoint"]
 
@@ -34,8 +34,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", default="800", help="detector resize: shorter side")
     p.add_argument("--max-size", default="1333", help="detector resize: longer side cap")
     p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
-    p.add_argument("--detector-option", action="append", default=None, metavar="KEY=VALUE",
-                   help="numeric keyword of torchvision's detector, repeatable (e.g. box_batch_size_per_image=128)")
+    add_detector_option_argument(p)
     p.add_argument("--seed", default="0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--recompute", action="store_true", help="recompute replica activations in backward (less memory)")

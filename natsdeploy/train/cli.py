@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError, parse_int, parse_float
+from natsdeploy.shapes import UsageError, add_detector_option_argument, parse_float, parse_int
 
 __all__ = ["add_train_arguments", "train_cli"]
 
@@ -31,8 +31,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
     p.add_argument("--trainable-layers", default=None,
                    help="backbone stages trained, 0..5 (default: 3 with --weights, frozen BN; 5 without, trainable BN)")
-    p.add_argument("--detector-option", action="append", default=None, metavar="KEY=VALUE",
-                   help="numeric keyword of torchvision's detector, repeatable (e.g. box_batch_size_per_image=128)")
+    add_detector_option_argument(p)
     p.add_argument("--seed", default="0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
