@@ -1,10 +1,24 @@
-"""Cost of a super-net search step vs the baseline detector's training step (issue: search cost).
+"""Cost of a search step, softmax super-net vs gumbel super-net vs the baseline, and planted recovery (issue 14).
 
-Each configuration runs in a fresh subprocess so its peak memory (ru_maxrss on CPU,
-torch.cuda.max_memory_allocated on CUDA) is its own. Step = forward + backward + SGD step of a
-torchvision Faster R-CNN FPN in training mode on random images with random boxes.
+Three measurements, side by side in one run:
 
-    .venv/bin/python benchmarks/search_cost.py [--backbone resnet50] [--size 320] [--steps 5] [--device cpu]
+1. Step time, per target (`backbone`: forward of the ResNet's layer1..4 + backward + SGD step on a
+   random batch, BN in training mode; `detector`: a torchvision Faster R-CNN FPN training step on
+   random images with random boxes). All modes of a target live in one process and are timed
+   interleaved: each round runs one step of every mode, the order rotating round by round; the
+   ratio is the median over rounds of mode/baseline, with a bootstrap 95% interval.
+2. Peak memory per (target, mode), each in a fresh subprocess so the peak is its own
+   (CUDA: torch.cuda.max_memory_allocated; CPU: process max RSS, and its growth over the RSS after
+   building the model, which leaves out torch itself).
+3. Planted-arch recovery (`natsdeploy.search.planted`) for both relaxations on
+   --recovery-backbone at --recovery-size.
+
+Gumbel starts from alpha = 0, so every group draws uniformly and a conv runs up to one narrow conv
+per genotype: the early-search case, the most expensive for it.
+
+    .venv/bin/python benchmarks/search_cost.py [--backbone resnet50] [--size 320] [--rounds 10]
+        [--targets backbone,detector] [--modes baseline,softmax,gumbel] [--device cpu]
+        [--recovery-backbone resnet50 --recovery-size 224 --recovery-steps 200] [--threads N]
         [--out benchmarks/results/search_cost.json]
 """
 
@@ -21,12 +35,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+MODES = ("baseline", "softmax", "softmax-recompute", "gumbel")
+
 
 def macs(backbone: str, size: int, mode: str, preset: str) -> int:
-    """Backbone MACs at size x size: the super-net runs every genotype of each searched conv."""
+    """Backbone MACs at size x size (analytic): the softmax super-net runs every genotype of each searched conv."""
     from natsdeploy import build_baseline, count
-    from natsdeploy.search.decode import genotypes, searchable_convs
     from natsdeploy.models.specs import BACKBONES
+    from natsdeploy.search.decode import genotypes, searchable_convs
 
     c = count(build_baseline(backbone), (1, 3, size, size))
     total = c.macs - c.per_module.get("fc", (0, 0))[1]
@@ -37,81 +53,224 @@ def macs(backbone: str, size: int, mode: str, preset: str) -> int:
     return total
 
 
-def child(args) -> None:
+def fvcore_conv_macs(args, mode: str) -> int:
+    """Conv MACs of one training-mode backbone forward, counted by fvcore on the traced graph."""
     import torch
-
-    from natsdeploy.models.build import build_baseline
-    from natsdeploy.models.detectors import build_detector
-    from natsdeploy.search.supernet import build_supernet_backbone
+    from fvcore.nn import FlopCountAnalysis
 
     torch.manual_seed(0)
-    device = torch.device(args.device)
-    if args.mode == "baseline":
-        bb = build_baseline(args.backbone)
-    else:
-        bb = build_supernet_backbone(args.backbone, preset=args.preset, groups=16, recompute=args.mode == "supernet-recompute")
-    det = build_detector("faster_rcnn", bb, num_classes=4, min_size=args.size, max_size=args.size).to(device).train()
-    opt = torch.optim.SGD([p for p in det.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    model = _backbone(args, mode).train()
+    x = torch.randn(1, 3, args.size, args.size)
+    fca = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return int(fca.by_operator()["conv"])
+
+
+def _backbone(args, mode: str):
+    from natsdeploy.models.build import build_baseline
+    from natsdeploy.search.supernet import build_supernet_backbone
+
+    if mode == "baseline":
+        return build_baseline(args.backbone)
+    return build_supernet_backbone(args.backbone, preset=args.preset, groups=args.groups,
+                                   recompute=mode == "softmax-recompute",
+                                   sampling="gumbel" if mode == "gumbel" else "softmax", tau=1.0)
+
+
+def make_step(args, mode: str, target: str, device):
+    """A zero-argument training step of `mode` on `target` (model built from torch's current RNG)."""
+    import torch
+
+    bb = _backbone(args, mode)
     g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, args.size, args.size, generator=g).to(device)]
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 120.0, 200.0], [150.0, 40.0, 300.0, 90.0]], device=device),
-                "labels": torch.tensor([1, 2], device=device)}]
+    if target == "backbone":
+        model = bb.to(device).train()
+        x = torch.randn(args.batch_size, 3, args.size, args.size, generator=g).to(device)
+
+        def loss_fn():
+            h = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+            feats = [h]
+            for layer in (model.layer2, model.layer3, model.layer4):
+                feats.append(layer(feats[-1]))
+            return sum(f.square().mean() for f in feats)
+    else:
+        from natsdeploy.models.detectors import build_detector
+
+        model = build_detector("faster_rcnn", bb, num_classes=4, min_size=args.size,
+                               max_size=args.size).to(device).train()
+        images = [torch.rand(3, args.size, args.size, generator=g).to(device) for _ in range(args.batch_size)]
+        s = args.size / 320
+        box = torch.tensor([[10.0, 20.0, 120.0, 200.0], [150.0, 40.0, 300.0, 90.0]]) * s
+        targets = [{"boxes": box.to(device), "labels": torch.tensor([1, 2], device=device)}
+                   for _ in range(args.batch_size)]
+
+        def loss_fn():
+            return sum(model(images, targets).values())
+    # lr = 0: the optimiser step runs in full, but the parameters stay put, so every step of a mode does
+    # the same work (a training detector's proposals, and so its cost, drift as its weights move)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9,
+                          weight_decay=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = sum(det(images, targets).values())
-        loss.backward()
+        loss_fn().backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
+    return step
 
-    step()  # warm-up
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def child_time(args) -> dict:
+    """Interleaved rounds over every mode of one target; per-mode times and ratios to the baseline."""
+    import torch
+
+    from natsdeploy.bench.stats import paired_ratio
+
+    device = torch.device(args.device)
+    modes = args.mode_list
+    steps = {}
+    for m in modes:
+        torch.manual_seed(0)  # every mode from the same baseline init
+        steps[m] = make_step(args, m, args.target, device)
+    for m in modes:  # warm-up
+        steps[m]()
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(args.rounds):
+        order = modes[r % len(modes):] + modes[:r % len(modes)]
+        if r % 2:
+            order = order[::-1]
+        for m in order:
+            torch.manual_seed(1000 + r)  # the same gumbel draws for every run of a round
+            t0 = time.perf_counter()
+            steps[m]()
+            times[m].append(time.perf_counter() - t0)
+    base = times["baseline"]
+    return {"target": args.target, "step_s": times,
+            "ratio_over_baseline": {m: paired_ratio(base, times[m]).to_dict() for m in modes if m != "baseline"}}
+
+
+def child_memory(args) -> dict:
+    """Peak memory of `--steps` training steps of one mode on one target (run in its own process)."""
+    import torch
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    step = make_step(args, args.mode, args.target, device)
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    before = _rss_now()
     for _ in range(args.steps):
-        t0 = time.perf_counter()
         step()
-        times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    times.sort()
-    print(json.dumps({"mode": args.mode, "step_s_median": times[len(times) // 2], "step_s": times,
-                      "peak_bytes": peak, "peak_kind": "cuda max_memory_allocated" if device.type == "cuda"
-                      else "process max RSS (includes ~0.5 GB of torch itself)"}))
+    if device.type == "cuda":
+        return {"peak_bytes": torch.cuda.max_memory_allocated(), "peak_kind": "cuda max_memory_allocated"}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_bytes": peak, "growth_bytes": peak - before,
+            "peak_kind": "process max RSS (includes torch itself); growth: over the RSS after building the model"}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def _child(args, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--backbone", args.backbone, "--preset", args.preset, "--size", str(args.size),
+           "--groups", str(args.groups), "--batch-size", str(args.batch_size), "--device", args.device,
+           "--rounds", str(args.rounds), "--steps", str(args.steps), "--modes", args.modes]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"child {kw} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def recovery_rows(args) -> list[dict]:
+    from natsdeploy.search.planted import recover_planted
+
+    rows = []
+    for sampling in ("softmax", "gumbel"):
+        r = recover_planted(args.recovery_backbone, groups=args.recovery_groups, preset=args.preset,
+                            input_size=args.recovery_size, steps=args.recovery_steps, lr=0.1, seed=0,
+                            sampling=sampling, batch_size=2, device=args.device)
+        rows.append(r.to_dict())
+        print(f"recovery {sampling}: {r.recovery:.3f} {r.per_stage} ({r.steps} steps, {r.wall_s:.1f} s)", flush=True)
+    return rows
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="resnet50")
     ap.add_argument("--preset", default="NATS-C")
+    ap.add_argument("--groups", type=int, default=16)
     ap.add_argument("--size", type=int, default=320)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds (one step of every mode each)")
+    ap.add_argument("--steps", type=int, default=3, help="steps per memory measurement")
+    ap.add_argument("--targets", default="backbone,detector")
+    ap.add_argument("--modes", default="baseline,softmax,gumbel", help=f"some of {','.join(MODES)}; baseline first")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--mode", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--recovery-backbone", default="resnet50")
+    ap.add_argument("--recovery-groups", type=int, default=16)
+    ap.add_argument("--recovery-size", type=int, default=224)
+    ap.add_argument("--recovery-steps", type=int, default=200, help="0: skip the recovery part")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "search_cost.json"))
-    args = ap.parse_args()
-    if args.mode:
-        return child(args)
-    rows = {}
-    for mode in ("baseline", "supernet", "supernet-recompute"):
-        cmd = [sys.executable, __file__, "--mode", mode, "--backbone", args.backbone, "--preset", args.preset,
-               "--size", str(args.size), "--steps", str(args.steps), "--device", args.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        rows[mode] = json.loads(out)
-        print(mode, rows[mode]["step_s_median"], rows[mode]["peak_bytes"] / 2**30, flush=True)
+    ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--target", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.mode_list[:1] != ["baseline"] or any(m not in MODES for m in args.mode_list):
+        ap.error(f"--modes: got {args.modes!r}, expected baseline first, then some of {','.join(MODES[1:])}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.phase:
+        print(json.dumps(child_time(args) if args.phase == "time" else child_memory(args)))
+        return
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    timing, memory = {}, {}
+    for t in targets:
+        timing[t] = _child(args, phase="time", target=t)
+        print(t, {m: round(v["median"], 3) for m, v in timing[t]["ratio_over_baseline"].items()}, flush=True)
+        memory[t] = {m: _child(args, phase="memory", target=t, mode=m) for m in args.mode_list}
+        base = memory[t]["baseline"]
+        for m, v in memory[t].items():
+            v["peak_ratio"] = v["peak_bytes"] / base["peak_bytes"]
+            if "growth_bytes" in v:
+                v["growth_ratio"] = v["growth_bytes"] / base["growth_bytes"]
+        print(t, "memory", {m: round(v.get("growth_ratio", v["peak_ratio"]), 3) for m, v in memory[t].items()},
+              flush=True)
+    recovery = recovery_rows(args) if args.recovery_steps else []
+    from natsdeploy.arch import atomic_write_text
     from natsdeploy.bench.machine import machine_info
 
-    mac_ratio = macs(args.backbone, args.size, "supernet", args.preset) / macs(args.backbone, args.size, "baseline", args.preset)
-    base = rows["baseline"]
-    summary = {m: {"step_time_ratio": r["step_s_median"] / base["step_s_median"],
-                   "peak_memory_ratio": r["peak_bytes"] / base["peak_bytes"]} for m, r in rows.items()}
-    record = {"command": " ".join(["python", "benchmarks/search_cost.py", *sys.argv[1:]]),
-              "backbone_mac_ratio_supernet_over_baseline": mac_ratio, "summary": summary, "runs": rows,
-              "settings": vars(args), "machine": machine_info()}
+    mac_ratio = macs(args.backbone, args.size, "supernet", args.preset) / macs(args.backbone, args.size, "baseline",
+                                                                                args.preset)
+    fv = {m: fvcore_conv_macs(args, m) for m in ("baseline", "softmax", "gumbel")}
+    summary = {t: {m: {"step_time_ratio": timing[t]["ratio_over_baseline"].get(m, {}).get("median", 1.0),
+                       "peak_memory_ratio": memory[t][m]["peak_ratio"],
+                       **({"memory_growth_ratio": memory[t][m]["growth_ratio"]} if "growth_ratio" in memory[t][m]
+                          else {})}
+                   for m in args.mode_list} for t in targets}
+    record = {"command": " ".join(["python", "benchmarks/search_cost.py", *(sys.argv[1:] if argv is None else argv)]),
+              "backbone_mac_ratio_supernet_over_baseline": mac_ratio,
+              "backbone_conv_macs_fvcore_train_mode": fv, "summary": summary, "timing": timing, "memory": memory,
+              "recovery": recovery,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("phase", "target", "mode")},
+              "machine": machine_info()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({"mac_ratio": mac_ratio, **summary}, indent=1))
+    atomic_write_text(Path(args.out), json.dumps(record, indent=2) + "\n")
+    print(json.dumps({"mac_ratio_softmax": mac_ratio, "fvcore_conv_macs": fv, **summary}, indent=1))
 
 
 if __name__ == "__main__":

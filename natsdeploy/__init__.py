@@ -15,7 +15,7 @@ _LAZY = {
     "build_backbone": "natsdeploy.models.build",
     "build_baseline": "natsdeploy.models.build",
     "transformed_state_dict_to_baseline": "natsdeploy.models.build",
-    "WeightsError": "natsdeploy.models.build",
+    "WeightsError": "natsdeploy.errors",
     "MixedDilationConv": "natsdeploy.models.mixed_conv",
     "count": "natsdeploy.verify.count",
     "count_onnx": "natsdeploy.verify.count",
@@ -23,6 +23,12 @@ _LAZY = {
     "check_arch": "natsdeploy.verify.check",
     "from_ic_conv": "natsdeploy.convert",
     "export_arch": "natsdeploy.export.pipeline",
+    "decode": "natsdeploy.search.decode",
+    "align_arch": "natsdeploy.align",
+    "align_report": "natsdeploy.align",
+    "unaligned_branches": "natsdeploy.align",
+    "detect_target": "natsdeploy.targets",
+    "get_target": "natsdeploy.targets",
 }
 
 __all__ = ["Arch", "ArchError", "Branch", "ConvTransform", "load_arch", *_LAZY]

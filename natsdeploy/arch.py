@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from natsdeploy.errors import ArchError
 from natsdeploy.models.specs import BACKBONES, BackboneSpec, ConvInfo
 
 __all__ = ["ArchError", "Branch", "ConvTransform", "Arch", "load_arch", "FORMAT", "VERSION"]
@@ -25,10 +27,6 @@ VERSION = 1
 _TOP_KEYS = ("format", "version", "backbone", "convs", "provenance")
 _CONV_KEYS = ("branches", "permutation")
 _BRANCH_KEYS = ("dilation", "channels")
-
-
-class ArchError(ValueError):
-    """An arch file or value breaks a rule of ARCH_FORMAT.md (message: field, value, expectation)."""
 
 
 def _fail(path: str, value: Any, expected: str) -> ArchError:
@@ -175,19 +173,23 @@ def load_arch(path: str | os.PathLike[str]) -> Arch:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ArchError(f"arch file: got {str(p)!r}, expected an existing file") from None
-    except IsADirectoryError:
-        raise ArchError(f"arch file: got directory {str(p)!r}, expected a JSON file") from None
     except UnicodeDecodeError:
         raise ArchError(f"arch file: got undecodable bytes in {str(p)!r}, expected UTF-8 JSON") from None
+    except OSError as e:  # a directory, no permission ...
+        raise ArchError(f"arch file: got {str(p)!r} ({e.strerror or type(e).__name__}), expected a JSON file") from None
     if not text.strip():
         raise ArchError(f"arch file: got an empty file {str(p)!r}, expected a JSON object")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ArchError(
-            f"arch file: got invalid JSON in {str(p)!r} (line {e.lineno} column {e.colno}: {e.msg}), "
-            "expected a JSON object"
-        ) from None
+        raise ArchError(f"arch file: got invalid JSON in {str(p)!r} (line {e.lineno} column {e.colno}: {e.msg}), "
+                        "expected a JSON object") from None
+    except (ValueError, RecursionError) as e:  # an int of > 4300 digits, nesting deeper than the parser goes
+        raise ArchError(f"arch file: got unparsable JSON in {str(p)!r} ({e}), expected a JSON object") from None
+    if isinstance(data, list):  # the shape of a published IC-Conv pattern: point to the importer
+        raise ArchError(f"arch file: got a JSON list in {str(p)!r} (an IC-Conv dilation pattern?), expected a JSON "
+                        f"object; import a pattern with: natsdeploy convert --from ic-conv {shlex.quote(str(p))} "
+                        "--backbone NAME -o arch.json")
     return Arch.from_dict(data)
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from natsdeploy.arch import ArchError
-from natsdeploy.shapes import UsageError, parse_input_shape
+from natsdeploy.errors import InputError, UsageError
+from natsdeploy.shapes import parse_input_shape
 
 __all__ = ["main"]
 
@@ -18,13 +18,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    import shlex
+
     from natsdeploy.arch import load_arch
+    from natsdeploy.targets import detect_target, get_target
     from natsdeploy.verify.check import check_arch, format_check
 
+    target = get_target(args.target, field="--target") if args.target else detect_target()
     arch = load_arch(args.arch)
-    result = check_arch(arch, parse_input_shape(args.input_shape))
-    print(format_check(result))
-    return 0 if result.equal else 1
+    result = check_arch(arch, parse_input_shape(args.input_shape), target=target)
+    print(format_check(result, arch_path=shlex.quote(args.arch)))
+    return 0 if result.equal else 1  # alignment is a warning, never the exit status
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from natsdeploy.align import align_arch, align_report, format_align_report, validate_multiple
+    from natsdeploy.arch import load_arch
+    from natsdeploy.shapes import parse_int
+
+    arch = load_arch(args.arch)
+    n = validate_multiple(arch, parse_int("--multiple", args.multiple, 1), field="--multiple")
+    if Path(args.output).is_dir():
+        raise UsageError(f"--output: got {args.output!r}, a folder, expected an arch.json path")
+    aligned = align_arch(arch, n)
+    print(format_align_report(align_report(arch, aligned), n))
+    print(f"wrote {aligned.save(args.output)}")
+    return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -85,7 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate an arch file and prove params/MACs equal the baseline's")
     c.add_argument("arch", help="arch.json")
     c.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
+    c.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, cuda-fp16 or cuda-int8: warn about branches "
+                   "that are not a multiple of its channel block (default: ort-cpu, block from this CPU)")
     c.set_defaults(func=_cmd_check)
+
+    a = sub.add_parser("align", help="round every branch to a multiple of N channels, moving the fewest filters")
+    a.add_argument("arch", help="arch.json")
+    a.add_argument("--multiple", required=True, help="N: the channel block to align to (e.g. 16 or 32)")
+    a.add_argument("-o", "--output", required=True, help="aligned arch.json to write")
+    a.set_defaults(func=_cmd_align)
 
     v = sub.add_parser("convert", help="import a published dilation pattern as an arch file")
     v.add_argument("--from", dest="source_format", required=True, choices=["ic-conv"])
@@ -142,18 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from natsdeploy.models.build import WeightsError  # noqa: PLC0415 (torch import only when running)
-    from natsdeploy.data.errors import DatasetError  # noqa: PLC0415
-
+    """Parse (no torch import: `--help` answers at once), run, and map every bad input to exit 2 and one line."""
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except (ArchError, UsageError, WeightsError, DatasetError) as e:
-        print(f"natsdeploy: error: {e}", file=sys.stderr)
-        return 2
+    except InputError as e:  # arch, usage, weights, dataset and checkpoint errors (natsdeploy.errors)
+        return _fail(str(e))
+    except OSError as e:  # an output path that cannot be written, a file that vanished under us
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or type(e).__name__}")
     except KeyboardInterrupt:
         print("natsdeploy: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str) -> int:
+    print("natsdeploy: error: " + " ".join(message.split("\n")), file=sys.stderr)  # always exactly one line
+    return 2
 
 
 if __name__ == "__main__":

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import re
 
+from natsdeploy.errors import UsageError
+
 __all__ = ["UsageError", "parse_input_shape", "format_shape", "parse_int", "parse_float",
            "add_detector_option_argument"]
-
-
-class UsageError(ValueError):
-    """A command-line value that does not parse (one-line message: flag, value, expectation)."""
 
 
 def parse_input_shape(text: str, *, flag: str = "--input-shape") -> tuple[int, int, int, int]:

@@ -75,11 +75,81 @@ def test_check_exits_1_when_counts_differ(monkeypatch, capsys):
 
     real = check_mod.check_arch
 
-    def skewed(arch, shape):
-        r = real(arch, shape)
+    def skewed(arch, shape, **kw):
+        r = real(arch, shape, **kw)
         return check_mod.CheckResult(r.arch, r.input_shape, Counts(r.transformed.params, r.transformed.macs + 1),
-                                     r.baseline)
+                                     r.baseline, r.alignment)
 
     monkeypatch.setattr(check_mod, "check_arch", skewed)
     assert main(["check", str(EXAMPLES / "resnet18_nats_c.json"), "--input-shape", "1x3x64x64"]) == 1
     assert "DIFFERENT" in capsys.readouterr().out
+
+
+# -- alignment: check --target and the align command ------------------------------------------------
+def test_check_warns_about_unaligned_branches_but_exit_status_stays_0(capsys):
+    ex = str(EXAMPLES / "resnet50_nats_c.json")
+    assert main(["check", ex, "--input-shape", "1x3x64x64", "--target", "cuda-int8"]) == 0
+    out = capsys.readouterr().out
+    assert "alignment for cuda-int8" in out and "not a multiple of 32 channels" in out
+    assert "  layer2.1.conv2: " in out and "d(1,3) 8 ch" in out
+    assert "share of MACs in unaligned branches: " in out
+    assert f"suggestion: natsdeploy align {ex} --multiple 32" in out
+    assert out.rstrip().endswith("verdict: equal")
+    assert main(["check", ex, "--input-shape", "1x3x64x64", "--target", "cuda-fp16"]) == 0
+    assert "every branch is a multiple of 8 channels" in capsys.readouterr().out
+
+
+def test_check_result_dict_carries_alignment():
+    from natsdeploy import load_arch
+    from natsdeploy.verify.check import check_arch
+
+    r = check_arch(load_arch(EXAMPLES / "resnet50_nats_c.json"), (1, 3, 64, 64), target="cuda-int8")
+    d = r.to_dict()["alignment"]
+    assert d["target"] == "cuda-int8" and d["block"] == 32 and not d["aligned"] and 0 < d["mac_share"] < 1
+    assert d["total_macs"] == r.transformed.macs and r.equal
+
+
+def test_check_bad_target_exits_2(capsys):
+    assert main(["check", str(EXAMPLES / "resnet18_nats_c.json"), "--target", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--target: got 'tpu', expected one of" in err and err.count("\n") == 1
+
+
+def test_align_writes_an_aligned_arch_and_reports(tmp_path, capsys):
+    from natsdeploy import load_arch
+
+    out = tmp_path / "a32.json"
+    assert main(["align", str(EXAMPLES / "resnet50_nats_c.json"), "--multiple", "32", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    arch = load_arch(out)
+    assert all(b.channels % 32 == 0 for ct in arch.convs.values() for b in ct.branches)
+    assert arch.provenance["align"] == 32
+    assert "  layer2.0.conv2  d2:40 d3:32 d(1,3):16 d(3,1):40 -> d2:32 d3:32 d(1,3):32 d(3,1):32  " \
+           "(16 of 128 filters changed dilation)" in text
+    assert "total: " in text and "retrain or fine-tune" in text and f"wrote {out}" in text
+    assert main(["check", str(out), "--input-shape", "1x3x64x64", "--target", "cuda-int8"]) == 0
+    assert "every branch is a multiple of 32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch_file, n, expected", [
+    ("resnet50_nats_c.json", "0", "--multiple: got '0', expected an integer >= 1"),
+    ("resnet50_nats_c.json", "-16", "--multiple: got '-16'"),
+    ("resnet50_nats_c.json", "1.5", "--multiple: got '1.5'"),
+    ("resnet50_nats_c.json", "sixteen", "--multiple: got 'sixteen'"),
+    ("resnet50_nats_c.json", "48", "--multiple: got 48, expected a divisor of 128 (out_channels of layer2.0.conv2)"),
+    ("RESNEXT", "2", "--multiple: got 2, expected a multiple of 4 (conv-group width of layer1.0.conv2"),
+])
+def test_align_bad_multiple_exits_2_and_writes_nothing(tmp_path, capsys, arch_file, n, expected):
+    if arch_file == "RESNEXT":
+        from natsdeploy import Arch, Branch, ConvTransform
+
+        src = Arch(backbone="resnext101_32x4d", convs={"layer1.0.conv2": ConvTransform((
+            Branch((1, 1), 64), Branch((2, 2), 64)))}).save(tmp_path / "x.json")
+    else:
+        src = EXAMPLES / arch_file
+    out = tmp_path / "out.json"
+    assert main(["align", str(src), "--multiple", n, "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert expected in captured.err and captured.err.count("\n") == 1 and captured.out == ""
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["x.json"] if arch_file == "RESNEXT" else [])

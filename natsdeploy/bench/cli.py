@@ -13,7 +13,7 @@ __all__ = ["add_bench_arguments", "bench_cli"]
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", nargs="?", default=None, help="arch.json (optional with --onnx or --engines)")
-    p.add_argument("--backend", nargs="+", default=["torch", "ort"], help="torch, ort and/or trt")
+    p.add_argument("--backend", nargs="+", default=["torch", "ort"], help="torch, ort, openvino and/or trt")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
     p.add_argument("--batch", nargs="+", default=[], help="extra batch sizes to time")
@@ -21,6 +21,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", default=None, help="folder from `natsdeploy export` (model.onnx, baseline.onnx)")
     p.add_argument("--engines", nargs=2, default=None, metavar=("BASELINE", "MODEL"), help="TensorRT engines")
     p.add_argument("--fp16", action="store_true", help="fp16 (torch CUDA autocast, TensorRT fp16)")
+    p.add_argument("--precision", default="f32", help="OpenVINO inference precision: f32 (default), bf16 or f16")
     p.add_argument("--threads", default=None, help="CPU threads (default: all logical CPUs)")
     p.add_argument("--warmup-s", default="2", help="warm-up seconds (default 2)")
     g = p.add_mutually_exclusive_group()
@@ -38,6 +39,13 @@ def bench_cli(args: argparse.Namespace) -> int:
     for b in args.backend:
         if b not in BACKENDS:
             raise UsageError(f"--backend: got {b!r}, expected some of {list(BACKENDS)}")
+    from natsdeploy.runners import OPENVINO_PRECISIONS
+
+    if args.precision not in OPENVINO_PRECISIONS:
+        raise UsageError(f"--precision: got {args.precision!r}, expected f32, bf16 or f16")
+    if args.precision != "f32" and "openvino" not in args.backend:
+        raise UsageError(f"--precision: got {args.precision!r} without --backend openvino, expected f32 "
+                         "(--precision sets OpenVINO's inference precision; --fp16 is for torch CUDA and TensorRT)")
     if args.device not in ("cpu", "cuda"):
         raise UsageError(f"--device: got {args.device!r}, expected 'cpu' or 'cuda'")
     if args.device == "cuda":
@@ -63,7 +71,7 @@ def bench_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--onnx: got {args.onnx!r}, expected a folder written by natsdeploy export")
     report = bench(arch, weights=args.weights, onnx_dir=args.onnx, engines=args.engines, backends=args.backend,
                    device=args.device, input_shape=shape, batches=batches, fp16=args.fp16, threads=threads,
-                   warmup_s=warm, duration_s=duration, runs=runs)
+                   warmup_s=warm, duration_s=duration, runs=runs, openvino_precision=args.precision)
     if args.per_conv:
         if arch is None:
             raise UsageError("--per-conv: got no arch file, expected ARCH.json")

@@ -6,6 +6,8 @@ import os
 import platform
 from importlib import metadata
 
+from natsdeploy.targets import cpu_flags
+
 __all__ = ["machine_info"]
 
 
@@ -21,15 +23,7 @@ def _cpu_model() -> str:
 
 
 def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))
-    except OSError:
-        pass
-    return []
+    return sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "amx")))
 
 
 def _version(pkg: str) -> str | None:

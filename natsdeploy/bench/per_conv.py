@@ -34,10 +34,9 @@ def conv_input_shapes(arch: Arch, input_shape: Sequence[int]) -> dict[str, tuple
 def _ort_single(conv_module, shape, name: str, threads: int):
     """A one-conv ONNX graph (branch form for a MixedDilationConv) on ORT CPU."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
     from natsdeploy.export.fold import ConvOp, SplitConv
-    from natsdeploy.export.onnx import _emit_split, _Graph
+    from natsdeploy.export.graph import GraphBuilder, emit_split
     from natsdeploy.models.mixed_conv import MixedDilationConv
     from natsdeploy.runners import ort_session_options
 
@@ -46,17 +45,15 @@ def _ort_single(conv_module, shape, name: str, threads: int):
         return ConvOp(n, w, np.zeros(w.shape[0], np.float32), int(c.stride[0]), tuple(c.padding), tuple(c.dilation),
                       int(c.groups))
 
-    g = _Graph()
+    g = GraphBuilder(opset=17)
     if isinstance(conv_module, MixedDilationConv):
         split = SplitConv(name, tuple(op(c, f"{name}/b{i}") for i, c in enumerate(conv_module.branches)),
                           grouped=conv_module.groups > 1)
-        y = _emit_split(g, "x", split)
+        y = emit_split(g, "x", split)
     else:
         y = g.conv("x", op(conv_module, name))
     g.node("Identity", [y], "y", "out")
-    graph = helper.make_graph(g.nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = g.model([("x", shape)], ["y"], name=name)
     sess = ort.InferenceSession(model.SerializeToString(), sess_options=ort_session_options(threads=threads),
                                 providers=["CPUExecutionProvider"])
     return lambda x: sess.run(None, {"x": x})

@@ -17,7 +17,7 @@ from natsdeploy.shapes import UsageError, format_shape
 
 __all__ = ["BACKENDS", "SCHEMA", "BenchCase", "bench", "format_bench"]
 
-BACKENDS = ("torch", "ort", "trt")
+BACKENDS = ("torch", "ort", "openvino", "trt")
 SCHEMA = "natsdeploy-bench/1"
 CV_WARN = 0.025  # trtexec's threshold
 
@@ -67,12 +67,12 @@ def _onnx_files(arch: Arch | None, onnx_dir: Path | None, weights: Any, shape: S
                 raise UsageError(f"--onnx: got {str(onnx_dir)!r} without {f.name}, expected a folder written by "
                                  "natsdeploy export")
         return files
-    from natsdeploy.export.fold import fold_trunk
+    from natsdeploy.export.fold import fold_trunk, rewrite
     from natsdeploy.export.onnx import save_onnx, trunk_to_onnx
-    from natsdeploy.export.pipeline import _trunks, rewrite
+    from natsdeploy.models.build import build_trunks
 
     assert arch is not None
-    transformed, baseline, _ = _trunks(arch, weights, seed)
+    transformed, baseline, _ = build_trunks(arch, weights, seed)
     out = []
     for name, module in (("baseline", baseline), ("model", transformed)):
         proto = trunk_to_onnx(rewrite(fold_trunk(module)), input_shape=shape, dynamic=True)
@@ -90,6 +90,12 @@ def _ort_pair(files, device: str, threads: int | None):
         raise UsageError(f"--backend ort --device {device}: {e}") from None
 
 
+def _openvino_pair(files, threads: int | None, precision: str):
+    from natsdeploy.runners import OpenVinoRunner
+
+    return [OpenVinoRunner(f, threads=threads, precision=precision) for f in files]
+
+
 def _trt_pair(files, engines: Sequence[Path] | None, fp16: bool, shape):
     from natsdeploy.export.tensorrt import TrtRunner, build_engine, require_tensorrt
 
@@ -105,14 +111,20 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
           engines: Sequence[str | os.PathLike[str]] | None = None, backends: Sequence[str] = ("torch", "ort"),
           device: str = "cpu", input_shape: Sequence[int] = (1, 3, 800, 1216), batches: Sequence[int] = (),
           fp16: bool = False, threads: int | None = None, warmup_s: float = 2.0, duration_s: float | None = None,
-          runs: int = 20, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time baseline and transformed on each backend (interleaved pairs) and return the JSON report."""
+          runs: int = 20, seed: int = 0, openvino_precision: str = "f32",
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Time baseline and transformed on each backend (interleaved pairs) and return the JSON report.
+
+    `openvino_precision` (f32, bf16 or f16) is pinned as OpenVINO's inference precision."""
     from natsdeploy.bench.machine import machine_info
+    from natsdeploy.runners import OPENVINO_PRECISIONS
 
     if arch is None and onnx_dir is None and engines is None:
         raise UsageError("bench: got neither an arch file nor --onnx/--engines, expected one of them")
     if "torch" in backends and arch is None:
         raise UsageError("--backend torch: got no arch file, expected ARCH.json (torch builds the modules)")
+    if "openvino" in backends and device != "cpu":
+        raise UsageError(f"--backend openvino: got --device {device}, expected cpu (OpenVINO's CPU plugin)")
     shapes = [tuple(input_shape)] + [(b, *tuple(input_shape)[1:]) for b in batches if b != input_shape[0]]
     threads = int(threads or os.cpu_count() or 1)
     if device == "cpu":
@@ -144,6 +156,11 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
                         runners = _ort_pair(files, device, threads)
                         precision = "fp32"
                         notes = [f"{threads} intra-op threads, no spinning"] if device == "cpu" else []
+                    elif backend == "openvino":
+                        runners = _openvino_pair(files, threads, openvino_precision)
+                        precision = OPENVINO_PRECISIONS[runners[0].precision]
+                        notes = [f"OpenVINO {runners[0].version}, {runners[0].threads} threads, LATENCY hint, "
+                                 f"INFERENCE_PRECISION_HINT={runners[0].precision}"]
                     else:
                         runners = _trt_pair(files, [Path(e) for e in engines] if engines else None, fp16, shape)
                         precision = "fp16" if fp16 else "fp32"
@@ -157,6 +174,7 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
         "arch": None if arch is None else {"backbone": arch.backbone, "transformed_convs": len(arch.convs)},
         "settings": {"backends": list(backends), "device": device, "threads": threads, "warmup_s": warmup_s,
                      "duration_s": duration_s, "runs": runs, "fp16": fp16, "seed": seed,
+                     "openvino_precision": openvino_precision if "openvino" in backends else None,
                      "method": "warm-up by time, then interleaved pairs (order alternates); ratio = median of "
                                "per-pair ratios transformed/baseline with a 95% percentile bootstrap interval"},
         "machine": machine_info(),
@@ -165,13 +183,13 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
 
 
 def format_bench(report: dict[str, Any]) -> str:
-    lines = [f"{'backend':<8}{'device':<7}{'prec':<6}{'input':<16}{'model':<12}{'p50 ms':>9}{'p90 ms':>9}"
+    lines = [f"{'backend':<10}{'device':<7}{'prec':<6}{'input':<16}{'model':<12}{'p50 ms':>9}{'p90 ms':>9}"
              f"{'p99 ms':>9}{'mean ms':>9}{'cv':>7}"]
     warnings = []
     for r in report["results"]:
         for key, label in (("baseline_ms", "baseline"), ("transformed_ms", "transformed")):
             s = r[key]
-            lines.append(f"{r['backend']:<8}{r['device']:<7}{r['precision']:<6}{format_shape(tuple(r['input_shape'])):<16}"
+            lines.append(f"{r['backend']:<10}{r['device']:<7}{r['precision']:<6}{format_shape(tuple(r['input_shape'])):<16}"
                          f"{label:<12}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{s['mean']:>9.2f}{s['cv']:>7.1%}")
             if s["cv"] > CV_WARN:
                 warnings.append(f"warning: {r['backend']} {label} CV {s['cv']:.1%} > {CV_WARN:.1%}: noisy; "

@@ -1,9 +1,7 @@
-"""The one error type of `natsdeploy.data` (kept free of torch so the CLI and generator import it cheaply)."""
+"""The error type of `natsdeploy.data`, re-exported from `natsdeploy.errors` (torch-free, cheap to import)."""
 
 from __future__ import annotations
 
+from natsdeploy.errors import DatasetError
+
 __all__ = ["DatasetError"]
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be read or written (one-line message: path/field, value, expectation)."""

@@ -8,9 +8,14 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["METRICS", "coco_evaluate", "to_coco_results"]
+__all__ = ["METRICS", "ap_points", "coco_evaluate", "to_coco_results"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def ap_points(metrics: Mapping[str, float]) -> dict[str, float]:
+    """pycocotools' 0-1 values as AP points (0-100), -1 (undefined) kept."""
+    return {k: (round(100.0 * v, 6) if v >= 0 else -1.0) for k, v in metrics.items()}
 
 
 def _empty_results(coco_gt):

@@ -36,25 +36,20 @@ def block_input_shapes(trunk: Trunk, input_shape: Sequence[int]) -> dict[str, tu
 
 def _block_session(blk: Block, shape: tuple[int, ...], rows_form: bool, threads: int):
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    from natsdeploy.export import rows
-    from natsdeploy.export.onnx import _emit_block, _Graph
+    from natsdeploy.export import graph, rows
     from natsdeploy.runners import ort_session_options
 
-    g = _Graph()
+    g = graph.GraphBuilder(opset=18)
     if rows_form:
         g.hw = (shape[2], shape[3])
         y = rows.emit_block(g, "x", blk)
     else:
-        y = _emit_block(g, "x", blk, "branches")
+        y = graph.emit_block(g, "x", blk)
     g.node("Identity", [y], "y", "out")
-    graph = helper.make_graph(g.nodes, blk.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=ort_session_options(threads=threads),
+    model = g.model([("x", shape)], ["y"], name=blk.name)
+    return ort.InferenceSession(model.SerializeToString(), sess_options=ort_session_options(threads=threads),
                                 providers=["CPUExecutionProvider"])
-    return sess
 
 
 def choose_rows(trunk: Trunk, input_shape: Sequence[int], *, threads: int, pairs: int = 7, warmup_s: float = 0.3,

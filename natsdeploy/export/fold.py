@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["ConvOp", "SplitConv", "Block", "Trunk", "fold_trunk", "merge_same_dilation", "order_branches"]
+__all__ = ["ConvOp", "SplitConv", "Block", "Trunk", "fold_trunk", "merge_same_dilation", "order_branches", "rewrite"]
 
 
 @dataclass(frozen=True)
@@ -246,3 +246,8 @@ def iter_splits(trunk: Trunk):
 
 
 Form = Literal["branches"]
+
+
+def rewrite(trunk: Trunk, *, merge: bool = True) -> Trunk:
+    """The exporter's graph rewrites (each preserves the function): merge same-dilation branches."""
+    return merge_same_dilation(trunk, any_order=True) if merge else trunk

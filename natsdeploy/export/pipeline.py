@@ -40,42 +40,24 @@ class ExportResult:
         return bool(self.report["verdict"]["passed"])
 
 
-def _trunks(arch: Arch, weights: Any, seed: int):
-    """Transformed and baseline modules with the same baseline weights, and how they were made."""
-    import torch
-
-    from natsdeploy.models.build import build_backbone, build_baseline, resolve_weights
-
-    sd = resolve_weights(weights, arch.spec)
-    if sd is None:
-        torch.manual_seed(seed)
-        sd = build_baseline(arch.backbone).state_dict()
-        source = f"torchvision init with torch.manual_seed({seed}) (random weights, not trained)"
-    else:
-        source = "imagenet (torchvision)" if weights == "imagenet" else (
-            str(weights) if isinstance(weights, (str, os.PathLike)) else "state dict passed in")
-    return build_backbone(arch, sd), build_baseline(arch.backbone, sd), source
-
-
-def rewrite(trunk, *, merge: bool = True):
-    """The exporter's graph rewrites (each preserves the function; see fold.py)."""
-    from natsdeploy.export.fold import merge_same_dilation
-
-    return merge_same_dilation(trunk, any_order=True) if merge else trunk
-
-
 def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[str],
            input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False, opset: int | None = None,
            form: Form = DEFAULT_FORM, logits: bool = False, tolerance: float | None = None,
            latency_pairs: int = 20, warmup_s: float = 2.0, threads: int | None = None, seed: int = 0,
-           engine: bool = False, fp16: bool = False, log=print) -> ExportResult:
-    """Export `arch` (and its baseline) to ONNX in `out_dir` and verify cost, numerics and latency."""
+           engine: bool = False, fp16: bool = False, target: Any = None, openvino: str | None = "f32",
+           log=print) -> ExportResult:
+    """Export `arch` (and its baseline) to ONNX in `out_dir` and verify cost, numerics and latency.
+
+    `target` (a `natsdeploy.targets.Target` or its name; default: this machine's CPU) decides the
+    channel block that the report's `alignment` entry checks branch widths against.
+    `openvino` (f32, bf16 or f16; None skips) adds OpenVINO CPU rows to parity and latency at that precision."""
     import onnxruntime as ort
 
     from natsdeploy.bench.latency import time_interleaved
     from natsdeploy.bench.machine import machine_info
-    from natsdeploy.export.fold import fold_trunk, iter_splits
-    from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
+    from natsdeploy.export.fold import fold_trunk, iter_splits, rewrite
+    from natsdeploy.export.onnx import check_onnx, inline_functions, trunk_to_onnx
+    from natsdeploy.models.build import build_trunks
     from natsdeploy.runners import TorchRunner, ort_session_options
     from natsdeploy.verify.count import count_onnx
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
@@ -90,7 +72,7 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
     tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE["fp32"])
     out_names = FEATURE_OUTPUTS + (("logits",) if logits else ())
 
-    transformed, baseline, weight_source = _trunks(arch, weights, seed)
+    transformed, baseline, weight_source = build_trunks(arch, weights, seed)
     trunks = {"model": rewrite(fold_trunk(transformed)), "baseline": rewrite(fold_trunk(baseline))}
     emit_form, rows_only, autotune = form, None, None
     if form == "auto":
@@ -111,9 +93,9 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
     sessions = {k: ort.InferenceSession(b, sess_options=ort_session_options(threads=threads),
                                         providers=["CPUExecutionProvider"]) for k, b in blobs.items()}
     x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    parity = {}
+    parity, refs = {}, {}
     for key, module in (("model", transformed), ("baseline", baseline)):
-        ref = TorchRunner(module, output_names=out_names).run({"images": x})
+        refs[key] = ref = TorchRunner(module, output_names=out_names).run({"images": x})
         got = dict(zip(out_names, sessions[key].run(list(out_names), {"images": x})))
         parity[key] = compare(got, ref, tolerance=tol)
 
@@ -127,6 +109,14 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
         latency.update({"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
                         "intra_op_threads": threads, "inter_op_threads": 1, "allow_spinning": False,
                         "input_shape": list(shape)})
+    ov_parity = None
+    if openvino is not None:
+        from natsdeploy.export.openvino_rows import openvino_entries
+
+        ov_parity, ov_latency = openvino_entries(protos, refs, x, precision=openvino, threads=threads, tolerance=tol,
+                                                 latency_pairs=latency_pairs, warmup_s=warmup_s, log=log)
+        if latency is not None:
+            latency["openvino"] = ov_latency
 
     splits = list(iter_splits(trunks["model"]))
     report: dict[str, Any] = {
@@ -139,19 +129,22 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                                 "permutation folded into weights", "merge branches sharing a dilation"],
                    "transformed_convs_in_graph": len(splits),
                    "branches_in_graph": sum(len(s.branches) for s in splits),
-                   "conv_nodes": {k: sum(n.op_type == "Conv" for n in p.graph.node) for k, p in protos.items()},
+                   "conv_nodes": {k: sum(n.op_type == "Conv" for n in inline_functions(p).graph.node)
+                                  for k, p in protos.items()},
+                   "function_nodes": sum(n.domain == "natsdeploy" for n in protos["model"].graph.node),
                    "autotune": autotune},
         "cost": {"model": counts["model"].to_dict(), "baseline": counts["baseline"].to_dict(), "equal": cost_equal,
                  "counted_from": "ONNX graphs (Conv/Gemm MACs from inferred shapes; params = initializer elements)"},
         "parity": {"reference": "PyTorch eval-mode modules (unfolded BN) on the same seeded input",
                    "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
-                   **{k: v.to_dict() for k, v in parity.items()}},
+                   **{k: v.to_dict() for k, v in parity.items()}, "openvino": ov_parity},
         "latency": latency,
+        "alignment": _alignment(arch, target, shape, counts["model"].macs),
         "machine": machine_info(),
     }
-    passed = cost_equal and all(p.passed for p in parity.values())
-    report["verdict"] = {"passed": passed, "cost_equal": cost_equal, "parity_passed": parity["model"].passed
-                         and parity["baseline"].passed}
+    parity_passed = parity["model"].passed and parity["baseline"].passed and (ov_parity or {}).get("passed", True)
+    report["verdict"] = {"passed": cost_equal and parity_passed, "cost_equal": cost_equal,
+                         "parity_passed": parity_passed}
 
     files = _write_outputs(Path(out_dir), blobs, report)
     result = ExportResult(Path(out_dir), files, report)
@@ -162,6 +155,15 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                                                       split_names=[s.name for s in splits])
         atomic_write_text(files["report"], json.dumps(report, indent=2, default=_json_default) + "\n")
     return result
+
+
+def _alignment(arch: Arch, target: Any, shape: tuple[int, ...], total_macs: int) -> dict[str, Any]:
+    """Branches that miss the target's channel block and their share of the graph's MACs."""
+    from natsdeploy.align import check_alignment
+    from natsdeploy.targets import detect_target, get_target
+
+    tgt = detect_target() if target is None else get_target(target) if isinstance(target, str) else target
+    return check_alignment(arch, tgt, shape, total_macs=total_macs).to_dict()
 
 
 def _json_default(o: Any) -> Any:
@@ -193,13 +195,21 @@ def _write_outputs(out_dir: Path, blobs: dict[str, bytes], report: dict) -> dict
 def format_report(report: dict) -> str:
     e, c, p, lat = report["export"], report["cost"], report["parity"], report["latency"]
     lines = [f"natsdeploy export: {report['arch']['backbone']} ({report['arch']['transformed_convs']} transformed convs, "
-             f"{e['branches_in_graph']} branches after merging, {e['conv_nodes']['model']} Conv nodes), form={e['form']}, opset {e['opset']}, "
+             f"{e['branches_in_graph']} branches after merging, {e['conv_nodes']['model']} Conv nodes"
+             f"{', %d MixedDilationConv nodes' % e['function_nodes'] if e.get('function_nodes') else ''}), "
+             f"form={e['form']}, opset {e['opset']}, "
              f"input {format_shape(tuple(e['input_shape']))}{' (dynamic)' if e['dynamic'] else ''}",
              f"weights: {report['weights']}", "",
              f"  {'':<22}{'model.onnx':>18}{'baseline.onnx':>18}  verdict"]
     for label, key in (("params", "params"), ("MACs", "macs")):
         a, b = c["model"][key], c["baseline"][key]
         lines.append(f"  {label:<22}{a:>18,}{b:>18,}  {'equal' if a == b else 'DIFFERENT'}")
+    al = report.get("alignment")
+    if al:
+        lines.append(f"  alignment ({al['target']}, block {al['block']}): " + (
+            "every branch aligned" if al["aligned"] else
+            f"{len(al['unaligned_branches'])} branches not a multiple of {al['block']} carry {al['mac_share']:.1%} "
+            f"of MACs (warning; fix: natsdeploy align ARCH.json --multiple {al['block']})"))
     lines.append("")
     lines.append(f"  parity vs PyTorch ({p['runtime']}), max|err| / max|ref|:")
     for key in ("model", "baseline"):
@@ -207,6 +217,10 @@ def format_report(report: dict) -> str:
         cells = "  ".join(f"{n} {o['rel_err']:.1e}" for n, o in outs.items())
         tol = next(iter(outs.values()))["tolerance"]
         lines.append(f"  {key:<10}{cells}  (tol {tol:.0e}) {'pass' if p[key]['passed'] else 'FAIL'}")
+    if p.get("openvino"):
+        from natsdeploy.export.openvino_rows import format_openvino_parity
+
+        lines += format_openvino_parity(p["openvino"])
     if lat:
         lines.append("")
         lines.append(f"  latency, {lat['runtime']} CPU, {lat['intra_op_threads']} threads, {lat['pairs']} interleaved pairs:")
@@ -217,6 +231,10 @@ def format_report(report: dict) -> str:
         lines.append(f"  {lat['verdict']}")
         if max(lat["baseline_ms"]["cv"], lat["transformed_ms"]["cv"]) > 0.025:
             lines.append("  warning: coefficient of variation above 2.5%; the machine is noisy, rerun with more pairs")
+        if lat.get("openvino"):
+            from natsdeploy.export.openvino_rows import format_openvino_latency
+
+            lines += format_openvino_latency(lat["openvino"])
     lines.append("")
     v = report["verdict"]
     lines.append("verdict: PASS (cost equal, numerics within tolerance)" if v["passed"] else
@@ -240,6 +258,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", default="0", help="seed for the init (without --weights) and the parity input")
     p.add_argument("--engine", action="store_true", help="also build TensorRT engines (extra 'trt')")
     p.add_argument("--fp16", action="store_true", help="fp16 TensorRT engines (with --engine)")
+    p.add_argument("--openvino", default="f32", help="OpenVINO CPU rows in parity and latency at this precision: "
+                   "f32 (default), bf16, f16, or off")
+    p.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, cuda-fp16 or cuda-int8: report branches "
+                   "that are not a multiple of its channel block (default: ort-cpu, block from this CPU)")
 
 
 def export_cli(args: argparse.Namespace) -> int:
@@ -263,6 +285,11 @@ def export_cli(args: argparse.Namespace) -> int:
     warm = parse_float("--warmup-s", args.warmup_s, 0.0)
     threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None
     seed = parse_int("--seed", args.seed, 0)
+    if args.openvino not in ("f32", "bf16", "f16", "off"):
+        raise UsageError(f"--openvino: got {args.openvino!r}, expected f32, bf16, f16 or off")
+    from natsdeploy.targets import get_target
+
+    target = get_target(args.target, field="--target") if args.target else None
     out = Path(args.out) if args.out else Path(f"export-{Path(args.arch).stem}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: got {str(out)!r}, an existing file, expected a folder")
@@ -273,7 +300,8 @@ def export_cli(args: argparse.Namespace) -> int:
         resolve_weights(weights, arch.spec)  # fail before any work or output
     result = export_arch(arch, weights=weights, out_dir=out, input_shape=shape, dynamic=args.dynamic, opset=opset,
                     form=args.form, logits=args.outputs == "logits", tolerance=tol, latency_pairs=pairs,
-                    warmup_s=warm, threads=threads, seed=seed, engine=args.engine, fp16=args.fp16)
+                    warmup_s=warm, threads=threads, seed=seed, engine=args.engine, fp16=args.fp16, target=target,
+                    openvino=None if args.openvino == "off" else args.openvino)
     print(format_report(result.report))
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")
     return 0 if result.passed else 1

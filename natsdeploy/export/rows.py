@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from natsdeploy.export.fold import Block, Conv, ConvOp, SplitConv
-from natsdeploy.export.onnx import _emit_split, _Graph
+from natsdeploy.export.graph import GraphBuilder, emit_conv, emit_residual
 
 __all__ = ["MIN_OPSET", "BLOCK", "opset_message", "start_hw", "plan_split", "emit_block"]
 
@@ -122,20 +122,13 @@ def plan_split(split: SplitConv, block: int = BLOCK) -> Plan | None:
 
 
 # -- small emitters ----------------------------------------------------------------------------
-def _i64(g: _Graph, name: str, values: Sequence[int]) -> str:
+def _i64(g: GraphBuilder, name: str, values: Sequence[int]) -> str:
     return g.init(name, np.asarray(values, dtype=np.int64))
 
 
-def _split4(g: _Graph, z: str, sizes: list[int], name: str) -> list[str]:
+def _split4(g: GraphBuilder, z: str, sizes: list[int], name: str) -> list[str]:
     """Channel `Split` of a conv output (none for one piece)."""
-    if len(sizes) == 1:
-        return [z]
-    from onnx import helper
-
-    outs = [f"{name}/split:{i}" for i in range(len(sizes))]
-    g.nodes.append(helper.make_node("Split", [z, _i64(g, f"{name}.split_sizes", sizes)], outs,
-                                    name=f"{name}/split", axis=1))
-    return outs
+    return [z] if len(sizes) == 1 else g.split(z, sizes, name)
 
 
 def _rows_weight(w: np.ndarray, rows: Sequence[int]) -> np.ndarray:
@@ -143,7 +136,7 @@ def _rows_weight(w: np.ndarray, rows: Sequence[int]) -> np.ndarray:
     return w[:, :, list(rows), :].transpose(0, 2, 1, 3).reshape(-1, w.shape[1], 1, 3)
 
 
-def _rows_conv(g: _Graph, x: str, name: str, items: list[tuple[Piece, list[int]]], dw: int, stride: int,
+def _rows_conv(g: GraphBuilder, x: str, name: str, items: list[tuple[Piece, list[int]]], dw: int, stride: int,
                pad_bottom: int) -> tuple[str, list[str]]:
     """One bias-free [1, 3] conv giving the kernel rows of several pieces; its output and one tensor per piece."""
     w = np.concatenate([_rows_weight(p.op.weight, rows) for p, rows in items])
@@ -152,14 +145,14 @@ def _rows_conv(g: _Graph, x: str, name: str, items: list[tuple[Piece, list[int]]
     return z, _split4(g, z, [len(rows) * p.op.out_channels for p, rows in items], name)
 
 
-def _col2im(g: _Graph, z: str, k: int, r: int, img: str, blk: str, dil: int, pads: tuple[int, int], name: str) -> str:
+def _col2im(g: GraphBuilder, z: str, k: int, r: int, img: str, blk: str, dil: int, pads: tuple[int, int], name: str) -> str:
     """Vertical shift-and-add of the k rows per channel in `z` [N, k r, H, W] -> [N, r, H, W]."""
     z3 = g.node("Reshape", [z, _i64(g, f"{name}.shape", [0, k * r, -1])], f"{name}/reshape:out", f"{name}/reshape")
     return g.node("Col2Im", [z3, img, blk], f"{name}/col2im:out", f"{name}/col2im",
                   dilations=[dil, 1], pads=[pads[0], 0, pads[1], 0], strides=[1, 1])
 
 
-def _emit_rest(g: _Graph, x: str, split: SplitConv, plan: Plan, hw: HW) -> tuple[list[str], str]:
+def _emit_rest(g: GraphBuilder, x: str, split: SplitConv, plan: Plan, hw: HW) -> tuple[list[str], str]:
     """The remainders' conv results without bias (one [N, r_b, Ho, Wo] tensor per piece, plan order),
     and the first rows conv's output (its shape is the output's)."""
     name = split.name
@@ -197,7 +190,7 @@ def _emit_rest(g: _Graph, x: str, split: SplitConv, plan: Plan, hw: HW) -> tuple
     return [res[j] for j in range(len(plan.rest))], first
 
 
-def _anchor(g: _Graph, z: str, name: str, hw: HW) -> list[str]:
+def _anchor(g: GraphBuilder, z: str, name: str, hw: HW) -> list[str]:
     """Dynamic graphs only: a [N, 0, Ho, Wo] slice of `z` that restores shapes through a Concat."""
     if hw is not None:
         return []
@@ -206,16 +199,16 @@ def _anchor(g: _Graph, z: str, name: str, hw: HW) -> list[str]:
                    f"{name}/anchor")]
 
 
-def _concat(g: _Graph, ys: list[str], name: str) -> str:
+def _concat(g: GraphBuilder, ys: list[str], name: str) -> str:
     return ys[0] if len(ys) == 1 else g.node("Concat", ys, f"{name}:out", name, axis=1)
 
 
-def _bias_relu(g: _Graph, y: str, bias: np.ndarray, relu: bool, name: str) -> str:
+def _bias_relu(g: GraphBuilder, y: str, bias: np.ndarray, relu: bool, name: str) -> str:
     y = g.node("Add", [y, g.init(f"{name}.bias", bias.reshape(1, -1, 1, 1))], f"{name}/bias:out", f"{name}/bias")
     return g.node("Relu", [y], f"{name}/relu:out", f"{name}/relu") if relu else y
 
 
-def _remainders(g: _Graph, x: str, split: SplitConv, plan: Plan, hw: HW) -> str:
+def _remainders(g: GraphBuilder, x: str, split: SplitConv, plan: Plan, hw: HW) -> str:
     """All remainders, plan order: Concat -> Add bias -> Relu."""
     ys, z = _emit_rest(g, x, split, plan, hw)
     cat = _concat(g, ys + _anchor(g, z, f"{split.name}/rest", hw), f"{split.name}/rest/concat")
@@ -227,7 +220,7 @@ def _cols(pieces: Sequence[Piece]) -> np.ndarray:
 
 
 # -- the three consumers -----------------------------------------------------------------------
-def emit_into_pointwise(g: _Graph, x: str, split: SplitConv, plan: Plan, consumer: ConvOp, shortcut: str,
+def emit_into_pointwise(g: GraphBuilder, x: str, split: SplitConv, plan: Plan, consumer: ConvOp, shortcut: str,
                         hw: HW) -> str:
     """Bottleneck conv2 -> conv3 -> + shortcut: Add(Add(shortcut, Conv3_A), Conv3_R), before the block Relu."""
     acc = shortcut
@@ -240,13 +233,13 @@ def emit_into_pointwise(g: _Graph, x: str, split: SplitConv, plan: Plan, consume
     return g.node("Add", [acc, yr], f"{consumer.name}/add_r:out", f"{consumer.name}/add_r")
 
 
-def emit_reordered(g: _Graph, x: str, split: SplitConv, plan: Plan, hw: HW) -> tuple[str, np.ndarray]:
+def emit_reordered(g: GraphBuilder, x: str, split: SplitConv, plan: Plan, hw: HW) -> tuple[str, np.ndarray]:
     """Concat(direct..., remainders) and its channel order (original channel of each output channel)."""
     ys = [g.conv(x, p.op) for p in plan.direct] + [_remainders(g, x, split, plan, hw)]
     return _concat(g, ys, f"{split.name}/concat"), _cols(plan.direct + plan.rest)
 
 
-def emit_ordered(g: _Graph, x: str, split: SplitConv, plan: Plan, hw: HW) -> str:
+def emit_ordered(g: GraphBuilder, x: str, split: SplitConv, plan: Plan, hw: HW) -> str:
     """The split's output in its original channel order (for an output that feeds the residual add):
     per-remainder bias (+Relu), then one Concat interleaving direct parts and remainders."""
     ys, z = _emit_rest(g, x, split, plan, hw)
@@ -276,7 +269,7 @@ def _pointwise_tail(op: Conv | None, last: bool) -> bool:
 
 
 # -- a block -----------------------------------------------------------------------------------
-def emit_block(g: _Graph, x: str, blk: Block) -> str:
+def emit_block(g: GraphBuilder, x: str, blk: Block) -> str:
     """One residual block in the ``rows`` form (reads and advances `g.hw`)."""
     path = list(blk.path)
     hw = g.hw
@@ -287,7 +280,7 @@ def emit_block(g: _Graph, x: str, blk: Block) -> str:
         chosen = isinstance(op, SplitConv) and (g.rows_only is None or op.name in g.rows_only)
         plan = plan_split(op) if chosen else None
         if plan is None:
-            y = _emit_split(g, y, op) if isinstance(op, SplitConv) else g.conv(y, op)
+            y = emit_conv(g, y, op)
         elif _pointwise_tail(nxt, i + 2 == len(path)):
             idn = g.conv(x, blk.downsample) if blk.downsample is not None else x
             s = emit_into_pointwise(g, y, op, plan, nxt, idn, hw_out)  # type: ignore[arg-type]
@@ -300,6 +293,4 @@ def emit_block(g: _Graph, x: str, blk: Block) -> str:
             y = emit_ordered(g, y, op, plan, hw_out)
         hw = hw_out
     g.hw = hw
-    idn = g.conv(x, blk.downsample) if blk.downsample is not None else x
-    s = g.node("Add", [y, idn], f"{blk.name}/add:out", f"{blk.name}/add")
-    return g.node("Relu", [s], f"{blk.name}:out", f"{blk.name}/relu")
+    return emit_residual(g, x, y, blk)

@@ -47,7 +47,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not _parse(parser, Path(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
@@ -72,6 +72,23 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
     if cache_path:
         atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return atomic_write_bytes(Path(engine_path), bytes(serialized))
+
+
+def _parse(parser, onnx_path: Path) -> bool:
+    """Parse the file; a model with model-local functions (``--form function``) is parsed inlined.
+
+    TensorRT's ONNX parser keeps local functions by name only, so the per-conv overloads of
+    `MixedDilationConv` would all get the first one's body. Inlined, the engine runs the branch form;
+    a MixedDilationConv plugin instead reads model.onnx as written (each node's attributes describe it).
+    """
+    import onnx
+
+    from natsdeploy.export.graph import inline_functions
+
+    model = onnx.load(str(onnx_path))
+    if not len(model.functions):
+        return parser.parse_from_file(str(onnx_path))
+    return parser.parse(inline_functions(model).SerializeToString(), str(onnx_path))
 
 
 class TrtRunner:

@@ -11,11 +11,12 @@ import torch
 from torchvision.models import resnet as tv_resnet
 
 from natsdeploy.arch import Arch
+from natsdeploy.errors import WeightsError
 from natsdeploy.models.mixed_conv import MixedDilationConv
 from natsdeploy.models.specs import BackboneSpec
 from natsdeploy.models.transfer import restore_weights, transfer_weights
 
-__all__ = ["WeightsError", "Weights", "build_backbone", "build_baseline", "resolve_weights",
+__all__ = ["WeightsError", "Weights", "build_backbone", "build_baseline", "build_trunks", "resolve_weights",
            "transformed_state_dict_to_baseline"]
 
 Weights = Union[None, str, os.PathLike, Mapping[str, torch.Tensor]]
@@ -24,10 +25,6 @@ _IMAGENET = {
     "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
     "resnet101": "ResNet101_Weights", "resnext101_32x8d": "ResNeXt101_32X8D_Weights",
 }
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be used for the requested backbone (one-line message)."""
 
 
 def _plain_resnet(spec: BackboneSpec) -> tv_resnet.ResNet:
@@ -49,13 +46,11 @@ def _imagenet_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor]:
 
 
 def _load_file(path: Path) -> Mapping[str, torch.Tensor]:
+    from natsdeploy.checkpoint import safe_torch_load  # noqa: PLC0415 (weights_only=True, one-line errors)
+
     if not path.is_file():
         raise WeightsError(f"--weights: got {str(path)!r}, expected an existing .pth file or 'imagenet'")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"--weights: got {str(path)!r} that torch.load cannot read ({type(e).__name__}), "
-                           "expected a state dict saved with torch.save") from None
+    obj = safe_torch_load(path, flag="--weights", expected="a state dict saved with torch.save", error=WeightsError)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -133,3 +128,17 @@ def transformed_state_dict_to_baseline(state_dict: Mapping[str, torch.Tensor], a
     """A transformed model's state dict back to torchvision layout (weights round-trip)."""
     return restore_weights(state_dict, arch)
 
+
+
+def build_trunks(arch: Arch, weights: Weights, seed: int) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """Transformed and baseline trunks with the same baseline weights, and a line saying where those came
+    from (export and bench compare the two, so they must share every weight)."""
+    sd = resolve_weights(weights, arch.spec)
+    if sd is None:
+        torch.manual_seed(seed)
+        sd = build_baseline(arch.backbone).state_dict()
+        source = f"torchvision init with torch.manual_seed({seed}) (random weights, not trained)"
+    else:
+        source = "imagenet (torchvision)" if weights == "imagenet" else (
+            str(weights) if isinstance(weights, (str, os.PathLike)) else "state dict passed in")
+    return build_backbone(arch, sd), build_baseline(arch.backbone, sd), source

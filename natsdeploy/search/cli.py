@@ -37,10 +37,17 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     add_detector_option_argument(p)
     p.add_argument("--seed", default="0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--sampling", default="softmax", choices=("softmax", "gumbel"),
+                   help="softmax: every genotype weighted (paper); gumbel: one sampled genotype per group and step "
+                        "(GDAS, about the baseline's step cost)")
+    p.add_argument("--tau-start", default=None, help="gumbel temperature at the first alpha epoch (default 10)")
+    p.add_argument("--tau-end", default=None, help="gumbel temperature at the last epoch (default 0.1)")
+    p.add_argument("--tau-schedule", default="linear", choices=("linear", "exp"), help="gumbel temperature anneal")
     p.add_argument("--recompute", action="store_true", help="recompute replica activations in backward (less memory)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
     p.add_argument("--out", default="search-out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--align", default=None, help="decode with every branch a multiple of N channels (e.g. 16, 32)")
 
 
 def search_cli(args: argparse.Namespace) -> int:
@@ -82,14 +89,17 @@ def search_cli(args: argparse.Namespace) -> int:
         min_size=parse_int("--min-size", args.min_size, 32), max_size=parse_int("--max-size", args.max_size, 32),
         seed=parse_int("--seed", args.seed), device=device, recompute=args.recompute, resume=args.resume,
         max_steps_per_epoch=parse_int("--max-steps-per-epoch", args.max_steps_per_epoch, 1) if args.max_steps_per_epoch else None,
-        progress=not args.no_progress)
+        **_sampling_options(args),
+        progress=not args.no_progress, align=parse_int("--align", args.align, 1) if args.align is not None else None)
     # validate the search space against the backbone before any data or model work
     from natsdeploy.models.specs import BACKBONES as _B
-    from natsdeploy.search.decode import searchable_convs
+    from natsdeploy.search.decode import groups_per_unit, searchable_convs
     from natsdeploy.search.supernet import group_width
 
     for name in searchable_convs(cfg.backbone, cfg.stages):
-        group_width(_B[cfg.backbone].convs[name], groups=cfg.groups, channels_per_group=cfg.channels_per_group)
+        width = group_width(_B[cfg.backbone].convs[name], groups=cfg.groups, channels_per_group=cfg.channels_per_group)
+        if cfg.align is not None:
+            groups_per_unit(_B[cfg.backbone].convs[name], width, cfg.align, field="--align")
     result, code = run_distributed(lambda dev: run_search(dataclasses.replace(cfg, device=dev)), device)
     if code:
         return code
@@ -100,35 +110,57 @@ def search_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampling_options(args: argparse.Namespace) -> dict:
+    """--sampling and its temperatures as SearchConfig keywords (temperatures only with gumbel, > 0)."""
+    out: dict = {"sampling": args.sampling, "tau_schedule": args.tau_schedule}
+    for flag, key in (("--tau-start", "tau_start"), ("--tau-end", "tau_end")):
+        text = getattr(args, key)
+        if text is None:
+            continue
+        if args.sampling != "gumbel":
+            raise UsageError(f"{flag}: got {text!r} with --sampling {args.sampling}, expected it only with "
+                             "--sampling gumbel")
+        v = parse_float(flag, text)
+        if not 0 < v < float("inf"):
+            raise UsageError(f"{flag}: got {text!r}, expected a finite number > 0")
+        out[key] = v
+    return out
+
+
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="search checkpoint (OUT/checkpoint.pth)")
     p.add_argument("-o", "--output", required=True, help="arch.json to write")
+    p.add_argument("--align", default=None,
+                   help="every branch a multiple of N channels (default: the search's --align; 1: plain decode)")
 
 
-def decode_checkpoint(path: str | os.PathLike[str]):
-    """The arch a search checkpoint decodes to (its alphas, backbone and preset)."""
-    import torch
-
+def decode_checkpoint(path: str | os.PathLike[str], *, align: int | None = None):
+    """The arch a search checkpoint decodes to (its alphas, backbone and preset; `align` as the
+    search recorded it unless given). The file is loaded safely and checked against the schema of
+    `natsdeploy.checkpoint`: every problem is a one-line CheckpointError."""
+    from natsdeploy.checkpoint import SEARCH, load_checkpoint
+    from natsdeploy.errors import ArchError, CheckpointError
     from natsdeploy.search.supernet import decode_supernet
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"checkpoint: got {str(p)!r}, expected an existing search checkpoint file")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UsageError(f"checkpoint: got {str(p)!r} that torch.load cannot read ({type(e).__name__}), "
-                         "expected a search checkpoint") from None
-    if not isinstance(ck, dict) or ck.get("format") != "natsdeploy-search-checkpoint/1":
-        raise UsageError(f"checkpoint: got {str(p)!r} without format natsdeploy-search-checkpoint/1, "
-                         "expected OUT/checkpoint.pth written by natsdeploy search")
+    ck = load_checkpoint(path, SEARCH, flag="checkpoint")
     cfg = ck["config"]
     alphas = {k[k.find("layer"):-len(".alpha")]: v for k, v in ck["model"].items() if k.endswith(".alpha")}
-    return decode_supernet(alphas, cfg["backbone"], cfg["preset"],
-                           extra={"detector": cfg["detector"], "epochs_done": ck["epoch"], "data": cfg["data"]})
+    if not alphas:
+        raise CheckpointError(f"checkpoint: {path}: key 'model': got no '*.alpha' entries, expected the "
+                              "super-net's architecture weights")
+    extra = {"detector": cfg["detector"], "epochs_done": ck["epoch"], "data": cfg["data"]}
+    try:
+        arch = decode_supernet(alphas, cfg["backbone"], cfg["preset"], extra=extra)
+    except ArchError as e:
+        raise CheckpointError(f"checkpoint: {path}: does not decode ({e})") from None
+    align = align if align is not None else cfg.get("align")
+    if align is None:
+        return arch
+    return decode_supernet(alphas, cfg["backbone"], cfg["preset"], extra=extra, align=align)  # ArchError: bad align
 
 
 def decode_cli(args: argparse.Namespace) -> int:
-    arch = decode_checkpoint(args.checkpoint)
+    align = parse_int("--align", args.align, 1) if args.align is not None else None
+    arch = decode_checkpoint(args.checkpoint, align=align)
     print(f"wrote {arch.save(args.output)} ({len(arch.convs)} convs)")
     return 0

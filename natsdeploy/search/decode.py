@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
-from natsdeploy.arch import Arch, ArchError, Branch, ConvTransform
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.align import check_multiple, round_shares
+from natsdeploy.arch import Arch, Branch, ConvTransform
+from natsdeploy.errors import ArchError
+from natsdeploy.models.specs import BACKBONES, ConvInfo
 
-__all__ = ["PRESETS", "genotypes", "decode"]
+__all__ = ["PRESETS", "genotypes", "decode", "groups_per_unit"]
 
 _C34 = ((1, 1), (2, 2), (3, 3), (1, 3), (3, 1))
 _C5 = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (1, 3), (3, 1), (1, 5), (5, 1))
@@ -29,12 +32,39 @@ def genotypes(preset: str, stage: str) -> tuple[tuple[int, int], ...]:
     return PRESETS[preset][stage]
 
 
-def decode(alphas: Mapping[str, Any], backbone: str, preset: str = "NATS-C") -> Arch:
+def groups_per_unit(info: ConvInfo, width: int, align: Any, *, field: str = "align") -> int | None:
+    """Search groups per aligned unit, q = align / width; None when `width` (channels per search
+    group) is already a multiple of `align`. ArchError when `align` is invalid for the conv."""
+    check_multiple(info, align, field=field)
+    if width % align == 0:
+        return None
+    if align % width == 0:
+        return align // width
+    raise ArchError(f"{field}: got {align}, expected a divisor or a multiple of {width} "
+                    f"(channels per search group of {info.name})")
+
+
+def _aligned_choice(a: Any, ind: Any, q: int) -> Any:
+    """Genotype per group for the aligned decode: q * u_g groups on genotype g (u_g rounded from
+    n_g / q, ties to the larger softmax mass), placed to maximise the summed softmax probability."""
+    import numpy as np
+
+    from natsdeploy.search.assign import max_weight_assignment
+
+    e = np.exp(a - a.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    counts = np.bincount(ind, minlength=a.shape[1])
+    units = round_shares([Fraction(int(c), q) for c in counts], p.sum(axis=0).tolist())
+    return max_weight_assignment(p, [q * u for u in units])
+
+
+def decode(alphas: Mapping[str, Any], backbone: str, preset: str = "NATS-C", *, align: int | None = None) -> Arch:
     """Decode architecture weights into an `Arch`.
 
     `alphas[name]` is [N_groups, n_genotypes] for the conv `name`. Each group takes its argmax
     genotype (ties to the lowest index); surviving genotypes become branches in preset order, each
     owning its groups' channels in increasing order; the permutation lists them branch by branch.
+    With `align=N` every branch is a multiple of N channels (ARCH_FORMAT "Aligned decode").
     """
     import numpy as np
 
@@ -60,6 +90,9 @@ def decode(alphas: Mapping[str, Any], backbone: str, preset: str = "NATS-C") -> 
             raise ArchError(f"alphas[{name!r}]: got {n} groups of {width} channels, expected a multiple of "
                             f"{info.channels_per_group} channels per group (conv groups)")
         ind = np.argmax(a, axis=1)  # first maximum: ties go to the lowest genotype index
+        q = groups_per_unit(info, width, align) if align is not None else None
+        if q is not None:
+            ind = _aligned_choice(a, ind, q)
         branches: list[Branch] = []
         perm: list[int] = []
         for g, dil in enumerate(genos):
@@ -79,6 +112,8 @@ def decode(alphas: Mapping[str, Any], backbone: str, preset: str = "NATS-C") -> 
     prov: dict[str, Any] = {"search_space": preset,
                             "groups": groups_seen.pop() if len(groups_seen) == 1 else sorted(groups_seen),
                             "alpha_softmax": softmax}
+    if align is not None:
+        prov["align"] = align
     return Arch(backbone=backbone, convs=convs, provenance=prov)
 
 

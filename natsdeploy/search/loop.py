@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes
+from natsdeploy.checkpoint import SEARCH, fit_state_dict, load_checkpoint, restore_state, save_checkpoint
+from natsdeploy.errors import DatasetError, UsageError
 from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
                               set_rng_state, to_device, train_step, wrap_ddp)
 
@@ -54,6 +57,14 @@ class SearchConfig:
     max_steps_per_epoch: int | None = None
     detector_kwargs: dict = field(default_factory=dict)
     progress: bool = True
+    align: int | None = None
+    """Final decode aligned to multiples of this many channels (ARCH_FORMAT "Aligned decode")."""
+    sampling: str = "softmax"
+    """"softmax" (paper: every genotype, weighted) or "gumbel" (GDAS: one sampled genotype per group and step)."""
+    tau_start: float = 10.0
+    tau_end: float = 0.1
+    tau_schedule: str = "linear"
+    """gumbel temperature: tau_start during warm-up, then annealed to tau_end over the alpha epochs (linear/exp)."""
 
 
 @dataclass
@@ -68,7 +79,7 @@ class SearchResult:
 def split_indices(n: int, seed: int) -> tuple[list[int], list[int]]:
     """The training set split into two halves (weights, alphas), deterministic by seed."""
     if n < 2:
-        raise ValueError(f"dataset: got {n} images, expected at least 2 (one per search split)")
+        raise DatasetError(f"dataset: got {n} images, expected at least 2 (one per search split)")
     perm = np.random.default_rng(seed).permutation(n).tolist()
     half = n // 2
     return sorted(perm[:half]), sorted(perm[half:])
@@ -95,7 +106,8 @@ def _build(cfg: SearchConfig, num_classes: int) -> nn.Module:
 
     backbone = build_supernet_backbone(cfg.backbone, preset=cfg.preset, groups=cfg.groups,
                                        channels_per_group=cfg.channels_per_group, stages=cfg.stages,
-                                       weights=cfg.weights, recompute=cfg.recompute)
+                                       weights=cfg.weights, recompute=cfg.recompute, sampling=cfg.sampling,
+                                       tau=cfg.tau_start)
     return build_detector(cfg.detector, backbone, num_classes=num_classes, pretrained=cfg.weights is not None,
                           min_size=cfg.min_size,
                           max_size=cfg.max_size, **cfg.detector_kwargs)
@@ -116,7 +128,8 @@ def _loader(dataset, indices, cfg: SearchConfig, rank: int, world: int, seed_off
 def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> SearchResult:
     """Search, checkpointing every epoch; returns the decoded arch (written to `cfg.out/arch.json` by rank 0)."""
     from natsdeploy.data.coco import load_dataset
-    from natsdeploy.search.supernet import arch_parameters, decode_supernet, supernet_alphas, weight_parameters
+    from natsdeploy.search.supernet import (annealed_tau, arch_parameters, decode_supernet, set_tau, supernet_alphas,
+                                            weight_parameters)
 
     rank, world = dist_info()
     device = torch.device(cfg.device)
@@ -129,7 +142,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     dataset = load_dataset(cfg.data, "train", masks=cfg.detector == "mask_rcnn", seed=cfg.seed)
     idx_w, idx_a = split_indices(len(dataset), cfg.seed)
     if len(idx_w) < world * cfg.batch_size:
-        raise ValueError(f"--batch-size: got {cfg.batch_size} x {world} processes, expected at most "
+        raise UsageError(f"--batch-size: got {cfg.batch_size} x {world} processes, expected at most "
                          f"{len(idx_w) // world} for a split of {len(idx_w)} images")
     loader_w, sampler_w = _loader(dataset, idx_w, cfg, rank, world, 0)
     loader_a, sampler_a = _loader(dataset, idx_a, cfg, rank, world, 1)
@@ -138,7 +151,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    model, net = wrap_ddp(model, device, world)
+    model, net = wrap_ddp(model, device, world, find_unused=cfg.sampling == "gumbel")
 
     global_batch = cfg.batch_size * world
     steps = len(loader_w) if cfg.max_steps_per_epoch is None else min(len(loader_w), cfg.max_steps_per_epoch)
@@ -151,20 +164,22 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     history: list[dict[str, Any]] = []
     start = 0
     if cfg.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        saved = dict(ck.get("config") or {})
-        saved["pretrained"] = ck.get("pretrained", True)  # older checkpoints: frozen BN always
-        saved["stages"] = tuple(saved.get("stages") or ())
+        ck = load_checkpoint(ckpt_path, SEARCH, flag="--resume")
+        saved = dict(ck["config"])
+        saved["pretrained"] = ck["pretrained"]
+        saved["stages"] = tuple(saved["stages"])
+        saved.setdefault("sampling", "softmax")  # checkpoints from before --sampling
         check_resume(saved, {"backbone": cfg.backbone, "detector": cfg.detector, "preset": cfg.preset,
                              "groups": cfg.groups, "channels_per_group": cfg.channels_per_group,
                              "stages": tuple(cfg.stages),
-                             "pretrained": cfg.weights is not None, "detector_kwargs": dict(cfg.detector_kwargs)},
+                             "pretrained": cfg.weights is not None, "detector_kwargs": dict(cfg.detector_kwargs),
+                             "sampling": cfg.sampling},
                      path=ckpt_path)
+        where = f"--resume: {ckpt_path}"
+        fit_state_dict(ck["model"], model, where=where)
         model.load_state_dict(ck["model"])
-        opt_w.load_state_dict(ck["opt_w"])
-        opt_a.load_state_dict(ck["opt_a"])
-        sched.load_state_dict(ck["sched"])
-        scaler.load_state_dict(ck["scaler"])
+        for key, obj in (("opt_w", opt_w), ("opt_a", opt_a), ("sched", sched), ("scaler", scaler)):
+            restore_state(key, obj.load_state_dict, ck[key], where=where)
         history = ck["history"]
         start = ck["epoch"]
         set_rng_state(ck["rng"])
@@ -177,6 +192,11 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         sampler_w.set_epoch(epoch)
         sampler_a.set_epoch(epoch)
         search_alpha = epoch >= cfg.warmup_epochs
+        tau = None
+        if cfg.sampling == "gumbel":
+            tau = annealed_tau(cfg.tau_start, cfg.tau_end, step=epoch - cfg.warmup_epochs,
+                               total=cfg.epochs - cfg.warmup_epochs, schedule=cfg.tau_schedule)
+            set_tau(model, tau)
         it_a = iter(loader_a)
         bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
         sums = {"loss_w": 0.0, "loss_a": 0.0}
@@ -202,7 +222,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         average_bn_buffers(model, world)
         history.append({"epoch": epoch + 1, "loss_w": sums["loss_w"] / max(steps, 1),
                         "loss_a": sums["loss_a"] / max(steps, 1) if search_alpha else None,
-                        "alpha_softmax": alpha_summary(model)})
+                        "alpha_softmax": alpha_summary(model), "sampling": cfg.sampling, "tau": tau})
         if rank == 0:
             _save_checkpoint(ckpt_path, model, opt_w, opt_a, sched, scaler, epoch + 1, history, cfg)
             log(f"epoch {epoch + 1}: loss_w {history[-1]['loss_w']:.4f}"
@@ -215,7 +235,10 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     arch = decode_supernet(alphas, cfg.backbone, cfg.preset,
                            extra={"detector": cfg.detector, "epochs": cfg.epochs, "data": cfg.data,
                                   "stages": list(cfg.stages),
-                                  "channels_per_group": cfg.channels_per_group})
+                                  "channels_per_group": cfg.channels_per_group, "sampling": cfg.sampling,
+                                  **({"tau": [cfg.tau_start, cfg.tau_end], "tau_schedule": cfg.tau_schedule}
+                                     if cfg.sampling == "gumbel" else {})},
+                           align=cfg.align)
     arch_path = None
     if rank == 0:
         arch_path = arch.save(out / "arch.json")
@@ -228,12 +251,18 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
 
 
 def _save_checkpoint(path: Path, model, opt_w, opt_a, sched, scaler, epoch: int, history, cfg: SearchConfig) -> None:
-    buf = io.BytesIO()
-    torch.save({"epoch": epoch, "model": model.state_dict(), "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
-                "sched": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                "history": history, "config": asdict(cfg), "pretrained": cfg.weights is not None,
-                "format": "natsdeploy-search-checkpoint/1"}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    config = {}  # plain values only, so the checkpoint loads with weights_only=True
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        elif f.name == "weights" and v is not None and not isinstance(v, str):
+            v = "state dict passed in"
+        config[f.name] = list(v) if isinstance(v, tuple) else v
+    save_checkpoint(path, SEARCH, {"epoch": epoch, "model": model.state_dict(), "opt_w": opt_w.state_dict(),
+                                   "opt_a": opt_a.state_dict(), "sched": sched.state_dict(),
+                                   "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
+                                   "config": config, "pretrained": cfg.weights is not None})
 
 
 def plot_alpha_history(history: list[dict[str, Any]], path: Path, *, preset: str) -> Path:

@@ -3,7 +3,13 @@
 Each searched 3x3 conv becomes a `ChannelMixedConv`: one replica per genotype of its stage, each
 initialised from the pretrained weight, run with its dilation (padding = dilation, same stride
 and groups). The output channels are split into N groups; group i of the output is
-sum_g softmax(alpha_i)_g * y_i^g.
+sum_g softmax(alpha_i)_g * y_i^g (`sampling="softmax"`, the paper's relaxation).
+
+`sampling="gumbel"` (GDAS, "Searching for A Robust Neural Architecture in Four GPU Hours"): in
+training mode each group samples one genotype per forward with Gumbel-softmax and a hard
+straight-through estimator; each sampled genotype's conv runs only on the output filters of the
+groups that drew it (weights gathered, outputs scattered back), so a step costs one baseline conv.
+In eval mode each group takes its argmax genotype the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +26,32 @@ from natsdeploy.models.specs import BACKBONES, ConvInfo
 from natsdeploy.search.decode import decode, genotypes, searchable_convs
 
 __all__ = ["ChannelMixedConv", "build_supernet_backbone", "supernet_alphas", "arch_parameters",
-           "weight_parameters", "decode_supernet", "group_width"]
+           "weight_parameters", "decode_supernet", "group_width", "SAMPLINGS", "gumbel_hard", "set_tau",
+           "annealed_tau", "sampled_alphas"]
+
+SAMPLINGS = ("softmax", "gumbel")
+
+
+def _check_sampling(sampling: str, tau: float) -> None:
+    if sampling not in SAMPLINGS:
+        raise ArchError(f"sampling: got {sampling!r}, expected one of {list(SAMPLINGS)}")
+    if not tau > 0:
+        raise ArchError(f"tau: got {tau!r}, expected a positive number")
+
+
+def gumbel_hard(alpha: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Gumbel-softmax sample per row of `alpha` [N, G] with the hard straight-through estimator.
+
+    Returns (index [N], gate [N], probs [N, G]): index = argmax(alpha + Gumbel noise); gate is the
+    sampled entry of one_hot - probs.detach() + probs (1 in the forward, the soft gradient in the
+    backward); probs = softmax((alpha + noise) / tau), detached. Noise comes from torch's global RNG.
+    """
+    noise = -torch.empty_like(alpha).exponential_().log()
+    probs = F.softmax((alpha + noise) / tau, dim=1)
+    index = probs.detach().argmax(dim=1)
+    hard = torch.zeros_like(probs).scatter_(1, index[:, None], 1.0)
+    gate = (hard - probs.detach() + probs).gather(1, index[:, None]).squeeze(1)
+    return index, gate, probs.detach()
 
 
 def group_width(info: ConvInfo, *, groups: int | None, channels_per_group: int | None) -> int:
@@ -46,18 +77,36 @@ class ChannelMixedConv(nn.Module):
     """Mixed conv over genotypes with per-channel-group architecture weights `alpha` [N, G]."""
 
     def __init__(self, conv: nn.Conv2d, dilations: Sequence[tuple[int, int]], group_width: int, *,
-                 recompute: bool = False) -> None:
+                 recompute: bool = False, sampling: str = "softmax", tau: float = 1.0) -> None:
         super().__init__()
+        _check_sampling(sampling, tau)
+        self.sampling, self.tau = sampling, float(tau)
+        self.in_channels = conv.in_channels
+        # the genotype index per group of the last gumbel forward (training) and its soft probabilities
+        self.last_index: torch.Tensor | None = None
+        self.last_probs: torch.Tensor | None = None
         self.dilations = [tuple(d) for d in dilations]
         self.stride, self.groups = conv.stride, conv.groups
         self.out_channels = conv.out_channels
         self.group_width = group_width
         self.n_groups = conv.out_channels // group_width
         w = conv.weight.detach()
-        # one replica per genotype, each a copy of the pretrained weight
-        self.weight = nn.Parameter(w.unsqueeze(0).repeat(len(self.dilations), 1, 1, 1, 1).clone())
+        if sampling == "softmax":  # one replica per genotype, each a copy of the pretrained weight
+            self.weight = nn.Parameter(w.unsqueeze(0).repeat(len(self.dilations), 1, 1, 1, 1).clone())
+        else:  # the same replicas, one parameter per (genotype, group) [k = g * N + i]: a step's weight
+            # gradient and optimiser update touch only the drawn filters, as much as the baseline's
+            self.replicas = nn.ParameterList(nn.Parameter(w[i * group_width:(i + 1) * group_width].clone())
+                                             for _ in self.dilations for i in range(self.n_groups))
+            self.register_state_dict_post_hook(_replicas_to_weight)  # checkpoints keep the softmax layout
+            self.register_load_state_dict_pre_hook(_weight_to_replicas)
         self.alpha = nn.Parameter(torch.zeros(self.n_groups, len(self.dilations), dtype=w.dtype, device=w.device))
         self.recompute = recompute
+
+    def replica_weight(self) -> torch.Tensor:
+        """Every genotype's replica as one [G, C_out, C_in/groups, 3, 3] tensor (both samplings)."""
+        if self.sampling == "softmax":
+            return self.weight
+        return torch.cat(list(self.replicas)).view(len(self.dilations), self.out_channels, *self.replicas[0].shape[1:])
 
     def channel_weights(self) -> torch.Tensor:
         """softmax(alpha) expanded to one weight per (genotype, output channel): [G, C_out]."""
@@ -69,6 +118,8 @@ class ChannelMixedConv(nn.Module):
         return F.conv2d(x, self.weight[g], stride=self.stride, padding=d, dilation=d, groups=self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sampling == "gumbel":
+            return self._forward_sampled(x)
         cw = self.channel_weights()
         out = None
         for g in range(len(self.dilations)):
@@ -82,17 +133,81 @@ class ChannelMixedConv(nn.Module):
     def _weighted(self, x: torch.Tensor, w: torch.Tensor, g: int) -> torch.Tensor:
         return self._branch(x, g) * w.view(1, -1, 1, 1).to(x.dtype)
 
+    def _forward_sampled(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            index, gate, probs = gumbel_hard(self.alpha, self.tau)
+            self.last_index, self.last_probs = index.detach(), probs
+        else:
+            index, gate = self.alpha.detach().argmax(dim=1), None
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._sampled, x, index, gate, use_reentrant=False)
+        return self._sampled(x, index, gate)
+
+    def _sampled(self, x: torch.Tensor, index: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+        """Per drawn genotype, one conv over the filters of the groups that drew it; outputs put back in place."""
+        w, n = self.group_width, self.n_groups
+        order = torch.argsort(index, stable=True)  # groups, genotype by genotype
+        genos, counts = torch.unique(index, return_counts=True)
+        idx = index.tolist()
+        parts = [self.replicas[idx[i] * n + i] for i in order.tolist()]
+        weight = parts[0] if n == 1 else torch.cat(parts)  # the drawn filters, in branch order
+        ch = (order[:, None] * w + torch.arange(w, device=index.device)).reshape(-1)
+        sizes = (counts * w).tolist()
+        ys = [self._conv_filters(x, g, wg, c, whole=len(sizes) == 1)
+              for g, wg, c in zip(genos.tolist(), weight.split(sizes), ch.split(sizes))]
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
+        if gate is not None:
+            y = y * gate[order].repeat_interleave(w).view(1, -1, 1, 1).to(y.dtype)
+        return y if len(ys) == 1 else y.index_select(1, torch.argsort(ch))
+
+    def _conv_filters(self, x: torch.Tensor, g: int, weight: torch.Tensor, ch: torch.Tensor, *,
+                      whole: bool) -> torch.Tensor:
+        """Genotype g's conv with `weight`, the filters `ch` (increasing); grouped convs take those groups' inputs."""
+        d = self.dilations[g]
+        groups = self.groups if whole else 1
+        if self.groups > 1 and not whole:  # search groups hold whole conv groups: take exactly their inputs
+            k_out, k_in = self.out_channels // self.groups, self.in_channels // self.groups
+            conv_groups = ch[::k_out] // k_out
+            inputs = (conv_groups[:, None] * k_in + torch.arange(k_in, device=ch.device)).reshape(-1)
+            x, groups = x.index_select(1, inputs), len(conv_groups)
+        return F.conv2d(x, weight, stride=self.stride, padding=d, dilation=d, groups=groups)
+
     def extra_repr(self) -> str:
-        return f"genotypes={self.dilations}, groups={self.n_groups}x{self.group_width}ch, recompute={self.recompute}"
+        return (f"genotypes={self.dilations}, groups={self.n_groups}x{self.group_width}ch, recompute={self.recompute}, "
+                f"sampling={self.sampling}" + (f", tau={self.tau:g}" if self.sampling == "gumbel" else ""))
+
+
+def _replicas_to_weight(module: ChannelMixedConv, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    keys = [f"{prefix}replicas.{k}" for k in range(len(module.replicas))]
+    if isinstance(state_dict.get(keys[0]), nn.Parameter):
+        return  # state_dict(keep_vars=True) (e.g. jit tracing) wants the parameters themselves
+    parts = [state_dict.pop(k) for k in keys]
+    state_dict[prefix + "weight"] = torch.cat(parts).view(len(module.dilations), module.out_channels,
+                                                          *parts[0].shape[1:])
+
+
+def _weight_to_replicas(module: ChannelMixedConv, state_dict: dict, prefix: str, *args) -> None:
+    weight = state_dict.get(prefix + "weight")
+    shape = (len(module.dilations), module.out_channels, *module.replicas[0].shape[1:])
+    if weight is None or tuple(weight.shape) != shape:
+        return  # load_state_dict then names the mismatch
+    del state_dict[prefix + "weight"]
+    for k, part in enumerate(weight.reshape(len(module.replicas), *module.replicas[0].shape)):
+        state_dict[f"{prefix}replicas.{k}"] = part
 
 
 def build_supernet_backbone(backbone: str, *, preset: str = "NATS-C", groups: int | None = 16,
                             channels_per_group: int | None = None,
                             stages: Sequence[str] = ("layer2", "layer3", "layer4"), weights=None,
-                            recompute: bool = False) -> nn.Module:
-    """A torchvision ResNet whose searchable 3x3 convs in `stages` are `ChannelMixedConv`s."""
+                            recompute: bool = False, sampling: str = "softmax", tau: float = 1.0) -> nn.Module:
+    """A torchvision ResNet whose searchable 3x3 convs in `stages` are `ChannelMixedConv`s.
+
+    `sampling`: "softmax" (the paper's mixture of every genotype) or "gumbel" (one sampled genotype
+    per group and step, straight-through; `tau` is its temperature, changeable with `set_tau`).
+    """
     from natsdeploy.models.build import build_baseline
 
+    _check_sampling(sampling, tau)
     if backbone not in BACKBONES:
         raise ArchError(f"--backbone: got {backbone!r}, expected one of {sorted(BACKBONES)}")
     for s in stages:
@@ -105,8 +220,39 @@ def build_supernet_backbone(backbone: str, *, preset: str = "NATS-C", groups: in
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         conv = getattr(parent, child)
-        setattr(parent, child, ChannelMixedConv(conv, genotypes(preset, info.stage), width, recompute=recompute))
+        setattr(parent, child, ChannelMixedConv(conv, genotypes(preset, info.stage), width, recompute=recompute,
+                                                sampling=sampling, tau=tau))
     return model
+
+
+def set_tau(model: nn.Module, tau: float) -> None:
+    """Set the Gumbel-softmax temperature of every mixed conv in `model` (for annealing)."""
+    _check_sampling("gumbel", tau)
+    for m in model.modules():
+        if isinstance(m, ChannelMixedConv):
+            m.tau = float(tau)
+
+
+def annealed_tau(start: float, end: float, *, step: int, total: int, schedule: str = "linear") -> float:
+    """The temperature at `step` of `total` (0-based), from `start` to `end`: linear or exponential ("exp")."""
+    _check_sampling("gumbel", start)
+    _check_sampling("gumbel", end)
+    if schedule not in ("linear", "exp"):
+        raise ArchError(f"tau schedule: got {schedule!r}, expected 'linear' or 'exp'")
+    t = min(max(step / max(total - 1, 1), 0.0), 1.0)
+    return start + (end - start) * t if schedule == "linear" else start * (end / start) ** t
+
+
+def sampled_alphas(model: nn.Module) -> dict[str, torch.Tensor]:
+    """One-hot alphas of the genotypes each group drew in the last training forward (decode gives that arch)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, ChannelMixedConv):
+            if m.last_index is None:
+                raise ArchError(f"sampled_alphas: got no sample for {_conv_name(name)}, expected a gumbel-mode "
+                                "training forward first")
+            out[_conv_name(name)] = F.one_hot(m.last_index.cpu(), len(m.dilations)).float()
+    return out
 
 
 def supernet_alphas(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -132,8 +278,9 @@ def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in alphas and p.requires_grad]
 
 
-def decode_supernet(alphas: Mapping[str, torch.Tensor], backbone: str, preset: str, *, extra: dict | None = None) -> Arch:
-    arch = decode(alphas, backbone, preset)
+def decode_supernet(alphas: Mapping[str, torch.Tensor], backbone: str, preset: str, *, extra: dict | None = None,
+                    align: int | None = None) -> Arch:
+    arch = decode(alphas, backbone, preset, align=align)
     if extra:
         prov = dict(arch.provenance)
         prov.update(extra)

@@ -16,7 +16,7 @@ from typing import Any
 _LAZY = {
     "TrainConfig": "natsdeploy.train.loop",
     "TrainResult": "natsdeploy.train.loop",
-    "CheckpointError": "natsdeploy.train.loop",
+    "CheckpointError": "natsdeploy.errors",
     "train": "natsdeploy.train.loop",
     "load_detector_checkpoint": "natsdeploy.train.loop",
     "lr_factor": "natsdeploy.train.loop",

@@ -10,17 +10,16 @@ only. Runs on one process or under torchrun (DDP; DistributedSampler; rank 0 wri
 
 After every epoch: COCO evaluation (pycocotools) on the val split, the six metrics logged and
 appended to `OUT/metrics.json` (AP points, 0-100; -1 = undefined, pycocotools' convention), and
-`OUT/checkpoint.pth` (format "natsdeploy-train-checkpoint/1") holding everything needed to continue
-bit-identically (`resume=True`) and to rebuild the detector (`load_detector_checkpoint`).
+`OUT/checkpoint.pth` (format "natsdeploy-train-checkpoint/2", read and written by `natsdeploy.checkpoint`)
+holding everything needed to continue bit-identically (`resume=True`) and to rebuild the detector
+(`load_detector_checkpoint`).
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,7 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from natsdeploy.arch import Arch, atomic_write_bytes, atomic_write_text, load_arch
+from natsdeploy.arch import Arch, atomic_write_text, load_arch
+from natsdeploy.checkpoint import FORMATS, TRAIN, fit_state_dict, load_checkpoint, restore_state, save_checkpoint
+from natsdeploy.errors import CheckpointError
 from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
                               set_rng_state, to_device, train_step, wrap_ddp)
 from natsdeploy.shapes import UsageError
@@ -38,12 +39,8 @@ __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError",
            "load_detector_checkpoint", "read_checkpoint", "detector_from_checkpoint", "lr_factor",
            "resolve_arch", "format_metrics", "backbone_weights"]
 
-CHECKPOINT_FORMAT = "natsdeploy-train-checkpoint/1"
+CHECKPOINT_FORMAT = FORMATS[TRAIN]
 METRIC_SCALE = "AP points (0-100); -1 = undefined (no ground truth in that size range)"
-
-
-class CheckpointError(UsageError):
-    """A detector checkpoint that is missing, unreadable or of another kind/arch (one line; exit 2)."""
 
 
 @dataclass
@@ -239,20 +236,21 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     metrics: list[dict[str, Any]] = []
     start = 0
     if cfg.resume and ckpt_path.exists():
-        ck = read_checkpoint(ckpt_path)
+        ck = load_checkpoint(ckpt_path, TRAIN, flag="--resume")
         if ck["arch"] != arch.to_dict() or ck["detector"] != cfg.detector:
             raise CheckpointError(f"--resume: {ckpt_path} holds a {ck['detector']} on arch "
                                   f"{_arch_label(ck['arch'])}, expected a {cfg.detector} on {_arch_label(arch.to_dict())}")
-        check_resume({"pretrained": ck.get("pretrained", True), "trainable_layers": ck.get("trainable_layers"),
-                      "detector_kwargs": ck.get("detector_kwargs") or {}},
+        check_resume({"pretrained": ck["pretrained"], "trainable_layers": ck["trainable_layers"],
+                      "detector_kwargs": ck["detector_kwargs"]},
                      {"pretrained": cfg.weights is not None, "trainable_layers": cfg.trainable_layers,
                       "detector_kwargs": dict(cfg.detector_kwargs)}, path=ckpt_path)
+        where = f"--resume: {ckpt_path}"
+        fit_state_dict(ck["model"], model, where=where)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
+        for key, obj in (("optimizer", opt), ("scheduler", sched), ("scaler", scaler)):
+            restore_state(key, obj.load_state_dict, ck[key], where=where)
         metrics = list(ck["metrics"])
-        start = int(ck["epoch"])
+        start = ck["epoch"]
         set_rng_state(ck["rng"])
         log(f"resumed from {ckpt_path} at epoch {start}")
     elif cfg.resume:
@@ -313,32 +311,19 @@ def _arch_label(d: dict) -> str:
 
 def _save_checkpoint(path: Path, model, opt, sched, scaler, epoch: int, metrics, cfg: TrainConfig, arch: Arch,
                      dataset) -> None:
-    buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "arch": arch.to_dict(), "detector": cfg.detector,
-                "num_classes": dataset.num_classes + 1, "label_to_cat_id": dict(dataset.label_to_cat_id),
-                "min_size": cfg.min_size, "max_size": cfg.max_size, "detector_kwargs": dict(cfg.detector_kwargs),
-                "pretrained": cfg.weights is not None, "trainable_layers": cfg.trainable_layers,
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "metrics": metrics,
-                "config": _config_dict(cfg)}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    save_checkpoint(path, TRAIN, {
+        "arch": arch.to_dict(), "detector": cfg.detector, "num_classes": dataset.num_classes + 1,
+        "label_to_cat_id": {int(k): int(v) for k, v in dataset.label_to_cat_id.items()},
+        "min_size": cfg.min_size, "max_size": cfg.max_size, "detector_kwargs": dict(cfg.detector_kwargs),
+        "pretrained": cfg.weights is not None, "trainable_layers": cfg.trainable_layers,
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "metrics": metrics,
+        "config": _config_dict(cfg)})
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"--checkpoint: got {str(p)!r}, expected an existing checkpoint file written by "
-                              "natsdeploy train (OUT/checkpoint.pth)")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"--checkpoint: got {str(p)!r} that torch.load cannot read ({type(e).__name__}), "
-                              "expected OUT/checkpoint.pth written by natsdeploy train") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-        raise CheckpointError(f"--checkpoint: got {str(p)!r} with format {got!r}, expected {CHECKPOINT_FORMAT!r} "
-                              "(OUT/checkpoint.pth written by natsdeploy train)")
-    return ck
+def read_checkpoint(path: str | os.PathLike, *, flag: str = "--checkpoint") -> dict[str, Any]:
+    """A train checkpoint, loaded safely and checked field by field (`natsdeploy.checkpoint.load_checkpoint`)."""
+    return load_checkpoint(path, TRAIN, flag=flag)
 
 
 def load_detector_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, Arch, dict]:
@@ -353,23 +338,26 @@ def load_detector_checkpoint(path: str | os.PathLike, *, device: str = "cpu") ->
 
 def detector_from_checkpoint(ck: dict[str, Any], *, device: str = "cpu", path: Any = "checkpoint"
                              ) -> tuple[nn.Module, Arch, dict]:
-    """`load_detector_checkpoint` for a checkpoint dict already read with `read_checkpoint`."""
-    from natsdeploy.arch import ArchError
+    """`load_detector_checkpoint` for a checkpoint dict already read with `read_checkpoint` (schema-checked)."""
+    from natsdeploy.models.detectors import DETECTORS, parse_detector_options
 
-    try:
-        arch = Arch.from_dict(ck["arch"])
-    except ArchError as e:
-        raise CheckpointError(f"--checkpoint: {path}: its arch is invalid ({e})") from None
+    where = f"--checkpoint: {path}"
+    if ck["detector"] not in DETECTORS:
+        raise CheckpointError(f"{where}: key 'detector': got {ck['detector']!r}, expected one of {list(DETECTORS)}")
+    try:  # the same check as --detector-option, so a tampered option cannot reach the constructor
+        kwargs = parse_detector_options(ck["detector"], [f"{k}={v}" for k, v in ck["detector_kwargs"].items()])
+    except UsageError as e:
+        raise CheckpointError(f"{where}: key 'detector_kwargs': {str(e).split(': ', 1)[-1]}") from None
+    arch = Arch.from_dict(ck["arch"])
     with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
-        model = _build_detector(ck["detector"], arch, None, int(ck["num_classes"]), int(ck["min_size"]),
-                                int(ck["max_size"]), dict(ck.get("detector_kwargs") or {}),
-                                pretrained=bool(ck.get("pretrained", True)),
-                                trainable_layers=ck.get("trainable_layers"))
+        model = _build_detector(ck["detector"], arch, None, ck["num_classes"], ck["min_size"], ck["max_size"],
+                                kwargs, pretrained=ck["pretrained"], trainable_layers=ck["trainable_layers"])
+    fit_state_dict(ck["model"], model, where=where)
     model.load_state_dict(ck["model"], strict=True)
     model = model.to(device).eval()
-    meta = {k: ck.get(k) for k in ("detector", "num_classes", "label_to_cat_id", "min_size", "max_size",
-                                   "detector_kwargs", "pretrained", "epoch", "metrics", "config")}
-    meta["label_to_cat_id"] = {int(k): int(v) for k, v in meta["label_to_cat_id"].items()}
+    meta = {k: ck[k] for k in ("detector", "num_classes", "label_to_cat_id", "min_size", "max_size",
+                               "detector_kwargs", "pretrained", "epoch", "metrics", "config")}
+    meta["label_to_cat_id"] = dict(meta["label_to_cat_id"])
     meta["path"] = str(path)
     return model, arch, meta
 

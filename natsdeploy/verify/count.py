@@ -95,13 +95,19 @@ def count(model: Any, input_shape: Sequence[int]) -> Counts:
 def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] | None = None) -> Counts:
     """Count an ONNX graph: params = initializer elements, MACs of Conv/Gemm/MatMul from inferred shapes.
 
-    `input_shape` fixes the first graph input's dims (needed for dynamic-shape models).
+    `input_shape` fixes the first graph input's dims (needed for dynamic-shape models). Model-local
+    functions (the ``function`` export form) are seen through: their bodies are inlined first, so each
+    conv inside counts with its own shapes, and per-node params include weights split from initializers.
     """
     import onnx
     from onnx import shape_inference
 
     m = onnx.load(str(model)) if isinstance(model, (str, os.PathLike, Path)) else onnx.ModelProto.FromString(
         model.SerializeToString())
+    if len(m.functions):
+        from onnx import inliner
+
+        m = inliner.inline_local_functions(m)
     init_names = {i.name for i in m.graph.initializer}
     graph_inputs = [i for i in m.graph.input if i.name not in init_names]
     if input_shape is not None:
@@ -125,7 +131,10 @@ def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] |
                        if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                                           onnx.TensorProto.DOUBLE))
     total = 0
+    const = set(init_names)  # tensors computed from initializers and constants only (e.g. split weights)
     for idx, node in enumerate(m.graph.node):
+        if all(i in const for i in node.input if i):
+            const.update(node.output)
         if node.op_type not in ("Conv", "Gemm", "MatMul"):
             continue
         out = shapes.get(node.output[0])
@@ -141,7 +150,7 @@ def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] |
         else:
             a = shapes[node.input[0]]
             n = math.prod(out) * a[-1]
-        params = sum(math.prod(shapes[i]) for i in node.input[1:] if i in init_names)
+        params = sum(math.prod(shapes[i]) for i in node.input[1:] if i in const)
         per_node[node.name or f"{node.op_type}_{idx}"] = (params, n)
         total += n
     return Counts(params=total_params, macs=total, per_module=per_node)

@@ -330,13 +330,14 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
     from natsdeploy.train.loop import _points, detector_from_checkpoint, read_checkpoint
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
 
-    if backend not in ("ort", "trt"):
-        raise UsageError(f"--backend: got {backend!r}, expected 'ort' or 'trt'")
+    if backend not in ("ort", "openvino", "trt"):
+        raise UsageError(f"--backend: got {backend!r}, expected 'ort', 'openvino' or 'trt'")
     if whole and backend != "ort":
         raise UsageError(f"--whole: got it with --backend {backend}, expected --backend ort (the whole detector's "
                          "NMS, RoIAlign and TopK need TensorRT plugins; for TensorRT compare the backbone)")
     if fp16 and backend != "trt":
-        raise UsageError("--fp16: got it with --backend ort, expected --backend trt (fp16 applies to TensorRT engines)")
+        raise UsageError(f"--fp16: got it with --backend {backend}, expected --backend trt (fp16 applies to TensorRT "
+                         "engines)")
     if backend == "trt":
         _tensorrt_or_exit()
     precision = "fp16" if fp16 else "fp32"
@@ -372,6 +373,11 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
 
             runner = OrtRunner(onnx_path, threads=threads or os.cpu_count())
             runtime_name = f"onnxruntime {ort.__version__} CPUExecutionProvider"
+        elif backend == "openvino":
+            from natsdeploy.runners import OpenVinoRunner
+
+            runner = OpenVinoRunner(onnx_path, threads=threads or os.cpu_count(), precision="f32")
+            runtime_name = f"OpenVINO {runner.version} CPU ({runner.precision})"
         else:
             from natsdeploy.export.tensorrt import TrtRunner, build_engine
 
@@ -448,7 +454,7 @@ def format_detection_parity(r: DetectionParityResult) -> str:
     def cell(v: float) -> str:
         return f"{v:>8.2f}" if v >= 0 else f"{'n/a':>8}"
 
-    rt_label = "ort" if r.backend == "ort" else f"trt-{r.precision}"
+    rt_label = f"trt-{r.precision}" if r.backend == "trt" else r.backend
     m = r.match
     feat = r.features
     feat_cells = "  ".join(f"{k} {o['rel_err']:.1e}" for k, o in feat.get("outputs", {}).items())
@@ -483,7 +489,8 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="arch.json the checkpoint was trained on")
     p.add_argument("--checkpoint", required=True, help="OUT/checkpoint.pth written by natsdeploy train")
     p.add_argument("--data", required=True, help="COCO-format folder (its val split), or 'synthetic'")
-    p.add_argument("--backend", default="ort", help="ort (ONNX Runtime CPU, default) or trt (TensorRT)")
+    p.add_argument("--backend", default="ort",
+                   help="ort (ONNX Runtime CPU, default), openvino (OpenVINO CPU, f32) or trt (TensorRT)")
     p.add_argument("--fp16", action="store_true", help="fp16 TensorRT engine (with --backend trt)")
     p.add_argument("--limit", default=None, help="evaluate only the first N val images")
     p.add_argument("--tolerance", default=None,
@@ -499,8 +506,8 @@ def parity_cli(args: argparse.Namespace) -> int:
     from natsdeploy.arch import atomic_write_text, load_arch
 
     arch = load_arch(args.arch)
-    if args.backend not in ("ort", "trt"):
-        raise UsageError(f"--backend: got {args.backend!r}, expected 'ort' or 'trt'")
+    if args.backend not in ("ort", "openvino", "trt"):
+        raise UsageError(f"--backend: got {args.backend!r}, expected 'ort', 'openvino' or 'trt'")
     limit = parse_int("--limit", args.limit, 1) if args.limit is not None else None
     tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
     threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None

@@ -10,8 +10,9 @@ import numpy as np
 
 __all__ = ["DEFAULT_TOLERANCE", "OutputParity", "ParityResult", "compare"]
 
-DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
-"""Default bound on max|actual - expected| / max|expected| per output, by precision."""
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+"""Default bound on max|actual - expected| / max|expected| per output, by precision (bf16 keeps 8
+significant bits against fp16's 11: OpenVINO CPU in bf16 measures about 1e-2 on a ResNet-50)."""
 
 
 @dataclass(frozen=True)

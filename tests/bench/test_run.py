@@ -65,3 +65,32 @@ def test_bad_flags_exit_2(capsys, args, expected):
 def test_trt_backend_without_tensorrt(capsys):
     assert main(["bench", EX, "--backend", "trt"]) == 2
     assert "TensorRT is not importable" in capsys.readouterr().err
+
+
+def test_bench_openvino_records_its_precision(tmp_path, capsys):
+    js = tmp_path / "b.json"
+    assert main(["bench", EX, "--backend", "openvino", *TINY, "--precision", "bf16", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads(js.read_text())
+    assert rep["settings"]["openvino_precision"] == "bf16"
+    (r,) = rep["results"]
+    assert set(r) == RESULT_KEYS and (r["backend"], r["device"], r["precision"]) == ("openvino", "cpu", "bf16")
+    assert "INFERENCE_PRECISION_HINT=bf16" in r["notes"][0] and r["pairs"] == 3
+    assert "openvino cpu bf16" in out
+
+
+def test_bench_openvino_from_exported_function_form(tmp_path, capsys):
+    assert main(["export", EX, "--form", "function", "--input-shape", "1x3x64x96", "--latency-pairs", "0",
+                 "--openvino", "off", "--out", str(tmp_path / "e")]) == 0
+    assert main(["bench", "--onnx", str(tmp_path / "e"), "--backend", "openvino", *TINY]) == 0
+    assert "openvino cpu fp32" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([EX, "--backend", "openvino", "--precision", "fp8"], "--precision: got 'fp8'"),
+    ([EX, "--backend", "ort", "--precision", "bf16"], "without --backend openvino"),
+])
+def test_bad_openvino_flags_exit_2(capsys, args, expected):
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err

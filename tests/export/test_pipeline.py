@@ -92,3 +92,28 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, args, expected):
 def test_engine_without_tensorrt_is_a_clear_error(tmp_path, capsys):
     code, _, err = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--engine", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "TensorRT is not importable" in err and not (tmp_path / "o").exists()
+
+
+def test_report_has_alignment_for_the_target(tmp_path, capsys):
+    from natsdeploy.align import unaligned_branches
+    from natsdeploy.arch import load_arch
+
+    ex = EXAMPLES / "resnet18_nats_c.json"
+    code, stdout, _ = _run([str(ex), "--input-shape", SMALL_SHAPE, "--out", str(tmp_path / "o"), "--latency-pairs", "0",
+                            "--target", "cuda-int8"], capsys)
+    assert code == 0
+    al = json.loads((tmp_path / "o" / "report.json").read_text())["alignment"]
+    expected = unaligned_branches(load_arch(ex), 32)
+    assert al["target"] == "cuda-int8" and al["block"] == 32 and not al["aligned"]
+    assert [(u["conv"], u["branch"], u["channels"]) for u in al["unaligned_branches"]] == \
+        [(u.conv, u.index, u.channels) for u in expected]
+    assert al["total_macs"] == json.loads((tmp_path / "o" / "report.json").read_text())["cost"]["model"]["macs"]
+    assert 0 < al["mac_share"] < 1
+    assert f"alignment (cuda-int8, block 32): {len(expected)} branches not a multiple of 32 carry " in stdout
+    assert "natsdeploy align ARCH.json --multiple 32" in stdout
+
+
+def test_bad_target_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, _, err = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--target", "npu", "--out", str(out)], capsys)
+    assert code == 2 and "--target: got 'npu'" in err and err.count("\n") == 1 and not out.exists()

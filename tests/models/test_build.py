@@ -15,7 +15,6 @@ from natsdeploy.models.build import WeightsError
 from natsdeploy.models.mixed_conv import MixedDilationConv
 from tests.helpers import (ALL, SMALL, assert_features_close, model_features, random_arch, reference_features,
                            seeded_state_dict)
-from tests.conftest import ICCONV
 
 BIG = [b for b in ALL if b not in SMALL]
 
@@ -45,8 +44,8 @@ def test_transformed_matches_independent_reference(backbone):
     assert not torch.allclose(got["c5"], base["c5"], rtol=1e-3, atol=1e-3)  # the transformation did something
 
 
-def test_resnet50_icconv_matches_reference():
-    arch = load_ic_conv(ICCONV / "detection_ic_resnet50_k9.json", "resnet50")
+def test_resnet50_icconv_matches_reference(icconv_dir):
+    arch = load_ic_conv(icconv_dir / "detection_ic_resnet50_k9.json", "resnet50")
     sd = seeded_state_dict("resnet50", seed=9)
     x = torch.randn(2, 3, 97, 65, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

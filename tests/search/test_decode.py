@@ -76,3 +76,120 @@ def test_resnext_group_width():
         decode({"layer3.0.conv2": np.zeros((64, 5))}, "resnext101_32x4d")
     arch = decode({"layer3.0.conv2": _alpha([1, 0] * 16, 5)}, "resnext101_32x4d")
     assert arch.convs["layer3.0.conv2"].branches[0].channels == 256
+
+
+# -- aligned decode (ARCH_FORMAT "Aligned decode") ------------------------------------------------
+LOW = -1000.0  # exp(LOW - max) underflows to exactly 0: softmax rows of exact 0s and 1s, exact mass ties
+
+
+def _rows(choices, n_geno, extra=None):
+    a = np.full((len(choices), n_geno), LOW)
+    for i, g in enumerate(choices):
+        a[i, g] = 0.0
+        for h, v in (extra or {}).get(g, {}).items():
+            a[i, h] = v
+    return a
+
+
+def _groups_of(ct, width):
+    """genotype dilation per search group, read back from the arch (branch owning its channels)."""
+    out, perm, o = {}, ct.perm(), 0
+    for b in ct.branches:
+        chans = perm[o:o + b.channels]
+        assert chans == sorted(chans)  # each branch owns its groups' channels in increasing order
+        for c in chans[::width]:
+            out[c // width] = b.dilation
+        o += b.channels
+    return [out[i] for i in range(len(out))]
+
+
+def test_aligned_decode_unchanged_when_group_width_is_a_multiple_of_n():
+    a = np.random.default_rng(0).normal(size=(4, 5))  # layer2.0.conv2: 4 groups of 32 channels
+    plain = decode({"layer2.0.conv2": a}, "resnet50")
+    for n in (8, 16, 32):
+        arch = decode({"layer2.0.conv2": a}, "resnet50", align=n)
+        assert arch.convs == plain.convs and arch.provenance["align"] == n
+    assert "align" not in plain.provenance
+
+
+@pytest.mark.parametrize("g2_likes_g1, widths", [
+    (True, [32, 64, 32]),   # n_g / q = 1.5 1.5 1: the tie on .5 goes to the larger mass (genotype 1)
+    (False, [64, 32, 32]),  # masses exactly equal (6 and 6): the tie goes to the lower index
+])
+def test_aligned_decode_rounds_units_with_the_mass_tie_break(g2_likes_g1, widths):
+    choices = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0, 1]  # 16 groups of 8 channels: 6, 6, 4
+    a = _rows(choices, 5, {2: {1: -1.0}} if g2_likes_g1 else None)
+    arch = decode({"layer2.0.conv2": a}, "resnet50", align=32)  # q = 32 / 8 = 4
+    ct = arch.convs["layer2.0.conv2"]
+    assert [(b.dilation, b.channels) for b in ct.branches] == list(zip(C34[:3], widths))
+    assert arch.provenance["align"] == 32
+    got = _groups_of(ct, 8)
+    p = np.exp(a - a.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    total = sum(p[i, list(C34).index(d)] for i, d in enumerate(got))
+    if g2_likes_g1:  # optimum: g0 keeps 4 of its 6 and gives 2 to g1 (prob 0), g1 and g2 keep theirs
+        assert total == pytest.approx(4 + 6 + 4 * p[2, 2], abs=1e-12)
+        assert [got[i] for i in (2, 5, 8, 11)] == [C34[2]] * 4
+    else:  # g0 keeps its 6 and takes 2 (prob 0); g1 and g2 keep 4 each of theirs
+        assert total == pytest.approx(6 + 4 + 4, abs=1e-12)
+
+
+def _round_units(counts, mass, q):
+    """The rounding rule, written independently: floor, then largest fraction, larger mass, lower index."""
+    x = [c / q for c in counts]
+    units = [int(v) for v in x]
+    order = sorted(range(len(x)), key=lambda g: (-(x[g] - units[g]), -mass[g], g))
+    for g in order[:round(sum(x)) - sum(units)]:
+        units[g] += 1
+    return units
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_aligned_assignment_is_optimal_against_brute_force(seed):
+    import itertools
+
+    a = np.random.default_rng(seed).normal(scale=0.7, size=(8, 5))  # layer2.0.conv2: 8 groups of 16
+    ct = decode({"layer2.0.conv2": a}, "resnet50", align=32).convs["layer2.0.conv2"]  # q = 2
+    p = np.exp(a - a.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    caps = [2 * u for u in _round_units(np.bincount(a.argmax(1), minlength=5), p.sum(0), 2)]
+    got = [list(C34).index(d) for d in _groups_of(ct, 16)]
+    assert np.bincount(got, minlength=5).tolist() == caps
+    assert all(b.channels % 32 == 0 for b in ct.branches)
+    best = max(sum(p[i, g] for i, g in enumerate(order))
+               for order in set(itertools.permutations([g for g in range(5) for _ in range(caps[g])])))
+    assert sum(p[i, g] for i, g in enumerate(got)) == pytest.approx(best, abs=1e-12)
+
+
+def test_aligned_decode_resnext_moves_whole_groups():
+    a = np.random.default_rng(1).normal(size=(32, 5))  # layer3.0.conv2 of resnext101_32x4d: 32 groups of 16
+    arch = decode({"layer3.0.conv2": a}, "resnext101_32x4d", align=64)  # q = 4; the Arch validates conv groups
+    assert all(b.channels % 64 == 0 for b in arch.convs["layer3.0.conv2"].branches)
+
+
+@pytest.mark.parametrize("backbone, name, groups, n, msg", [
+    ("resnet50", "layer2.0.conv2", 16, 48, "align: got 48, expected a divisor of 128 (out_channels of layer2.0.conv2)"),
+    ("resnet50", "layer2.0.conv2", 16, 0, "align: got 0, expected a positive int"),
+    ("resnet50", "layer2.0.conv2", 16, 2.0, "align: got 2.0, expected a positive int"),
+    ("resnext101_32x4d", "layer3.0.conv2", 32, 8, "align: got 8, expected a multiple of 16 (conv-group width"),
+])
+def test_aligned_decode_rejections(backbone, name, groups, n, msg):
+    with pytest.raises(ArchError) as e:
+        decode({name: np.zeros((groups, 5))}, backbone, align=n)
+    assert msg in str(e.value)
+
+
+def test_align_neither_multiple_nor_divisor_of_the_group_width_is_rejected():
+    from natsdeploy.models.specs import ConvInfo
+    from natsdeploy.search.decode import groups_per_unit
+
+    info = ConvInfo("x.conv2", 96, 96, 1, 1, "x.bn2", "x.conv3", None, None)  # 96 channels, groups of 24
+    assert groups_per_unit(info, 24, 48) == 2 and groups_per_unit(info, 24, 8) is None
+    with pytest.raises(ArchError, match=r"--align: got 16, expected a divisor or a multiple of 24"):
+        groups_per_unit(info, 24, 16, field="--align")
+
+
+def test_decode_is_importable_from_the_package():
+    import natsdeploy
+
+    assert natsdeploy.decode is decode

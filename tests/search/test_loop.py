@@ -54,7 +54,7 @@ def test_short_search_gives_an_arch_check_and_export_accept(synth, tmp_path, cap
                  "--out", str(tmp_path / "e")]) == 0
     assert main(["decode", str(out / "checkpoint.pth"), "-o", str(tmp_path / "d.json")]) == 0
     assert load_arch(tmp_path / "d.json").convs == arch.convs
-    ck = torch.load(out / "checkpoint.pth", weights_only=False)
+    ck = torch.load(out / "checkpoint.pth", weights_only=True)
     alphas = [v for k, v in ck["model"].items() if k.endswith(".alpha")]
     assert alphas and any(a.abs().sum() > 0 for a in alphas)  # alpha moved after warm-up
 
@@ -135,3 +135,37 @@ def test_resume_under_other_settings_is_refused(synth, tmp_path):
     with pytest.raises(UsageError, match=r"--resume: .*checkpoint.pth was written with groups=8, expected 4"):
         run_search(_cfg(synth, tmp_path, epochs=2, warmup_epochs=1, max_steps_per_epoch=1, groups=4, resume=True),
                    log=lambda s: None)
+
+
+def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys):
+    import json
+
+    from natsdeploy.shapes import UsageError
+
+    out = tmp_path / "g"
+    assert main(["search", "--data", synth, "--backbone", "resnet18", "--epochs", "2", "--warmup-epochs", "0",
+                 "--groups", "16", "--min-size", "96", "--max-size", "128", "--max-steps-per-epoch", "1",
+                 "--alpha-lr", "0.5", "--sampling", "gumbel", "--tau-start", "4", "--tau-end", "1",
+                 "--tau-schedule", "exp", "--align", "16", "--out", str(out), "--no-progress"]) == 0
+    arch = load_arch(out / "arch.json")
+    assert arch.provenance["sampling"] == "gumbel" and arch.provenance["tau"] == [4.0, 1.0]
+    assert all(b.channels % 16 == 0 for ct in arch.convs.values() for b in ct.branches)  # --align with gumbel
+    history = json.loads((out / "history.json").read_text())
+    assert [h["tau"] for h in history] == pytest.approx([4.0, 1.0])
+    ck = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert any(v.abs().sum() > 0 for k, v in ck["model"].items() if k.endswith(".alpha"))
+    with pytest.raises(UsageError, match="written with sampling='gumbel', expected 'softmax'"):
+        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16), log=lambda s: None)
+    assert main(["search", "--tau-start", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "--tau-start: got '2' with --sampling softmax" in capsys.readouterr().err
+
+
+def test_gumbel_two_process_gloo_ranks_stay_identical(synth, tmp_path):
+    # undrawn replicas get no gradient (and the ranks may draw differently): DDP must still sync
+    cfg = _cfg(synth, tmp_path / "ddp", epochs=1, warmup_epochs=0, max_steps_per_epoch=2, lr_per_image=0.01,
+               sampling="gumbel", tau_start=1.0, tau_end=1.0)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), dataclasses.asdict(cfg), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert any(k.endswith(".alpha") and v.abs().sum() > 0 for k, v in r0.items())
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k

@@ -80,3 +80,176 @@ def test_channels_per_group_and_resnext_rules():
         build_supernet_backbone("resnext101_32x4d", groups=64, stages=("layer2",))
     with pytest.raises(ArchError, match="divisor"):
         build_supernet_backbone("resnet50", groups=7)
+
+
+# --- gumbel sampling (GDAS): one genotype per group and step, straight-through -------------------
+
+def _per_group_ref(x, w, dils, index, width, groups=1):
+    """Each group's channels computed by its own genotype's full conv, then sliced (independent of the gather)."""
+    parts = [F.conv2d(x, w, padding=dils[g], dilation=dils[g], groups=groups)[:, i * width:(i + 1) * width]
+             for i, g in enumerate(index.tolist())]
+    return torch.cat(parts, 1)
+
+
+@pytest.mark.parametrize("conv_groups", [1, 4])
+def test_gumbel_forward_is_the_sampled_genotype_per_group(conv_groups):
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False, groups=conv_groups)
+    m = ChannelMixedConv(conv, DILS, group_width=4, sampling="gumbel", tau=0.5)
+    with torch.no_grad():
+        m.alpha.copy_(torch.tensor([[0.0, 5, 0], [5, 0, 0], [0, 0, 5], [0, 5, 0]]))
+    x = torch.randn(2, 8, 11, 9)
+    y = m.train()(x)
+    assert len(set(m.last_index.tolist())) > 1  # several genotypes drawn: the gather/scatter is exercised
+    torch.testing.assert_close(y, _per_group_ref(x, conv.weight, DILS, m.last_index, 4, conv_groups),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_gumbel_alpha_gradient_is_the_straight_through_one():
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(6, 8, 3, padding=1, bias=False)
+    tau = 0.7
+    m = ChannelMixedConv(conv, DILS, group_width=2, sampling="gumbel", tau=tau).train()
+    with torch.no_grad():
+        m.alpha.normal_()
+    x, r = torch.randn(2, 6, 10, 10), torch.randn(2, 8, 10, 10)
+    (m(x) * r).sum().backward()
+    idx, p = m.last_index, m.last_probs
+    # d/d(gate_i) = <r, y_i> over group i; gate_i = softmax((alpha + noise) / tau)_i[idx_i] in the backward
+    s = (r * _per_group_ref(x, conv.weight, DILS, idx, 2)).view(2, 4, 2, 10, 10).sum(dim=(0, 2, 3, 4))
+    p_sel = p.gather(1, idx[:, None])
+    expected = s[:, None] / tau * p_sel * (F.one_hot(idx, 3).float() - p)
+    assert m.alpha.grad.abs().sum() > 0
+    torch.testing.assert_close(m.alpha.grad, expected, rtol=1e-4, atol=1e-5)
+    # only the drawn (genotype, group) replicas get a gradient: a step updates as many filters as the baseline's
+    drawn = [(k // 4 == idx[k % 4]).item() for k in range(12)]
+    assert [p.grad is not None for p in m.replicas] == drawn
+
+
+def _bn_eval_mixed_train(net):
+    net.eval()
+    for mod in net.modules():
+        if isinstance(mod, ChannelMixedConv):
+            mod.train()
+    return net
+
+
+def test_gumbel_tiny_tau_forward_equals_the_transformed_network_of_the_sample():
+    from natsdeploy import build_backbone, decode
+    from natsdeploy.search.supernet import sampled_alphas
+    from tests.helpers import seeded_state_dict
+
+    sd = seeded_state_dict("resnet18", seed=6)
+    net = _bn_eval_mixed_train(build_supernet_backbone("resnet18", groups=16, weights=sd, sampling="gumbel",
+                                                       tau=1e-6))
+    torch.manual_seed(7)
+    for p in arch_parameters(net):
+        p.data.normal_()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    y = net(x)
+    sample = sampled_alphas(net)
+    torch.manual_seed(0)
+    net(x)
+    assert all(torch.equal(sample[k], v) for k, v in sampled_alphas(net).items())  # fixed seed, same sample
+    arch = decode(sample, "resnet18", "NATS-C")
+    assert all(len(ct.branches) > 1 for ct in arch.convs.values())
+    torch.testing.assert_close(y, build_backbone(arch, sd)(x), rtol=1e-4, atol=1e-4)
+
+
+def test_gumbel_eval_uses_the_argmax_arch_and_no_randomness():
+    from natsdeploy import build_backbone, decode
+    from tests.helpers import seeded_state_dict
+
+    sd = seeded_state_dict("resnet18", seed=8)
+    net = build_supernet_backbone("resnet18", groups=8, weights=sd, sampling="gumbel").eval()
+    torch.manual_seed(9)
+    for p in arch_parameters(net):
+        p.data.normal_()
+    x = torch.randn(1, 3, 64, 64)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        y = net(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    ref = build_backbone(decode(supernet_alphas(net), "resnet18", "NATS-C"), sd)
+    torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-4)
+
+
+def _fvcore_conv_macs(model, x):
+    from fvcore.nn import FlopCountAnalysis
+
+    fca = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return fca.by_operator()["conv"]
+
+
+def test_gumbel_training_forward_macs_equal_the_baseline_fvcore():
+    from natsdeploy import build_baseline
+
+    torch.manual_seed(10)
+    x = torch.randn(1, 3, 64, 64)
+    base = _fvcore_conv_macs(build_baseline("resnet18").train(), x)
+    gumbel = build_supernet_backbone("resnet18", groups=8, sampling="gumbel").train()
+    for p in arch_parameters(gumbel):
+        p.data.normal_()
+    torch.manual_seed(0)
+    assert _fvcore_conv_macs(gumbel, x) == base
+    assert len(set(gumbel.layer4[0].conv1.last_index.tolist())) > 1  # the sample was split over genotypes
+    assert _fvcore_conv_macs(build_supernet_backbone("resnet18", groups=8).train(), x) > 2 * base  # softmax: all
+    # a grouped conv (ResNeXt-style): the drawn genotypes' convs together cost the conv's MACs
+    conv = torch.nn.Conv2d(16, 32, 3, padding=1, bias=False, groups=8)
+    m = ChannelMixedConv(conv, DILS, group_width=8, sampling="gumbel").train()
+    xs = torch.randn(1, 16, 12, 12)
+    torch.manual_seed(1)
+    assert _fvcore_conv_macs(m, xs) == _fvcore_conv_macs(conv, xs)
+
+
+def test_gumbel_recompute_matches_and_settings_are_checked():
+    from natsdeploy.search.supernet import set_tau
+
+    torch.manual_seed(11)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    a = ChannelMixedConv(conv, DILS, 2, sampling="gumbel").train()
+    b = ChannelMixedConv(conv, DILS, 2, sampling="gumbel", recompute=True).train()
+    x = torch.randn(2, 4, 10, 10)
+    for m in (a, b):
+        torch.manual_seed(0)
+        m(x).square().sum().backward()
+    torch.testing.assert_close(a.alpha.grad, b.alpha.grad)
+    for pa, pb in zip(a.replicas, b.replicas):
+        assert (pa.grad is None) == (pb.grad is None)
+        if pa.grad is not None:
+            torch.testing.assert_close(pa.grad, pb.grad)
+    net = build_supernet_backbone("resnet18", groups=8, sampling="gumbel", tau=3.0)
+    set_tau(net, 0.25)
+    assert {m.tau for m in net.modules() if isinstance(m, ChannelMixedConv)} == {0.25}
+    with pytest.raises(ArchError, match="sampling: got 'hard'"):
+        build_supernet_backbone("resnet18", sampling="hard")
+    with pytest.raises(ArchError, match="tau: got 0"):
+        set_tau(net, 0)
+
+
+def test_annealed_tau_linear_and_exponential():
+    from natsdeploy.search.supernet import annealed_tau
+
+    assert [annealed_tau(10, 0.1, step=s, total=3) for s in (-2, 0, 1, 2, 5)] == pytest.approx([10, 10, 5.05, 0.1, 0.1])
+    assert [annealed_tau(4, 1, step=s, total=3, schedule="exp") for s in (0, 1, 2)] == pytest.approx([4, 2, 1])
+    with pytest.raises(ArchError, match="tau schedule: got 'cos'"):
+        annealed_tau(1, 0.5, step=0, total=2, schedule="cos")
+
+
+def test_gumbel_state_dict_has_the_softmax_layout_both_ways():
+    torch.manual_seed(12)
+    soft = build_supernet_backbone("resnet18", groups=8)
+    gumbel = build_supernet_backbone("resnet18", groups=8, sampling="gumbel")
+    with torch.no_grad():
+        for p in soft.parameters():
+            p.add_(torch.randn_like(p))
+    sd = soft.state_dict()
+    assert gumbel.state_dict().keys() == sd.keys()
+    gumbel.load_state_dict(sd)
+    for k, v in gumbel.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    m = gumbel.layer4[0].conv1
+    assert torch.equal(m.replica_weight(), soft.layer4[0].conv1.weight)
+    assert torch.equal(m.replicas[2 * 8 + 3], soft.layer4[0].conv1.weight[2, 3 * 64:4 * 64])  # k = g * N + i
+    soft.load_state_dict(gumbel.state_dict())

@@ -55,7 +55,7 @@ def test_short_train_writes_checkpoint_and_metrics(synth, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "epoch 1:" in printed and "epoch 2:" in printed and all(f"{m} " in printed for m in METRICS)
 
-    ck = torch.load(out / "checkpoint.pth", weights_only=False)
+    ck = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ck["format"] == CHECKPOINT_FORMAT and ck["epoch"] == 2 and ck["detector"] == "faster_rcnn"
     assert ck["arch"] == load_arch(ARCH).to_dict()
     assert ck["num_classes"] == 4 and ck["label_to_cat_id"] == {1: 1, 2: 2, 3: 3}
@@ -89,7 +89,7 @@ def test_resume_is_bit_identical(synth, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(synth, tmp_path / "part"), log=interrupt_after_first_epoch)
-    assert torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)["epoch"] == 1
     resumed = train(_cfg(synth, tmp_path / "part", resume=True), log=lambda s: None)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert set(a) == set(b)
@@ -102,7 +102,7 @@ def test_resume_is_bit_identical(synth, tmp_path):
 def test_baseline_trains_under_the_same_recipe(synth, tmp_path):
     r = train(_cfg(synth, tmp_path / "b", arch=None, backbone="resnet18", epochs=1, max_steps_per_epoch=1),
               log=lambda s: None)
-    ck = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=False)
+    ck = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)
     assert ck["arch"]["convs"] == {} and ck["arch"]["backbone"] == "resnet18" and len(r.metrics) == 1
 
 
@@ -149,7 +149,7 @@ def test_two_process_gloo_ranks_agree_and_rank0_writes(synth, tmp_path):
         assert torch.equal(r0["model"][k], r1["model"][k]), k  # gradients are synchronised
     assert r0["metrics"] == r1["metrics"]  # evaluation is sharded and all-gathered
     assert r0["checkpoint"] is not None and r1["checkpoint"] is None
-    ck = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=False)
+    ck = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=True)
     assert ck["metrics"] == r0["metrics"] and ck["config"]["batch_size"] == 1
     from natsdeploy.data.coco import load_dataset
 
@@ -164,7 +164,7 @@ def test_backbone_weights_round_trip_into_the_arch(synth, tmp_path):
     from natsdeploy.train.loop import backbone_weights
 
     r = train(_cfg(synth, tmp_path / "w", epochs=1, max_steps_per_epoch=1), log=lambda s: None)
-    ck = torch.load(tmp_path / "w" / "checkpoint.pth", weights_only=False)
+    ck = torch.load(tmp_path / "w" / "checkpoint.pth", weights_only=True)
     assert ck["pretrained"] is False  # no --weights: trainable BN, every layer trained (torchvision's rule)
     sd = backbone_weights(tmp_path / "w" / "checkpoint.pth")
     assert not any(".branches." in k for k in sd)
@@ -177,7 +177,7 @@ def test_backbone_weights_round_trip_into_the_arch(synth, tmp_path):
 
     # from those weights: frozen BN and stem (pretrained=True), recorded in the checkpoint
     train(_cfg(synth, tmp_path / "p", epochs=1, max_steps_per_epoch=1, weights=sd), log=lambda s: None)
-    ck2 = torch.load(tmp_path / "p" / "checkpoint.pth", weights_only=False)
+    ck2 = torch.load(tmp_path / "p" / "checkpoint.pth", weights_only=True)
     assert ck2["pretrained"] is True and not any(k.endswith("num_batches_tracked") for k in ck2["model"])
     model, _, meta = load_detector_checkpoint(tmp_path / "p" / "checkpoint.pth")
     assert meta["pretrained"] is True

@@ -142,6 +142,27 @@ def test_trt_without_tensorrt_exits_2(trained, capsys):
     assert "--backend trt" in err and "TensorRT" in err
 
 
+def test_openvino_backbone_parity_passes(trained, tmp_path, capsys):
+    out = tmp_path / "ov.json"
+    rc = main(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"], "--backend",
+               "openvino", "--limit", "2", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    r = json.loads(out.read_text())
+    assert r["passed"] and r["backend"] == "openvino" and r["precision"] == "fp32" and r["runtime_calls"] == 2
+    assert r["runtime_name"].startswith("OpenVINO ") and r["runtime_name"].endswith("CPU (f32)")
+    assert r["backbone_features"]["passed"] and r["matching"]["matched_share"] >= 0.99
+    assert all(abs(r["delta"][k]) <= 0.1 for k in METRICS) and "openvino" in printed
+
+
+def test_openvino_whole_or_fp16_exits_2(trained, capsys):
+    for flag, expected in (("--whole", "--whole: got it with --backend openvino"),
+                           ("--fp16", "--fp16: got it with --backend openvino")):
+        err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                                        "--data", trained["data"], "--backend", "openvino", flag])
+        assert expected in err
+
+
 def test_fp16_needs_trt_exits_2(trained, capsys):
     err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
                                     "--data", trained["data"], "--fp16"])

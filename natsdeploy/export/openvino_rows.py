@@ -1,0 +1,69 @@
+"""The export report's OpenVINO rows: parity against PyTorch and interleaved latency on OpenVINO CPU.
+
+The graphs are the ones written to disk (every form; model-local functions are inlined in memory by
+`natsdeploy.runners.OpenVinoRunner`), compared with the same PyTorch outputs and the same comparator
+(`natsdeploy.verify.parity.compare`) as the ONNX Runtime rows, and timed like them: interleaved
+baseline/model pairs after a warm-up. The inference precision is pinned and recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["openvino_entries", "format_openvino_parity", "format_openvino_latency"]
+
+
+def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, np.ndarray]], x: np.ndarray, *,
+                     precision: str = "f32", threads: int, tolerance: float, latency_pairs: int, warmup_s: float,
+                     log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Parity entry (`model`/`baseline` against `refs`) and latency entry (None if `latency_pairs` is 0).
+
+    `tolerance` applies at f32; bf16 and f16 use their defaults from `DEFAULT_TOLERANCE`.
+    """
+    from natsdeploy.bench.latency import time_interleaved
+    from natsdeploy.runners import OPENVINO_PRECISIONS, OpenVinoRunner
+    from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
+
+    runners = {k: OpenVinoRunner(p, threads=threads, precision=precision) for k, p in protos.items()}
+    first = next(iter(runners.values()))
+    runtime = f"OpenVINO {first.version} CPU"
+    tol = tolerance if precision == "f32" else DEFAULT_TOLERANCE[OPENVINO_PRECISIONS[precision]]
+    feed = {"images": x}
+    results = {k: compare({n: v for n, v in runners[k].run(feed).items() if n in refs[k]}, refs[k], tolerance=tol)
+               for k in refs}
+    parity = {"runtime": runtime, "precision": first.precision, "passed": all(r.passed for r in results.values()),
+              **{k: r.to_dict() for k, r in results.items()}}
+    if latency_pairs <= 0:
+        return parity, None
+    log(f"timing OpenVINO CPU ({first.precision}), {first.threads} threads: {latency_pairs} interleaved pairs after "
+        f"{warmup_s:g}s warm-up")
+    timing = time_interleaved(lambda: runners["baseline"].run(feed), lambda: runners["model"].run(feed),
+                              pairs=latency_pairs, warmup_s=warmup_s)
+    latency = {**timing.to_dict(), "runtime": runtime, "precision": first.precision, "threads": first.threads,
+               "performance_hint": "LATENCY", "input_shape": list(x.shape)}
+    return parity, latency
+
+
+def format_openvino_parity(entry: Mapping[str, Any]) -> list[str]:
+    """Report lines for the OpenVINO parity entry."""
+    lines = [f"  parity vs PyTorch ({entry['runtime']}, {entry['precision']}), max|err| / max|ref|:"]
+    for key in ("model", "baseline"):
+        outs = entry[key]["outputs"]
+        cells = "  ".join(f"{n} {o['rel_err']:.1e}" for n, o in outs.items())
+        tol = next(iter(outs.values()))["tolerance"]
+        lines.append(f"  {key:<10}{cells}  (tol {tol:.0e}) {'pass' if entry[key]['passed'] else 'FAIL'}")
+    return lines
+
+
+def format_openvino_latency(entry: Mapping[str, Any]) -> list[str]:
+    """Report lines for the OpenVINO latency entry."""
+    lines = [f"  latency, {entry['runtime']} ({entry['precision']}), {entry['threads']} threads, {entry['pairs']} "
+             "interleaved pairs:", f"  {'':<10}{'p50 ms':>10}{'p90 ms':>10}{'cv':>8}"]
+    for key, label in (("baseline_ms", "baseline"), ("transformed_ms", "model")):
+        s = entry[key]
+        lines.append(f"  {label:<10}{s['p50']:>10.2f}{s['p90']:>10.2f}{s['cv']:>8.1%}")
+    lines.append(f"  {entry['verdict']}")
+    return lines

@@ -1,0 +1,67 @@
+"""The export report's OpenVINO rows: parity and latency on OpenVINO CPU, precision recorded, verdict counted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from natsdeploy.cli import main
+from natsdeploy.runners import OpenVinoRunner
+from tests.conftest import EXAMPLES
+
+EX = str(EXAMPLES / "resnet18_nats_c.json")
+FAST = ["--input-shape", "1x3x64x96", "--warmup-s", "0"]
+
+
+def _export(tmp_path, capsys, *args):
+    out = tmp_path / "o"
+    code = main(["export", EX, *FAST, "--out", str(out), *args])
+    cap = capsys.readouterr()
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
+    return code, cap.out, cap.err, report
+
+
+def test_parity_and_latency_rows_at_f32(tmp_path, capsys):
+    code, out, _, rep = _export(tmp_path, capsys, "--latency-pairs", "2")
+    assert code == 0, out
+    ov = rep["parity"]["openvino"]
+    assert ov["runtime"].startswith("OpenVINO ") and ov["precision"] == "f32" and ov["passed"]
+    for key in ("model", "baseline"):
+        outs = ov[key]["outputs"]
+        assert set(outs) == {"c2", "c3", "c4", "c5"} and all(o["tolerance"] == 1e-4 for o in outs.values())
+    lat = rep["latency"]["openvino"]
+    assert lat["pairs"] == 2 and lat["precision"] == "f32" and lat["threads"] >= 1 and "verdict" in lat
+    assert "parity vs PyTorch (OpenVINO" in out and "latency, OpenVINO" in out and "(f32)" in out
+
+
+def test_bf16_is_recorded_with_its_tolerance(tmp_path, capsys):
+    code, out, _, rep = _export(tmp_path, capsys, "--latency-pairs", "0", "--openvino", "bf16", "--form", "function")
+    assert code == 0, out
+    ov = rep["parity"]["openvino"]
+    assert ov["precision"] == "bf16" and ov["passed"] and rep["latency"] is None
+    errs = [o["rel_err"] for o in ov["model"]["outputs"].values()]
+    assert all(o["tolerance"] == 5e-2 for o in ov["model"]["outputs"].values())
+    assert 1e-4 < max(errs) < 5e-2  # really bf16: far above fp32 rounding
+
+
+def test_off_skips_the_rows(tmp_path, capsys):
+    code, out, _, rep = _export(tmp_path, capsys, "--latency-pairs", "0", "--openvino", "off")
+    assert code == 0 and rep["parity"]["openvino"] is None and "OpenVINO" not in out
+
+
+def test_a_wrong_openvino_result_fails_the_verdict(tmp_path, capsys, monkeypatch):
+    real = OpenVinoRunner.run
+    monkeypatch.setattr(OpenVinoRunner, "run", lambda self, feed: {k: np.zeros_like(v) for k, v in real(self, feed).items()})
+    code, out, _, rep = _export(tmp_path, capsys, "--latency-pairs", "0")
+    assert code == 1 and "verdict: FAIL" in out
+    assert rep["parity"]["model"]["passed"] and not rep["parity"]["openvino"]["passed"]
+    assert not rep["verdict"]["parity_passed"]
+
+
+@pytest.mark.parametrize("value", ["fp32", "F32", ""])
+def test_bad_openvino_value_exits_2_and_writes_nothing(tmp_path, capsys, value):
+    code, _, err, rep = _export(tmp_path, capsys, "--openvino", value)
+    assert code == 2 and "--openvino: got" in err and err.count("\n") == 1 and rep is None
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,90 @@
+"""Runners against PyTorch fp32: TorchRunner, OrtRunner and OpenVinoRunner on every export form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from natsdeploy import build_backbone
+from natsdeploy.arch import load_arch
+from natsdeploy.export.fold import fold_trunk, merge_same_dilation
+from natsdeploy.export.onnx import FORMS, save_onnx, trunk_to_onnx
+from natsdeploy.runners import OpenVinoRunner, OrtRunner, TorchRunner
+from natsdeploy.verify.parity import DEFAULT_TOLERANCE
+from tests.conftest import EXAMPLES
+from tests.helpers import assert_features_close, reference_features, seeded_state_dict
+
+SHAPE = (1, 3, 64, 96)
+OUTS = ("c2", "c3", "c4", "c5")
+REL = 1e-4  # fp32 bound on |err| relative to max |ref|
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    """The example ResNet-18 arch with seeded weights, its PyTorch outputs, and one ONNX file per form."""
+    arch = load_arch(EXAMPLES / "resnet18_nats_c.json")
+    sd = seeded_state_dict("resnet18", seed=7)
+    m = build_backbone(arch, sd).eval()
+    trunk = merge_same_dilation(fold_trunk(m))
+    root = tmp_path_factory.mktemp("runners")
+    files = {f: save_onnx(trunk_to_onnx(trunk, input_shape=SHAPE, form=f, opset=18 if f == "rows" else 17),
+                          root / f"{f}.onnx") for f in FORMS}
+    x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
+    ref = TorchRunner(m, output_names=OUTS).run({"images": x})
+    return {"arch": arch, "sd": sd, "model": m, "trunk": trunk, "files": files, "x": x, "ref": ref}
+
+
+def _rel_err(got: dict, ref: dict) -> float:
+    return max(float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in ref)
+
+
+def _assert_close(got: dict, ref: dict, rel: float) -> None:
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        scale = float(np.abs(v).max())
+        torch.testing.assert_close(torch.from_numpy(got[k]), torch.from_numpy(v), rtol=rel, atol=rel * scale,
+                                   msg=lambda m: f"{k}: {m}")
+
+
+def test_torch_runner_matches_the_independent_reference(net):
+    r = TorchRunner(net["model"], output_names=(*OUTS, "logits"))
+    assert r.name == "torch-cpu" and r.output_names == (*OUTS, "logits")
+    got = r.run({"images": net["x"]})
+    ref = reference_features(net["sd"], net["arch"], torch.from_numpy(net["x"]))
+    assert_features_close({k: torch.from_numpy(v) for k, v in got.items()}, ref, rel=REL)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_ort_and_openvino_run_every_form(net, form):
+    path = net["files"][form]
+    ort_runner = OrtRunner(path, threads=1)
+    assert ort_runner.name == "ort-cpu" and ort_runner.output_names == OUTS
+    _assert_close(ort_runner.run({"images": net["x"]}), net["ref"], REL)
+    ov = OpenVinoRunner(path, threads=1)
+    assert (ov.name, ov.precision, ov.threads, ov.output_names) == ("openvino-cpu-f32", "f32", 1, OUTS)
+    _assert_close(ov.run({"images": net["x"]}), net["ref"], REL)
+
+
+def test_openvino_reads_a_dynamic_function_model_in_memory(net):
+    proto = trunk_to_onnx(net["trunk"], dynamic=True, form="function")
+    assert len(proto.functions) > 0
+    ov = OpenVinoRunner(proto)
+    for shape in [(1, 3, 64, 96), (2, 3, 45, 70)]:
+        x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+        _assert_close(ov.run({"images": x}), TorchRunner(net["model"], output_names=OUTS).run({"images": x}), REL)
+
+
+def test_openvino_bf16_is_recorded_and_bounded(net):
+    path, x = net["files"]["function"], {"images": net["x"]}
+    f32 = _rel_err(OpenVinoRunner(path).run(x), net["ref"])
+    bf16 = OpenVinoRunner(path, precision="bf16")
+    assert bf16.precision == "bf16" and bf16.name == "openvino-cpu-bf16"
+    err = _rel_err(bf16.run(x), net["ref"])
+    # bf16 keeps 8 significant bits: far above fp32 rounding, within the bf16 bound
+    assert f32 < REL and 10 * f32 < err < DEFAULT_TOLERANCE["bf16"], (f32, err)
+
+
+def test_openvino_rejects_an_unknown_precision(net):
+    with pytest.raises(ValueError, match="precision: got 'fp8'"):
+        OpenVinoRunner(net["files"]["branches"], precision="fp8")

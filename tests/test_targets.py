@@ -1,0 +1,48 @@
+"""Deployment targets and their channel blocks (ARCH_FORMAT "Alignment"), detected from CPU flags."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from natsdeploy.errors import UsageError
+from natsdeploy.targets import TARGET_NAMES, cpu_block, cpu_flags, detect_target, get_target
+
+
+@pytest.mark.parametrize("flags, block", [({"avx2", "avx512f", "fma"}, 16), ({"avx", "avx2"}, 8), (set(), 8),
+                                          ({"avx512f"}, 16)])
+def test_cpu_block_from_flags(flags, block):
+    assert cpu_block(flags)[0] == block
+    for name in ("ort-cpu", "openvino-cpu"):
+        assert get_target(name, flags=flags).block == block
+
+
+def test_gpu_blocks_do_not_depend_on_the_cpu():
+    assert get_target("cuda-fp16", flags=set()).block == 8
+    assert get_target("cuda-int8", flags={"avx512f"}).block == 32
+    assert set(TARGET_NAMES) == {"ort-cpu", "openvino-cpu", "cuda-fp16", "cuda-int8"}
+
+
+def test_unknown_target_is_one_line():
+    with pytest.raises(UsageError, match=r"^--target: got 'tpu', expected one of \['ort-cpu'"):
+        get_target("tpu", field="--target")
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    p = tmp_path / "cpuinfo"
+    p.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert cpu_flags(p) == {"fpu", "avx2", "avx512f"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_detect_target_is_this_machines_cpu():
+    t = detect_target()
+    assert t.name == "ort-cpu" and t.block == cpu_block(cpu_flags())[0]
+    assert detect_target(flags={"avx2"}).block == 8 and "AVX2" in detect_target(flags={"avx2"}).reason
+
+
+def test_importing_targets_does_not_import_torch():
+    code = "import sys, natsdeploy.targets, natsdeploy.align; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
