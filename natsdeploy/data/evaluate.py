@@ -1,4 +1,5 @@
-"""COCO evaluation (pycocotools COCOeval, quiet) and conversion of torchvision outputs to COCO results."""
+"""COCO evaluation (pycocotools COCOeval, quiet), conversion of torchvision outputs to COCO results,
+ground-truth subsets, and one-to-one matching of two detectors' outputs (parity)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import contextlib
 import copy
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["METRICS", "ap_points", "coco_evaluate", "to_coco_results"]
+__all__ = ["METRICS", "MATCH_IOU", "CocoEvaluator", "DetectionMatch", "ap_points", "coco_evaluate", "match_detections", "subset_coco",
+           "to_coco_results"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MATCH_IOU = 0.99
+"""IoU at which a runtime detection counts as the same as a PyTorch one (parity matching)."""
 
 
 def ap_points(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -114,3 +119,110 @@ def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[in
                 r["segmentation"] = rle
             results.append(r)
     return results
+
+
+def subset_coco(coco: Any, image_ids: Sequence[int]) -> Any:
+    """The ground truth restricted to `image_ids` (so a --limit run evaluates only the images it runs)."""
+    from pycocotools.coco import COCO
+
+    keep = set(image_ids)
+    if keep == set(coco.getImgIds()):
+        return coco
+    ds = dict(coco.dataset)
+    ds["images"] = [im for im in ds["images"] if im["id"] in keep]
+    ds["annotations"] = [a for a in ds.get("annotations", []) if a["image_id"] in keep]
+    sub = COCO()
+    sub.dataset = ds
+    with contextlib.redirect_stdout(io.StringIO()):
+        sub.createIndex()
+    return sub
+
+
+@dataclass(frozen=True)
+class DetectionMatch:
+    """How two detectors' outputs on the same images match (reference = PyTorch)."""
+
+    reference: int  # PyTorch detections
+    runtime: int  # runtime detections
+    matched: int  # PyTorch detections matched one-to-one by a same-class runtime detection at IoU >= iou
+    max_score_diff: float  # over matched pairs
+    iou: float = MATCH_IOU
+
+    @property
+    def share(self) -> float:
+        if self.reference == 0:
+            return 1.0 if self.runtime == 0 else 0.0
+        return self.matched / self.reference
+
+    def to_dict(self) -> dict:
+        return {"reference_detections": self.reference, "runtime_detections": self.runtime,
+                "matched": self.matched, "matched_share": self.share, "iou": self.iou,
+                "max_score_diff": self.max_score_diff}
+
+
+def match_detections(reference: Sequence[Mapping[str, Any]], runtime: Sequence[Mapping[str, Any]], *,
+                     iou: float = MATCH_IOU) -> DetectionMatch:
+    """Greedy one-to-one matching per image, PyTorch detections in descending score order, each to the
+    unmatched runtime detection of the same label with the highest IoU (>= `iou`)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    total = matched = rt_total = 0
+    max_diff = 0.0
+    for r, t in zip(reference, runtime, strict=True):
+        nr, nt = len(r["boxes"]), len(t["boxes"])
+        total, rt_total = total + nr, rt_total + nt
+        if nr == 0 or nt == 0:
+            continue
+        ious = box_iou(r["boxes"].double().cpu(), t["boxes"].double().cpu())
+        same = r["labels"].cpu()[:, None] == t["labels"].cpu()[None, :]
+        ious = torch.where(same & ~torch.isnan(ious), ious, torch.full_like(ious, -1.0))
+        used = torch.zeros(nt, dtype=torch.bool)
+        rs, ts = r["scores"].double().cpu(), t["scores"].double().cpu()
+        for i in torch.argsort(-rs, stable=True).tolist():
+            cand = ious[i].masked_fill(used, -1.0)
+            j = int(torch.argmax(cand))
+            if cand[j] >= iou:
+                used[j] = True
+                matched += 1
+                max_diff = max(max_diff, abs(float(rs[i] - ts[j])))
+    return DetectionMatch(reference=total, runtime=rt_total, matched=matched, max_score_diff=max_diff, iou=iou)
+
+
+class CocoEvaluator:
+    """COCO AP points (0-100) of a detector over a dataset, in detectron2's evaluator shape:
+    `reset()`, then `process(inputs, outputs)` per batch, then `evaluate()`.
+
+    `inputs`: the batch's targets (dicts with `image_id`); `outputs`: torchvision detection outputs, as
+    many. With `world > 1` (DDP, each rank processing its share) `evaluate()` all-gathers the results
+    first, so every rank gets the metrics over all images.
+    """
+
+    def __init__(self, coco_gt: Any, label_to_cat_id: Mapping[int, int], *, iou_type: str = "bbox",
+                 world: int = 1) -> None:
+        self.coco_gt = coco_gt
+        self.label_to_cat_id = dict(label_to_cat_id)
+        self.iou_type = iou_type
+        self.world = int(world)
+        self._results: list[dict] = []
+
+    def reset(self) -> None:
+        """Forget everything processed so far."""
+        self._results = []
+
+    def process(self, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]) -> None:
+        """Convert one batch's outputs to COCO results and keep them (no full-size masks are kept)."""
+        ids = [int(t["image_id"]) for t in inputs]
+        self._results += to_coco_results(outputs, ids, self.label_to_cat_id, masks=self.iou_type == "segm")
+
+    def evaluate(self) -> dict[str, float]:
+        """METRICS in AP points (0-100, -1 where undefined) over everything processed (on every rank)."""
+        results = self._results
+        if self.world > 1:
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, results)
+            results = [r for part in gathered for r in part]
+            results.sort(key=lambda r: r["image_id"])  # stable: the single-process order within an image
+        return ap_points(coco_evaluate(self.coco_gt, results, iou_type=self.iou_type))

@@ -34,6 +34,8 @@ from natsdeploy.errors import CheckpointError
 from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
                               set_rng_state, to_device, train_step, wrap_ddp)
 from natsdeploy.shapes import UsageError
+from natsdeploy.train.checkpoints import (backbone_weights, build_train_detector, detector_from_checkpoint,
+                                          load_detector_checkpoint, read_checkpoint)
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError", "train", "evaluate",
            "load_detector_checkpoint", "read_checkpoint", "detector_from_checkpoint", "lr_factor",
@@ -128,11 +130,6 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def _points(metrics: dict[str, float]) -> dict[str, float]:
-    """pycocotools' 0-1 values as AP points (0-100), -1 (undefined) kept."""
-    return {k: (round(100.0 * v, 6) if v >= 0 else -1.0) for k, v in metrics.items()}
-
-
 def format_metrics(m: dict[str, float]) -> str:
     from natsdeploy.data.evaluate import METRICS
 
@@ -147,38 +144,22 @@ def evaluate(model: nn.Module, dataset, *, device: torch.device | str = "cpu", a
     Under DDP each rank runs every `world`-th image; rank 0's return value covers all of them (the
     other ranks get the same, all-gathered).
     """
-    from natsdeploy.data.evaluate import coco_evaluate, to_coco_results
+    from natsdeploy.data.evaluate import CocoEvaluator
 
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    results: list[dict] = []
+    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_cat_id, world=world)
+    evaluator.reset()
     try:
         for i in range(rank, len(dataset), world):
             image, target = dataset[i]
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
                 out = model([image.to(device)])
-            results += to_coco_results(out, [target["image_id"]], dataset.label_to_cat_id)
+            evaluator.process([target], out)
     finally:
         model.train(was_training)
-    if world > 1:
-        gathered: list[Any] = [None] * world
-        torch.distributed.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
-        results.sort(key=lambda r: r["image_id"])  # stable: the single-process order within an image
-    return _points(coco_evaluate(dataset.coco, results))
-
-
-
-
-def _build_detector(kind: str, arch: Arch, weights: Any, num_classes: int, min_size: int, max_size: int,
-                    detector_kwargs: dict, *, pretrained: bool, trainable_layers: int | None) -> nn.Module:
-    from natsdeploy.models.build import build_backbone
-    from natsdeploy.models.detectors import build_detector
-
-    backbone = build_backbone(arch, weights)
-    return build_detector(kind, backbone, num_classes=num_classes, pretrained=pretrained, min_size=min_size,
-                          max_size=max_size, trainable_layers=trainable_layers, **detector_kwargs)
+    return evaluator.evaluate()
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
@@ -218,7 +199,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     if cfg.trainable_layers not in (None, 5) and cfg.weights is None:
         raise UsageError(f"--trainable-layers: got {cfg.trainable_layers} without --weights, expected 5 (from the "
                          "initialisation every layer trains, as in torchvision) or --weights")
-    model = _build_detector(cfg.detector, arch, cfg.weights, num_classes, cfg.min_size, cfg.max_size,
+    model = build_train_detector(cfg.detector, arch, cfg.weights, num_classes, cfg.min_size, cfg.max_size,
                             cfg.detector_kwargs, pretrained=cfg.weights is not None,
                             trainable_layers=cfg.trainable_layers).to(device)
     if cuda:
@@ -319,62 +300,3 @@ def _save_checkpoint(path: Path, model, opt, sched, scaler, epoch: int, metrics,
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "metrics": metrics,
         "config": _config_dict(cfg)})
-
-
-def read_checkpoint(path: str | os.PathLike, *, flag: str = "--checkpoint") -> dict[str, Any]:
-    """A train checkpoint, loaded safely and checked field by field (`natsdeploy.checkpoint.load_checkpoint`)."""
-    return load_checkpoint(path, TRAIN, flag=flag)
-
-
-def load_detector_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[nn.Module, Arch, dict]:
-    """The trained detector (eval mode, on `device`), its arch, and the checkpoint's metadata.
-
-    `meta`: detector, num_classes (background included), label_to_cat_id, min_size, max_size,
-    detector_kwargs, epoch, metrics, config. Raises CheckpointError (one line) for a missing or
-    unreadable file or one that is not a natsdeploy train checkpoint.
-    """
-    return detector_from_checkpoint(read_checkpoint(path), device=device, path=path)
-
-
-def detector_from_checkpoint(ck: dict[str, Any], *, device: str = "cpu", path: Any = "checkpoint"
-                             ) -> tuple[nn.Module, Arch, dict]:
-    """`load_detector_checkpoint` for a checkpoint dict already read with `read_checkpoint` (schema-checked)."""
-    from natsdeploy.models.detectors import DETECTORS, parse_detector_options
-
-    where = f"--checkpoint: {path}"
-    if ck["detector"] not in DETECTORS:
-        raise CheckpointError(f"{where}: key 'detector': got {ck['detector']!r}, expected one of {list(DETECTORS)}")
-    try:  # the same check as --detector-option, so a tampered option cannot reach the constructor
-        kwargs = parse_detector_options(ck["detector"], [f"{k}={v}" for k, v in ck["detector_kwargs"].items()])
-    except UsageError as e:
-        raise CheckpointError(f"{where}: key 'detector_kwargs': {str(e).split(': ', 1)[-1]}") from None
-    arch = Arch.from_dict(ck["arch"])
-    with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the caller's RNG alone
-        model = _build_detector(ck["detector"], arch, None, ck["num_classes"], ck["min_size"], ck["max_size"],
-                                kwargs, pretrained=ck["pretrained"], trainable_layers=ck["trainable_layers"])
-    fit_state_dict(ck["model"], model, where=where)
-    model.load_state_dict(ck["model"], strict=True)
-    model = model.to(device).eval()
-    meta = {k: ck[k] for k in ("detector", "num_classes", "label_to_cat_id", "min_size", "max_size",
-                               "detector_kwargs", "pretrained", "epoch", "metrics", "config")}
-    meta["label_to_cat_id"] = dict(meta["label_to_cat_id"])
-    meta["path"] = str(path)
-    return model, arch, meta
-
-
-def backbone_weights(checkpoint: str | os.PathLike | dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The trained backbone of a train checkpoint as a torchvision-layout state dict.
-
-    Transformed backbones are mapped back with `restore_weights` (exact inverse of the transfer), so
-    the result loads through `--weights PATH` into the baseline or any arch of the same backbone:
-    this is how a detector trained here becomes the "pretrained" starting point of a search/retrain.
-    """
-    from natsdeploy.models.transfer import restore_weights
-
-    ck = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
-    prefix = "backbone.body."
-    sd = {k[len(prefix):]: v.detach().clone() for k, v in ck["model"].items() if k.startswith(prefix)}
-    if not sd:
-        raise CheckpointError("--checkpoint: no 'backbone.body.*' weights in the checkpoint, expected a detector "
-                              "written by natsdeploy train")
-    return restore_weights(sd, Arch.from_dict(ck["arch"]))

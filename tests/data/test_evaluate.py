@@ -10,7 +10,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from natsdeploy.data.evaluate import METRICS, coco_evaluate, to_coco_results
+from natsdeploy.data.evaluate import METRICS, CocoEvaluator, ap_points, coco_evaluate, subset_coco, to_coco_results
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
@@ -178,3 +178,28 @@ def test_to_coco_results_drops_background_label():
     out[0]["labels"] = torch.tensor([4, 1])
     with pytest.raises(ValueError, match=r"label 4 for image 1, expected one of \[1\]"):
         to_coco_results(out, [1], {1: 7})
+
+
+def test_coco_evaluator_reset_process_evaluate():
+    """The evaluator gives what to_coco_results + coco_evaluate give, in AP points; reset forgets."""
+    gt = make_gt([(1, 7, (0, 0, 10, 10)), (2, 7, (10, 10, 150, 120))], ALL_SIZES_IMAGES, categories=(3, 7))
+    hit = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([2])}
+    miss = {"boxes": torch.tensor([[50.0, 50.0, 60.0, 60.0]]), "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([2])}
+    ev = CocoEvaluator(gt, {1: 3, 2: 7})
+    ev.reset()
+    ev.process([{"image_id": 1}], [hit])
+    ev.process([{"image_id": 2}], [miss])
+    want = coco_evaluate(gt, to_coco_results([hit, miss], [1, 2], {1: 3, 2: 7}))
+    assert ev.evaluate() == {k: (round(100.0 * v, 6) if v >= 0 else -1.0) for k, v in want.items()}
+    assert 0.0 < ev.evaluate()["AP"] < 100.0
+    ev.reset()
+    assert ev.evaluate() == ap_points(coco_evaluate(gt, []))
+
+
+def test_subset_coco_keeps_only_those_images():
+    gt = make_gt(ALL_SIZES, ALL_SIZES_IMAGES)
+    sub = subset_coco(gt, [2])
+    assert sub.getImgIds() == [2] and {a["image_id"] for a in sub.dataset["annotations"]} == {2}
+    assert subset_coco(gt, [1, 2]) is gt
+

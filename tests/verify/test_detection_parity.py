@@ -10,9 +10,9 @@ import torch
 
 from natsdeploy import Arch
 from natsdeploy.cli import main
-from natsdeploy.data.evaluate import METRICS
+from natsdeploy.data.evaluate import METRICS, match_detections
 from natsdeploy.runners import OrtRunner
-from natsdeploy.verify.detection_parity import detection_parity, match_detections
+from natsdeploy.verify.detection_parity import detection_parity
 from tests.conftest import EXAMPLES
 
 ARCH = EXAMPLES / "resnet18_nats_c.json"
@@ -218,7 +218,7 @@ def test_whole_detector_on_ort_matches_pytorch(tmp_path, capsys, detector):
         assert r["segm"]["pytorch"]["AP"] >= 0 and all(abs(r["segm"]["delta"][k]) <= 0.1 for k in METRICS)
 
     # the graph really is the whole detector: the detection ops are in it, not only convolutions
-    from natsdeploy.verify.detection_parity import export_whole_detector
+    from natsdeploy.export.detector import export_whole_detector
     from natsdeploy.train.loop import load_detector_checkpoint
 
     def ops(graph, acc):  # NMS sits inside If branches: walk the subgraphs too

@@ -1,0 +1,49 @@
+"""`natsdeploy parity`: arguments and command. Torch-free at import (the CLI parser imports it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from natsdeploy.shapes import UsageError, parse_float, parse_int
+
+__all__ = ["add_parity_arguments", "parity_cli"]
+
+
+def add_parity_arguments(p: argparse.ArgumentParser) -> None:
+    """The `natsdeploy parity` arguments on `p`."""
+    p.add_argument("arch", help="arch.json the checkpoint was trained on")
+    p.add_argument("--checkpoint", required=True, help="OUT/checkpoint.pth written by natsdeploy train")
+    p.add_argument("--data", required=True, help="COCO-format folder (its val split), or 'synthetic'")
+    p.add_argument("--backend", default="ort",
+                   help="ort (ONNX Runtime CPU, default), openvino (OpenVINO CPU, f32) or trt (TensorRT)")
+    p.add_argument("--fp16", action="store_true", help="fp16 TensorRT engine (with --backend trt)")
+    p.add_argument("--limit", default=None, help="evaluate only the first N val images")
+    p.add_argument("--tolerance", default=None,
+                   help="bound on |runtime - PyTorch| per COCO metric in AP points, 0-100 scale "
+                        "(default 0.1 for fp32, 0.5 for fp16)")
+    p.add_argument("--threads", default=None, help="ONNX Runtime intra-op threads (default: all logical CPUs)")
+    p.add_argument("--whole", action="store_true",
+                   help="run the whole detector exported as one ONNX graph on ONNX Runtime (not only the backbone)")
+    p.add_argument("--json", default=None, help="write the result as JSON here")
+
+
+def parity_cli(args: argparse.Namespace) -> int:
+    """Run detector parity from parsed arguments; 0 when it passes, 1 when it does not."""
+    from natsdeploy.arch import atomic_write_text, load_arch
+    from natsdeploy.verify.detection_parity import detection_parity, format_detection_parity
+
+    arch = load_arch(args.arch)
+    if args.backend not in ("ort", "openvino", "trt"):
+        raise UsageError(f"--backend: got {args.backend!r}, expected 'ort', 'openvino' or 'trt'")
+    limit = parse_int("--limit", args.limit, 1) if args.limit is not None else None
+    tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
+    threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None
+    result = detection_parity(arch, args.checkpoint, args.data, backend=args.backend, fp16=args.fp16, limit=limit,
+                              tolerance=tol, threads=threads, whole=args.whole)
+    print(format_detection_parity(result))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if result.passed else 1

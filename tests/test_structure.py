@@ -1,0 +1,100 @@
+"""Package structure rules (ARCHITECTURE.md): no private names across modules, no import cycle, small modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "natsdeploy"
+MAX_LINES = 350
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(module: str, path: Path, *, module_level: bool) -> list[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for each import; `module_level`: only those run at import."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    if module_level:
+        nodes = []
+        todo = list(tree.body)
+        while todo:
+            n = todo.pop()
+            if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
+                continue  # typing-only imports never run
+            if isinstance(n, (ast.If, ast.Try)):
+                todo += n.body + n.orelse + getattr(n, "finalbody", []) + [
+                    s for h in getattr(n, "handlers", []) for s in h.body]
+            else:
+                nodes.append(n)
+    else:
+        nodes = list(ast.walk(tree))
+    out = []
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            out += [(a.name, []) for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            out.append((_absolute(module, path, n), [a.name for a in n.names]))
+    return out
+
+
+def test_no_private_name_imported_across_modules():
+    bad = []
+    for module, path in _modules().items():
+        for target, names in _imports(module, path, module_level=False):
+            if not target.startswith("natsdeploy") or target == module:
+                continue
+            bad += [f"{module}: from {target} import {name}" for name in names
+                    if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))]
+            bad += [f"{module}: import {target}" for part in target.split(".") if part.startswith("_")
+                    and not part.startswith("__")]
+    assert bad == []
+
+
+def test_import_graph_has_no_cycle():
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for module, path in mods.items():
+        for target, names in _imports(module, path, module_level=True):
+            if target in mods and target != module:
+                graph[module].add(target)
+            for name in names:
+                sub = f"{target}.{name}"
+                if sub in mods and sub != module:
+                    graph[module].add(sub)
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    cycles = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                cycles.append(" -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_no_module_over_350_lines():
+    counts = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in _modules().items()}
+    assert {m: n for m, n in counts.items() if n > MAX_LINES} == {}
