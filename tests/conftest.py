@@ -13,5 +13,5 @@ needs_icconv = pytest.mark.skipif(not ICCONV.is_dir(), reason=f"published IC-Con
 def icconv_dir() -> Path:
     """The published IC-Conv patterns (../shared/reference/icconv); a test using it skips, with that reason, without."""
     if not ICCONV.is_dir():
-        pytest.skip(f"published IC-Conv patterns not found at {ICCONV}")
+        pytest.skip(reason=f"published IC-Conv patterns not found at {ICCONV}")
     return ICCONV
