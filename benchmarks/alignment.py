@@ -32,13 +32,13 @@ sys.path.insert(0, str(REPO))
 from natsdeploy import align_arch, align_report, build_backbone, build_baseline, count_onnx, load_arch  # noqa: E402
 from natsdeploy.align import check_alignment  # noqa: E402
 from natsdeploy.targets import get_target  # noqa: E402
-from natsdeploy.bench.latency import time_interleaved  # noqa: E402
-from natsdeploy.bench.machine import machine_info  # noqa: E402
 from natsdeploy.convert import load_ic_conv  # noqa: E402
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation  # noqa: E402
 from natsdeploy.export.onnx import save_onnx, trunk_to_onnx  # noqa: E402
 from natsdeploy.runners import OpenVinoRunner, OrtRunner  # noqa: E402
 from natsdeploy.shapes import parse_input_shape  # noqa: E402
+from natsdeploy.timing.latency import time_interleaved  # noqa: E402
+from natsdeploy.timing.machine import machine_info  # noqa: E402
 
 ICCONV = REPO.parent / "shared" / "reference" / "icconv"
 OPSET = {"branches": 17, "function": 17, "rows": 18}

@@ -26,14 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from natsdeploy import build_backbone, build_baseline, count_onnx, load_arch  # noqa: E402
-from natsdeploy.bench.latency import time_interleaved  # noqa: E402
-from natsdeploy.bench.machine import machine_info  # noqa: E402
 from natsdeploy.convert import load_ic_conv  # noqa: E402
 from natsdeploy.export.autotune import choose_rows  # noqa: E402
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation  # noqa: E402
 from natsdeploy.export.onnx import FORMS, trunk_to_onnx  # noqa: E402
 from natsdeploy.runners import ort_session_options  # noqa: E402
 from natsdeploy.shapes import parse_input_shape  # noqa: E402
+from natsdeploy.timing.latency import time_interleaved  # noqa: E402
+from natsdeploy.timing.machine import machine_info  # noqa: E402
 
 ICCONV = REPO.parent / "shared" / "reference" / "icconv" / "detection_ic_resnet50_k9.json"
 

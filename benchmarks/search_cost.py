@@ -41,7 +41,7 @@ MODES = ("baseline", "softmax", "softmax-recompute", "gumbel")
 def macs(backbone: str, size: int, mode: str, preset: str) -> int:
     """Backbone MACs at size x size (analytic): the softmax super-net runs every genotype of each searched conv."""
     from natsdeploy import build_baseline, count
-    from natsdeploy.models.specs import BACKBONES
+    from natsdeploy.specs import BACKBONES
     from natsdeploy.search.decode import genotypes, searchable_convs
 
     c = count(build_baseline(backbone), (1, 3, size, size))
@@ -128,7 +128,7 @@ def child_time(args) -> dict:
     """Interleaved rounds over every mode of one target; per-mode times and ratios to the baseline."""
     import torch
 
-    from natsdeploy.bench.stats import paired_ratio
+    from natsdeploy.timing.stats import paired_ratio
 
     device = torch.device(args.device)
     modes = args.mode_list
@@ -252,7 +252,7 @@ def main(argv=None) -> None:
               flush=True)
     recovery = recovery_rows(args) if args.recovery_steps else []
     from natsdeploy.arch import atomic_write_text
-    from natsdeploy.bench.machine import machine_info
+    from natsdeploy.timing.machine import machine_info
 
     mac_ratio = macs(args.backbone, args.size, "supernet", args.preset) / macs(args.backbone, args.size, "baseline",
                                                                                 args.preset)

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from natsdeploy.arch import atomic_write_text
-    from natsdeploy.bench.machine import machine_info
+    from natsdeploy.timing.machine import machine_info
 
     args = parse_args(argv)
     if args.threads:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from natsdeploy.search.decode import PRESETS, decode, searchable_convs
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.specs import BACKBONES
 
 HERE = Path(__file__).resolve().parent
 

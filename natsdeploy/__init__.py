@@ -22,7 +22,7 @@ _LAZY = {
     "Counts": "natsdeploy.verify.count",
     "check_arch": "natsdeploy.verify.check",
     "from_ic_conv": "natsdeploy.convert",
-    "export_arch": "natsdeploy.export.pipeline",
+    "export_arch": "natsdeploy.pipeline",
     "decode": "natsdeploy.search.decode",
     "align_arch": "natsdeploy.align",
     "align_report": "natsdeploy.align",

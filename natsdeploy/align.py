@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from natsdeploy.arch import Arch, Branch, ConvTransform
 from natsdeploy.errors import ArchError
 from natsdeploy.models.macs import backbone_macs, conv3x3_macs_per_channel
-from natsdeploy.models.specs import ConvInfo
+from natsdeploy.specs import ConvInfo
 from natsdeploy.targets import Target
 
 __all__ = ["round_shares", "check_multiple", "validate_multiple", "align_arch", "filter_dilations",

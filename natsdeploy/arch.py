@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from natsdeploy.errors import ArchError
-from natsdeploy.models.specs import BACKBONES, BackboneSpec, ConvInfo
+from natsdeploy.specs import BACKBONES, BackboneSpec, ConvInfo
 
 __all__ = ["ArchError", "Branch", "ConvTransform", "Arch", "load_arch", "FORMAT", "VERSION"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from natsdeploy.arch import Arch, ArchError, Branch, ConvTransform
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.specs import BACKBONES
 
 __all__ = ["from_ic_conv", "load_ic_conv"]
 

@@ -1,3 +1,9 @@
+"""Shared fixtures and constants: repository paths, the IC-Conv patterns, synthetic COCO sets, FAST detectors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -5,6 +11,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ICCONV = REPO.parent / "shared" / "reference" / "icconv"
 EXAMPLES = REPO / "examples"
+
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`) each worker gets one torch thread: the workers share the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
 
 needs_icconv = pytest.mark.skipif(not ICCONV.is_dir(), reason=f"published IC-Conv patterns not found at {ICCONV}")
 
@@ -15,3 +31,42 @@ def icconv_dir() -> Path:
     if not ICCONV.is_dir():
         pytest.skip(reason=f"published IC-Conv patterns not found at {ICCONV}")
     return ICCONV
+
+
+# fewer proposals and RoI samples than torchvision's defaults: same code paths, a fraction of the CPU time
+FAST = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
+            rpn_post_nms_top_n_test=100, box_batch_size_per_image=128)
+
+
+@pytest.fixture(scope="session")
+def synth_coco(tmp_path_factory) -> Callable[..., str]:
+    """Make (or reuse) a synthetic COCO set: each distinct set is written once per session.
+
+    The sets are shared between tests: read them, never write into them.
+    """
+    made: dict[tuple, str] = {}
+
+    def make(*, train_images: int, val_images: int, image_size: tuple[int, int] = (96, 128), seed: int = 0,
+             classes: int = 3) -> str:
+        key = (train_images, val_images, tuple(image_size), seed, classes)
+        if key not in made:
+            from natsdeploy.data.synthetic import make_synthetic_coco
+
+            made[key] = str(make_synthetic_coco(tmp_path_factory.mktemp("synth") / "data", train_images=train_images,
+                                                val_images=val_images, image_size=image_size, seed=seed,
+                                                classes=classes))
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(synth_coco) -> str:
+    """4 train / 2 val images of 64x64: a search split is 2 images, so --batch-size 8 is too large for it."""
+    return synth_coco(train_images=4, val_images=2, image_size=(64, 64))
+
+
+@pytest.fixture(scope="session")
+def small_synth(synth_coco) -> str:
+    """8 train / 4 val images of 96x128: short train runs and their parity checks."""
+    return synth_coco(train_images=8, val_images=4)

@@ -1,4 +1,4 @@
-"""Shared test helpers: random valid archs, seeded weights, and an independent reference.
+"""Shared test helpers: random valid archs, seeded weights, an independent reference, and `assert_exit_2`.
 
 The reference re-implements ARCH_FORMAT.md with torch.nn.functional only and the dense form of
 a dilated conv (a zero-filled (2dh+1)x(2dw+1) kernel), computing each transformed channel as its
@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.models import resnet as tv_resnet
 
 from natsdeploy.arch import Arch, Branch, ConvTransform
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.specs import BACKBONES
 
 SMALL = ["resnet18", "resnet34"]
 ALL = ["resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x4d"]
+# ALL for parametrize, the two large ones marked `slow` (pyproject): `pytest -m "not slow"` is the quick loop
+ALL_PARAMS = [pytest.param(b, marks=pytest.mark.slow) if b in ("resnet101", "resnext101_32x4d") else b for b in ALL]
 
 
 def plain_model(backbone: str) -> tv_resnet.ResNet:
@@ -176,3 +179,49 @@ def assert_ort_parity(model_pt, proto, shape, rel=1e-4, seed=0):
         v = ref[k]
         scale = float(v.abs().max())
         torch.testing.assert_close(torch.from_numpy(got[k]), v, rtol=rel, atol=rel * scale, msg=lambda m: f"{k}: {m}")
+
+
+# -- the CLI's bad-input contract ------------------------------------------------------------------
+def tree_snapshot(root) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of everything under `root`: equal snapshots mean nothing was written."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def assert_exit_2(argv: list[str], capsys=None, *, contains: str | list[str] = (), absent=(), unchanged=None,
+                  process: bool = False, cwd=None) -> str:
+    """Run `natsdeploy argv` and assert the bad-input contract; return the stderr line.
+
+    Exit status 2, exactly one stderr line starting `natsdeploy: error: `, no traceback, each of `contains`
+    in it; no path in `absent` exists afterwards and the tree under `unchanged` (a folder) is untouched.
+    In-process through `natsdeploy.cli.main` (pass pytest's `capsys`), or with `process=True` as the real
+    console command in a fresh interpreter (warnings, logging and tracebacks would show on its stderr).
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    before = tree_snapshot(unchanged) if unchanged is not None else None
+    if process:
+        repo = Path(__file__).resolve().parent.parent
+        r = subprocess.run([sys.executable, "-m", "natsdeploy.cli", *map(str, argv)], cwd=cwd, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+        rc, err = r.returncode, r.stderr
+    else:
+        from natsdeploy.cli import main
+
+        capsys.readouterr()  # only this call's output counts
+        rc = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+    assert rc == 2, (rc, err)
+    assert err.count("\n") == 1 and err.startswith("natsdeploy: error: ") and "Traceback" not in err, err
+    for text in [contains] if isinstance(contains, str) else contains:
+        assert text in err, (text, err)
+    for path in absent:
+        assert not Path(path).exists(), f"{path} was written"
+    if before is not None:
+        assert tree_snapshot(unchanged) == before, f"files under {unchanged} changed"
+    return err.rstrip("\n")

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from natsdeploy import Arch, ArchError, Branch, ConvTransform, load_arch
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.specs import BACKBONES
 from tests.helpers import ALL, random_arch
 
 GOOD = {

@@ -310,14 +310,6 @@ def _assert_complete(folder: Path) -> list[str]:
     return seen
 
 
-@pytest.fixture(scope="module")
-def tiny_synth(tmp_path_factory):
-    from natsdeploy.data.synthetic import make_synthetic_coco
-
-    return str(make_synthetic_coco(tmp_path_factory.mktemp("synth") / "d", train_images=4, val_images=2,
-                                   image_size=(64, 64), seed=0))
-
-
 def _train_args(data: str, out: Path, epochs: int) -> list[str]:
     return ["train", str(ARCH), "--data", data, "--epochs", str(epochs), "--steps", "9", "--batch-size", "2",
             "--warmup-iters", "0", "--min-size", "64", "--max-size", "64", "--max-steps-per-epoch", "1",

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 
 import pytest
 
 from natsdeploy.cli import main
 from tests.conftest import EXAMPLES
-from tests.helpers import ALL, random_arch
+from tests.helpers import ALL_PARAMS, assert_exit_2, random_arch
 
 
-@pytest.mark.parametrize("backbone", ALL)
+@pytest.mark.parametrize("backbone", ALL_PARAMS)
 def test_check_valid_arch_exits_0_with_equal(tmp_path, capsys, backbone):
     p = random_arch(backbone, random.Random(5), max_dilation=5).save(tmp_path / "a.json")
     assert main(["check", str(p), "--input-shape", "1x3x512x768"]) == 0
@@ -43,9 +41,7 @@ BAD = [
 def test_check_malformed_exits_2_one_line(tmp_path, capsys, content, expected):
     p = tmp_path / "bad.json"
     p.write_text(content)
-    assert main(["check", str(p)]) == 2
-    err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1 and err.startswith("natsdeploy: error: ")
+    assert_exit_2(["check", p], capsys, contains=expected)
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -56,17 +52,13 @@ def test_check_malformed_exits_2_one_line(tmp_path, capsys, content, expected):
 ])
 def test_usage_errors_exit_2(capsys, args, expected):
     args = [str(EXAMPLES / "resnet18_nats_c.json") if a == "EX" else a for a in args]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1
+    assert_exit_2(args, capsys, contains=expected)
 
 
 def test_console_script_has_no_traceback(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text("[]")
-    r = subprocess.run([sys.executable, "-m", "natsdeploy.cli", "check", str(p)], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert_exit_2(["check", p], process=True, cwd=tmp_path, unchanged=tmp_path)
 
 
 def test_check_exits_1_when_counts_differ(monkeypatch, capsys):
@@ -110,9 +102,8 @@ def test_check_result_dict_carries_alignment():
 
 
 def test_check_bad_target_exits_2(capsys):
-    assert main(["check", str(EXAMPLES / "resnet18_nats_c.json"), "--target", "tpu"]) == 2
-    err = capsys.readouterr().err
-    assert "--target: got 'tpu', expected one of" in err and err.count("\n") == 1
+    assert_exit_2(["check", EXAMPLES / "resnet18_nats_c.json", "--target", "tpu"], capsys,
+                  contains="--target: got 'tpu', expected one of")
 
 
 def test_align_writes_an_aligned_arch_and_reports(tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 
 from natsdeploy import ArchError, load_arch
 from natsdeploy.convert import from_ic_conv, load_ic_conv
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.specs import BACKBONES
 from tests.conftest import ICCONV, needs_icconv
 
 

@@ -98,3 +98,27 @@ def test_import_graph_has_no_cycle():
 def test_no_module_over_350_lines():
     counts = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in _modules().items()}
     assert {m: n for m, n in counts.items() if n > MAX_LINES} == {}
+
+
+BASE = ("natsdeploy.errors", "natsdeploy.shapes", "natsdeploy.specs", "natsdeploy.arch", "natsdeploy.targets",
+        "natsdeploy.timing", "natsdeploy.loops", "natsdeploy.loop_skeleton", "natsdeploy.checkpoint")
+ABOVE_BASE = ("natsdeploy.models", "natsdeploy.data", "natsdeploy.export", "natsdeploy.verify", "natsdeploy.bench",
+              "natsdeploy.search", "natsdeploy.train", "natsdeploy.runners", "natsdeploy.pipeline", "natsdeploy.cli",
+              "natsdeploy.align", "natsdeploy.convert")
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def test_base_layer_imports_nothing_above_it():
+    """Layer 0 (ARCHITECTURE.md: errors, shapes, specs, arch, targets, timing/, loops, checkpoint) never
+    imports models, data or a stage, not even lazily, so every stage can build on it."""
+    bad = []
+    for module, path in _modules().items():
+        if not _within(module, BASE):
+            continue
+        for target, names in _imports(module, path, module_level=False):
+            wanted = [target] + [f"{target}.{n}" for n in names]
+            bad += [f"{module}: {t}" for t in wanted if _within(t, ABOVE_BASE)]
+    assert bad == []

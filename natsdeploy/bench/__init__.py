@@ -1,1 +1,1 @@
-"""Latency measurement: interleaved timing, robust statistics, machine records."""
+"""Latency benchmarks: per-form and per-conv timing reports (timing primitives live in natsdeploy.timing)."""

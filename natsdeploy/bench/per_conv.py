@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from natsdeploy.arch import Arch
-from natsdeploy.bench.latency import time_interleaved
+from natsdeploy.timing.latency import time_interleaved
 
 __all__ = ["conv_input_shapes", "per_conv_bench"]
 

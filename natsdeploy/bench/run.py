@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from natsdeploy.arch import Arch
-from natsdeploy.bench.latency import PairedTiming, time_interleaved
 from natsdeploy.shapes import UsageError, format_shape
+from natsdeploy.timing.latency import PairedTiming, time_interleaved
 
 __all__ = ["BACKENDS", "SCHEMA", "BenchCase", "bench", "format_bench"]
 
@@ -116,7 +116,7 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
     """Time baseline and transformed on each backend (interleaved pairs) and return the JSON report.
 
     `openvino_precision` (f32, bf16 or f16) is pinned as OpenVINO's inference precision."""
-    from natsdeploy.bench.machine import machine_info
+    from natsdeploy.timing.machine import machine_info
     from natsdeploy.runners import OPENVINO_PRECISIONS
 
     if arch is None and onnx_dir is None and engines is None:

@@ -55,7 +55,7 @@ def _block_session(blk: Block, shape: tuple[int, ...], rows_form: bool, threads:
 def choose_rows(trunk: Trunk, input_shape: Sequence[int], *, threads: int, pairs: int = 7, warmup_s: float = 0.3,
                 log: Callable[[str], None] = print) -> tuple[list[str], list[dict[str, Any]]]:
     """Names of the transformed convs to emit in the rows form, and the per-block measurements."""
-    from natsdeploy.bench.latency import time_interleaved
+    from natsdeploy.timing.latency import time_interleaved
     from natsdeploy.export.rows import plan_split
 
     shapes = block_input_shapes(trunk, input_shape)

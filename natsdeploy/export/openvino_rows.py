@@ -23,7 +23,7 @@ def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, 
 
     `tolerance` applies at f32; bf16 and f16 use their defaults from `DEFAULT_TOLERANCE`.
     """
-    from natsdeploy.bench.latency import time_interleaved
+    from natsdeploy.timing.latency import time_interleaved
     from natsdeploy.runners import OPENVINO_PRECISIONS, OpenVinoRunner
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
 

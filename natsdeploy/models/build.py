@@ -13,8 +13,8 @@ from torchvision.models import resnet as tv_resnet
 from natsdeploy.arch import Arch
 from natsdeploy.errors import WeightsError
 from natsdeploy.models.mixed_conv import MixedDilationConv
-from natsdeploy.models.specs import BackboneSpec
 from natsdeploy.models.transfer import restore_weights, transfer_weights
+from natsdeploy.specs import BackboneSpec
 
 __all__ = ["WeightsError", "Weights", "build_backbone", "build_baseline", "build_trunks", "resolve_weights",
            "transformed_state_dict_to_baseline"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from natsdeploy.models.specs import BackboneSpec
+from natsdeploy.specs import BackboneSpec
 
 __all__ = ["conv3x3_macs_per_channel", "backbone_macs"]
 
@@ -26,28 +26,22 @@ def _walk(spec: BackboneSpec, input_shape: Sequence[int]) -> tuple[dict[str, int
     total = n * h * w * 64 * c * 49  # stem conv
     h, w = _out(h, 3, 2, 1), _out(w, 3, 2, 1)  # max pool
     per_channel: dict[str, int] = {}
-    inplanes = 64
-    for li, blocks in enumerate(spec.layers, start=1):
-        planes = 64 * 2 ** (li - 1)
-        for bi in range(blocks):
-            stride = 2 if (li > 1 and bi == 0) else 1
-            p = f"layer{li}.{bi}"
-            ho, wo = _out(h, 3, stride, 1), _out(w, 3, stride, 1)
-            out_planes = planes * spec.expansion
-            if spec.block == "basic":
-                per_channel[f"{p}.conv1"] = n * ho * wo * inplanes * 9
-                per_channel[f"{p}.conv2"] = n * ho * wo * planes * 9
-                total += planes * (per_channel[f"{p}.conv1"] + per_channel[f"{p}.conv2"])
-            else:
-                width = int(planes * (spec.width_per_group / 64.0)) * spec.groups
-                per_channel[f"{p}.conv2"] = n * ho * wo * (width // spec.groups) * 9
-                total += n * h * w * width * inplanes  # conv1, 1x1 at the block's input size
-                total += width * per_channel[f"{p}.conv2"]
-                total += n * ho * wo * out_planes * width  # conv3
-            if stride != 1 or inplanes != out_planes:
-                total += n * ho * wo * out_planes * inplanes  # downsample 1x1
-            inplanes, h, w = out_planes, ho, wo
-    total += n * inplanes * 1000  # fc
+    for b in spec.blocks:
+        p = b.prefix
+        ho, wo = _out(h, 3, b.stride, 1), _out(w, 3, b.stride, 1)
+        if spec.block == "basic":
+            per_channel[f"{p}.conv1"] = n * ho * wo * b.in_channels * 9
+            per_channel[f"{p}.conv2"] = n * ho * wo * b.planes * 9
+            total += b.planes * (per_channel[f"{p}.conv1"] + per_channel[f"{p}.conv2"])
+        else:
+            per_channel[f"{p}.conv2"] = n * ho * wo * (b.width // spec.groups) * 9
+            total += n * h * w * b.width * b.in_channels  # conv1, 1x1 at the block's input size
+            total += b.width * per_channel[f"{p}.conv2"]
+            total += n * ho * wo * b.out_channels * b.width  # conv3
+        if b.stride != 1 or b.in_channels != b.out_channels:
+            total += n * ho * wo * b.out_channels * b.in_channels  # downsample 1x1
+        h, w = ho, wo
+    total += n * spec.blocks[-1].out_channels * 1000  # fc
     return per_channel, total
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 
 from natsdeploy.arch import Arch, ConvTransform
-from natsdeploy.models.specs import ConvInfo
+from natsdeploy.specs import ConvInfo
 
 __all__ = ["transfer_weights", "restore_weights", "input_index"]
 

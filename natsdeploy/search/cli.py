@@ -55,7 +55,7 @@ def search_cli(args: argparse.Namespace) -> int:
 
     from natsdeploy.loops import run_distributed
     from natsdeploy.models.detectors import DETECTORS, parse_detector_options
-    from natsdeploy.models.specs import BACKBONES
+    from natsdeploy.specs import BACKBONES
     from natsdeploy.search.decode import PRESETS
     from natsdeploy.search.loop import SearchConfig, run_search
 
@@ -92,7 +92,7 @@ def search_cli(args: argparse.Namespace) -> int:
         **_sampling_options(args),
         progress=not args.no_progress, align=parse_int("--align", args.align, 1) if args.align is not None else None)
     # validate the search space against the backbone before any data or model work
-    from natsdeploy.models.specs import BACKBONES as _B
+    from natsdeploy.specs import BACKBONES as _B
     from natsdeploy.search.decode import groups_per_unit, searchable_convs
     from natsdeploy.search.supernet import group_width
 

@@ -9,7 +9,7 @@ from typing import Any
 from natsdeploy.align import check_multiple, round_shares
 from natsdeploy.arch import Arch, Branch, ConvTransform
 from natsdeploy.errors import ArchError
-from natsdeploy.models.specs import BACKBONES, ConvInfo
+from natsdeploy.specs import BACKBONES, ConvInfo
 
 __all__ = ["PRESETS", "genotypes", "decode", "groups_per_unit"]
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,10 @@ import torch
 from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_bytes
-from natsdeploy.checkpoint import SEARCH, fit_state_dict, load_checkpoint, restore_state, save_checkpoint
+from natsdeploy.checkpoint import SEARCH, save_checkpoint
 from natsdeploy.errors import DatasetError, UsageError
-from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
-                              set_rng_state, to_device, train_step, wrap_ddp)
+from natsdeploy.loop_skeleton import RunContext, config_dict
+from natsdeploy.loops import check_resume, rng_state, to_device, train_step
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "split_indices", "alpha_summary"]
 
@@ -131,14 +130,13 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     from natsdeploy.search.supernet import (annealed_tau, arch_parameters, decode_supernet, set_tau, supernet_alphas,
                                             weight_parameters)
 
-    rank, world = dist_info()
-    device = torch.device(cfg.device)
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pth"
+    run = RunContext.create(device=cfg.device, out=cfg.out)
+    rank, world, device, cuda = run.rank, run.world, run.device, run.cuda
+    out, ckpt_path = Path(cfg.out), run.checkpoint
     if cfg.warmup_epochs > cfg.epochs:
         log(f"note: --warmup-epochs {cfg.warmup_epochs} >= --epochs {cfg.epochs}: alpha is never updated")
 
-    seed_all(cfg.seed)
+    run.seed(cfg.seed)
     dataset = load_dataset(cfg.data, "train", masks=cfg.detector == "mask_rcnn", seed=cfg.seed)
     idx_w, idx_a = split_indices(len(dataset), cfg.seed)
     if len(idx_w) < world * cfg.batch_size:
@@ -147,11 +145,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     loader_w, sampler_w = _loader(dataset, idx_w, cfg, rank, world, 0)
     loader_a, sampler_a = _loader(dataset, idx_a, cfg, rank, world, 1)
 
-    model = _build(cfg, dataset.num_classes + 1).to(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    model, net = wrap_ddp(model, device, world, find_unused=cfg.sampling == "gumbel")
+    model, net = run.place(_build(cfg, dataset.num_classes + 1), find_unused=cfg.sampling == "gumbel")
 
     global_batch = cfg.batch_size * world
     steps = len(loader_w) if cfg.max_steps_per_epoch is None else min(len(loader_w), cfg.max_steps_per_epoch)
@@ -160,11 +154,9 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     opt_a = torch.optim.Adam(arch_parameters(model), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt_w, T_max=max(1, cfg.epochs * steps),
                                                        eta_min=cfg.lr_min_per_image * global_batch)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    history: list[dict[str, Any]] = []
-    start = 0
-    if cfg.resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, SEARCH, flag="--resume")
+    scaler = run.grad_scaler()
+
+    def check(ck: dict[str, Any]) -> None:
         saved = dict(ck["config"])
         saved["pretrained"] = ck["pretrained"]
         saved["stages"] = tuple(saved["stages"])
@@ -175,22 +167,15 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                              "pretrained": cfg.weights is not None, "detector_kwargs": dict(cfg.detector_kwargs),
                              "sampling": cfg.sampling},
                      path=ckpt_path)
-        where = f"--resume: {ckpt_path}"
-        fit_state_dict(ck["model"], model, where=where)
-        model.load_state_dict(ck["model"])
-        for key, obj in (("opt_w", opt_w), ("opt_a", opt_a), ("sched", sched), ("scaler", scaler)):
-            restore_state(key, obj.load_state_dict, ck[key], where=where)
-        history = ck["history"]
-        start = ck["epoch"]
-        set_rng_state(ck["rng"])
-        log(f"resumed from {ckpt_path} at epoch {start}")
-    elif cfg.resume:
-        log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
+
+    ck = run.resume(SEARCH, enabled=cfg.resume, model=model, check=check, log=log,
+                    states={"opt_w": opt_w, "opt_a": opt_a, "sched": sched, "scaler": scaler})
+    history: list[dict[str, Any]] = ck["history"] if ck else []
+    start = ck["epoch"] if ck else 0
 
     for epoch in range(start, cfg.epochs):
-        net.train()
-        sampler_w.set_epoch(epoch)
-        sampler_a.set_epoch(epoch)
+        bar = run.begin_epoch(epoch, cfg.epochs, net=net, samplers=[sampler_w, sampler_a], steps=steps,
+                              show=cfg.progress)
         search_alpha = epoch >= cfg.warmup_epochs
         tau = None
         if cfg.sampling == "gumbel":
@@ -198,7 +183,6 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                                total=cfg.epochs - cfg.warmup_epochs, schedule=cfg.tau_schedule)
             set_tau(model, tau)
         it_a = iter(loader_a)
-        bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
         sums = {"loss_w": 0.0, "loss_a": 0.0}
         for step, (images, targets) in enumerate(loader_w):
             if step >= steps:
@@ -217,19 +201,18 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                 bar.set_postfix(loss_w=f"{loss_w:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}",
                                 alpha="on" if search_alpha else "warm-up")
                 bar.update(1)
-        if bar is not None:
-            bar.close()
-        average_bn_buffers(model, world)
+        run.end_epoch(model, bar)
         history.append({"epoch": epoch + 1, "loss_w": sums["loss_w"] / max(steps, 1),
                         "loss_a": sums["loss_a"] / max(steps, 1) if search_alpha else None,
                         "alpha_softmax": alpha_summary(model), "sampling": cfg.sampling, "tau": tau})
-        if rank == 0:
+
+        def write() -> None:
             _save_checkpoint(ckpt_path, model, opt_w, opt_a, sched, scaler, epoch + 1, history, cfg)
             log(f"epoch {epoch + 1}: loss_w {history[-1]['loss_w']:.4f}"
                 + (f", loss_a {history[-1]['loss_a']:.4f}" if search_alpha else " (alpha frozen)")
                 + f"; checkpoint {ckpt_path}")
-        if world > 1:
-            torch.distributed.barrier()
+
+        run.commit(write)
 
     alphas = supernet_alphas(model)
     arch = decode_supernet(alphas, cfg.backbone, cfg.preset,
@@ -251,18 +234,10 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
 
 
 def _save_checkpoint(path: Path, model, opt_w, opt_a, sched, scaler, epoch: int, history, cfg: SearchConfig) -> None:
-    config = {}  # plain values only, so the checkpoint loads with weights_only=True
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, os.PathLike):
-            v = os.fspath(v)
-        elif f.name == "weights" and v is not None and not isinstance(v, str):
-            v = "state dict passed in"
-        config[f.name] = list(v) if isinstance(v, tuple) else v
     save_checkpoint(path, SEARCH, {"epoch": epoch, "model": model.state_dict(), "opt_w": opt_w.state_dict(),
                                    "opt_a": opt_a.state_dict(), "sched": sched.state_dict(),
                                    "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
-                                   "config": config, "pretrained": cfg.weights is not None})
+                                   "config": config_dict(cfg), "pretrained": cfg.weights is not None})
 
 
 def plot_alpha_history(history: list[dict[str, Any]], path: Path, *, preset: str) -> Path:

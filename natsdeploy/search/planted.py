@@ -22,8 +22,8 @@ from torch import nn
 
 from natsdeploy.arch import Arch
 from natsdeploy.errors import ArchError
-from natsdeploy.models.specs import BACKBONES
 from natsdeploy.search.decode import decode, genotypes, searchable_convs
+from natsdeploy.specs import BACKBONES
 
 __all__ = ["RecoveryResult", "plant_alphas", "plant_arch", "group_dilations", "recovery", "recover_planted"]
 

@@ -22,8 +22,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from natsdeploy.arch import Arch, ArchError
-from natsdeploy.models.specs import BACKBONES, ConvInfo
 from natsdeploy.search.decode import decode, genotypes, searchable_convs
+from natsdeploy.specs import BACKBONES, ConvInfo
 
 __all__ = ["ChannelMixedConv", "build_supernet_backbone", "supernet_alphas", "arch_parameters",
            "weight_parameters", "decode_supernet", "group_width", "SAMPLINGS", "gumbel_hard", "set_tau",
@@ -151,14 +151,18 @@ class ChannelMixedConv(nn.Module):
         idx = index.tolist()
         parts = [self.replicas[idx[i] * n + i] for i in order.tolist()]
         weight = parts[0] if n == 1 else torch.cat(parts)  # the drawn filters, in branch order
+        if gate is not None:  # conv is linear in its filters: scaling them is scaling the outputs, on fewer numbers
+            weight = weight * gate[order].repeat_interleave(w).view(-1, 1, 1, 1).to(weight.dtype)
         ch = (order[:, None] * w + torch.arange(w, device=index.device)).reshape(-1)
         sizes = (counts * w).tolist()
         ys = [self._conv_filters(x, g, wg, c, whole=len(sizes) == 1)
               for g, wg, c in zip(genos.tolist(), weight.split(sizes), ch.split(sizes))]
-        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
-        if gate is not None:
-            y = y * gate[order].repeat_interleave(w).view(1, -1, 1, 1).to(y.dtype)
-        return y if len(ys) == 1 else y.index_select(1, torch.argsort(ch))
+        if len(ys) == 1:
+            return ys[0]
+        out = ys[0].new_empty((ys[0].shape[0], self.out_channels, *ys[0].shape[2:]))
+        for y, c in zip(ys, ch.split(sizes)):  # each genotype's outputs straight to their channels: one copy
+            out.index_copy_(1, c, y)
+        return out
 
     def _conv_filters(self, x: torch.Tensor, g: int, weight: torch.Tensor, ch: torch.Tensor, *,
                       whole: bool) -> torch.Tensor:

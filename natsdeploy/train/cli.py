@@ -44,7 +44,7 @@ def train_cli(args: argparse.Namespace) -> int:
 
     from natsdeploy.loops import run_distributed
     from natsdeploy.models.detectors import DETECTORS, parse_detector_options
-    from natsdeploy.models.specs import BACKBONES
+    from natsdeploy.specs import BACKBONES
     from natsdeploy.train.loop import TrainConfig, format_metrics, resolve_arch, train
 
     if args.detector not in DETECTORS:

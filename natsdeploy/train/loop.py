@@ -21,7 +21,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from natsdeploy.arch import Arch, atomic_write_text, load_arch
-from natsdeploy.checkpoint import FORMATS, TRAIN, fit_state_dict, load_checkpoint, restore_state, save_checkpoint
+from natsdeploy.checkpoint import FORMATS, TRAIN, save_checkpoint
 from natsdeploy.errors import CheckpointError
-from natsdeploy.loops import (average_bn_buffers, check_resume, dist_info, progress, rng_state, seed_all,
-                              set_rng_state, to_device, train_step, wrap_ddp)
+from natsdeploy.loop_skeleton import RunContext, config_dict
+from natsdeploy.loops import check_resume, rng_state, to_device, train_step
 from natsdeploy.shapes import UsageError
 from natsdeploy.train.checkpoints import (backbone_weights, build_train_detector, detector_from_checkpoint,
                                           load_detector_checkpoint, read_checkpoint)
@@ -110,26 +110,6 @@ def resolve_arch(cfg: TrainConfig) -> Arch:
     return arch
 
 
-
-
-
-
-def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    out = {}
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, Arch):
-            v = v.to_dict()
-        elif isinstance(v, os.PathLike):
-            v = os.fspath(v)
-        elif f.name == "weights" and v is not None and not isinstance(v, str):
-            v = "state dict passed in"
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
-
-
 def format_metrics(m: dict[str, float]) -> str:
     from natsdeploy.data.evaluate import METRICS
 
@@ -172,14 +152,12 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 
     if cfg.detector not in DETECTORS:
         raise UsageError(f"--detector: got {cfg.detector!r}, expected one of {list(DETECTORS)}")
-    rank, world = dist_info()
-    device = torch.device(cfg.device)
-    cuda = device.type == "cuda"
+    run = RunContext.create(device=cfg.device, out=cfg.out)
+    rank, world, device, cuda = run.rank, run.world, run.device, run.cuda
     arch = resolve_arch(cfg)
-    out = Path(cfg.out)
-    ckpt_path, metrics_path = out / "checkpoint.pth", out / "metrics.json"
+    ckpt_path, metrics_path = run.checkpoint, Path(cfg.out) / "metrics.json"
 
-    seed_all(cfg.seed)
+    run.seed(cfg.seed)
     train_set = load_dataset(cfg.data, "train", masks=cfg.detector == "mask_rcnn", seed=cfg.seed)
     val_set = load_dataset(cfg.data, "val", seed=cfg.seed)
     if val_set.label_to_cat_id != train_set.label_to_cat_id:
@@ -199,12 +177,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     if cfg.trainable_layers not in (None, 5) and cfg.weights is None:
         raise UsageError(f"--trainable-layers: got {cfg.trainable_layers} without --weights, expected 5 (from the "
                          "initialisation every layer trains, as in torchvision) or --weights")
-    model = build_train_detector(cfg.detector, arch, cfg.weights, num_classes, cfg.min_size, cfg.max_size,
-                            cfg.detector_kwargs, pretrained=cfg.weights is not None,
-                            trainable_layers=cfg.trainable_layers).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    model, net = wrap_ddp(model, device, world)
+    model, net = run.place(build_train_detector(cfg.detector, arch, cfg.weights, num_classes, cfg.min_size,
+                                                cfg.max_size, cfg.detector_kwargs, pretrained=cfg.weights is not None,
+                                                trainable_layers=cfg.trainable_layers))
 
     global_batch = cfg.batch_size * world
     base_lr = cfg.lr_per_image * global_batch
@@ -213,11 +188,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     schedule = dict(steps_per_epoch=steps, steps=tuple(cfg.steps), warmup_iters=cfg.warmup_iters,
                     warmup_factor=cfg.warmup_factor)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, **schedule))
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-    metrics: list[dict[str, Any]] = []
-    start = 0
-    if cfg.resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, TRAIN, flag="--resume")
+    scaler = run.grad_scaler()
+
+    def check(ck: dict[str, Any]) -> None:
         if ck["arch"] != arch.to_dict() or ck["detector"] != cfg.detector:
             raise CheckpointError(f"--resume: {ckpt_path} holds a {ck['detector']} on arch "
                                   f"{_arch_label(ck['arch'])}, expected a {cfg.detector} on {_arch_label(arch.to_dict())}")
@@ -225,17 +198,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                       "detector_kwargs": ck["detector_kwargs"]},
                      {"pretrained": cfg.weights is not None, "trainable_layers": cfg.trainable_layers,
                       "detector_kwargs": dict(cfg.detector_kwargs)}, path=ckpt_path)
-        where = f"--resume: {ckpt_path}"
-        fit_state_dict(ck["model"], model, where=where)
-        model.load_state_dict(ck["model"])
-        for key, obj in (("optimizer", opt), ("scheduler", sched), ("scaler", scaler)):
-            restore_state(key, obj.load_state_dict, ck[key], where=where)
-        metrics = list(ck["metrics"])
-        start = ck["epoch"]
-        set_rng_state(ck["rng"])
-        log(f"resumed from {ckpt_path} at epoch {start}")
-    elif cfg.resume:
-        log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
+
+    ck = run.resume(TRAIN, enabled=cfg.resume, model=model, check=check, log=log,
+                    states={"optimizer": opt, "scheduler": sched, "scaler": scaler})
+    metrics: list[dict[str, Any]] = list(ck["metrics"]) if ck else []
+    start = ck["epoch"] if ck else 0
 
     if rank == 0:
         kind = f"transformed ({len(arch.convs)} convs)" if arch.convs else "baseline"
@@ -245,9 +212,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             f"device {device}{' (AMP, channels_last)' if cuda else ''}")
 
     for epoch in range(start, cfg.epochs):
-        net.train()
-        sampler.set_epoch(epoch)
-        bar = progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and rank == 0)
+        bar = run.begin_epoch(epoch, cfg.epochs, net=net, samplers=[sampler], steps=steps, show=cfg.progress)
         total, parts, lr = 0.0, {}, opt.param_groups[0]["lr"]
         for images, targets in itertools.islice(loader, steps):
             lr = opt.param_groups[0]["lr"]
@@ -260,27 +225,26 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 bar.update(1)
-        if bar is not None:
-            bar.close()
+        run.end_epoch(model, bar)  # trainable BN (no --weights): same statistics on every rank
         if world > 1:  # log the mean over all processes, not rank 0's share
             keys = sorted(parts)
             sums = torch.tensor([total] + [parts[k] for k in keys], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(sums)
             total, parts = float(sums[0]) / world, {k: float(v) / world for k, v in zip(keys, sums[1:].tolist())}
-        average_bn_buffers(model, world)  # trainable BN (no --weights): same statistics on every rank
         val = evaluate(model, val_set, device=device, amp=cuda, rank=rank, world=world)
         record = {"epoch": epoch + 1, "loss": total / max(steps, 1),
                   "losses": {k: v / max(steps, 1) for k, v in parts.items()},
                   "lr": lr, "iterations": (epoch + 1) * steps, **val,
                   "metric_scale": METRIC_SCALE}
         metrics.append(record)
-        if rank == 0:
+
+        def write() -> None:
             _save_checkpoint(ckpt_path, model, opt, sched, scaler, epoch + 1, metrics, cfg, arch, train_set)
             atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
             log(f"epoch {epoch + 1}: loss {record['loss']:.4f}, lr {record['lr']:.2e}; val "
                 f"{format_metrics(val)}; checkpoint {ckpt_path}")
-        if world > 1:
-            torch.distributed.barrier()
+
+        run.commit(write)
 
     return TrainResult(arch, ckpt_path if rank == 0 else None, metrics_path if rank == 0 else None, metrics, model)
 
@@ -299,4 +263,4 @@ def _save_checkpoint(path: Path, model, opt, sched, scaler, epoch: int, metrics,
         "pretrained": cfg.weights is not None, "trainable_layers": cfg.trainable_layers,
         "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "metrics": metrics,
-        "config": _config_dict(cfg)})
+        "config": config_dict(cfg)})

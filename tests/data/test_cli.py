@@ -8,6 +8,7 @@ import pytest
 
 from natsdeploy.cli import main
 from natsdeploy.data.coco import CocoDetection
+from tests.helpers import assert_exit_2
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
@@ -38,9 +39,7 @@ def test_synth_writes_a_readable_dataset(tmp_path, capsys):
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_flags_exit_2_one_line_and_write_nothing(tmp_path, capsys, flags, expected):
-    assert main(["data", "synth", "--out", str(tmp_path / "ds"), *flags]) == 2
-    err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1 and err.startswith("natsdeploy: error: ")
+    assert_exit_2(["data", "synth", "--out", tmp_path / "ds", *flags], capsys, contains=expected)
     assert not list(tmp_path.iterdir())
 
 
@@ -50,9 +49,7 @@ def test_bad_flags_exit_2_one_line_and_write_nothing(tmp_path, capsys, flags, ex
     (["data", "bogus"], "invalid choice"),
 ])
 def test_missing_subcommand_or_out_exits_2(capsys, args, expected):
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1
+    assert_exit_2(args, capsys, contains=expected)
 
 
 def test_non_empty_out_dir_exits_2_and_writes_nothing(tmp_path, capsys):

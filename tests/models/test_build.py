@@ -13,13 +13,13 @@ from natsdeploy import Arch, build_backbone, build_baseline, transformed_state_d
 from natsdeploy.convert import load_ic_conv
 from natsdeploy.models.build import WeightsError
 from natsdeploy.models.mixed_conv import MixedDilationConv
-from tests.helpers import (ALL, SMALL, assert_features_close, model_features, random_arch, reference_features,
-                           seeded_state_dict)
+from tests.helpers import (ALL, ALL_PARAMS, SMALL, assert_features_close, model_features, random_arch,
+                           reference_features, seeded_state_dict)
 
 BIG = [b for b in ALL if b not in SMALL]
 
 
-@pytest.mark.parametrize("backbone", ALL)
+@pytest.mark.parametrize("backbone", ALL_PARAMS)
 def test_dilation_one_with_random_permutation_reproduces_baseline(backbone):
     sd = seeded_state_dict(backbone)
     arch = random_arch(backbone, random.Random(3), p_conv=1.0, dilation_one=True)
@@ -31,7 +31,7 @@ def test_dilation_one_with_random_permutation_reproduces_baseline(backbone):
     assert_features_close(got, base)
 
 
-@pytest.mark.parametrize("backbone", ALL)
+@pytest.mark.parametrize("backbone", ALL_PARAMS)
 def test_transformed_matches_independent_reference(backbone):
     sd = seeded_state_dict(backbone, seed=5)
     arch = random_arch(backbone, random.Random(7), p_conv=0.8)
@@ -66,7 +66,7 @@ def test_random_archs_match_reference(seed, backbone, h, w):
         assert_features_close(model_features(build_backbone(arch, sd), x), reference_features(sd, arch, x))
 
 
-@pytest.mark.parametrize("backbone", ALL)
+@pytest.mark.parametrize("backbone", ALL_PARAMS)
 def test_weights_round_trip(backbone):
     sd = seeded_state_dict(backbone)
     arch = random_arch(backbone, random.Random(11), p_conv=1.0)

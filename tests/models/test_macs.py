@@ -7,7 +7,7 @@ import torch
 
 from natsdeploy.models.build import build_baseline
 from natsdeploy.models.macs import backbone_macs, conv3x3_macs_per_channel
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.specs import BACKBONES
 from natsdeploy.verify.count import count
 
 

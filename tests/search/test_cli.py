@@ -6,17 +6,14 @@ import pytest
 
 from natsdeploy import load_arch
 from natsdeploy.cli import main
+from tests.helpers import assert_exit_2
 
 
 @pytest.fixture(scope="module")
-def aligned_search(tmp_path_factory):
+def aligned_search(tmp_path_factory, synth_coco):
     """A short resnet18 search on a small synthetic set, decoded with --align 32 (layer2: groups of 16)."""
-    from natsdeploy.data.synthetic import make_synthetic_coco
-
-    root = tmp_path_factory.mktemp("alignsearch")
-    make_synthetic_coco(root / "data", train_images=4, val_images=1, image_size=(96, 128), seed=0)
-    out = root / "s"
-    code = main(["search", "--data", str(root / "data"), "--backbone", "resnet18", "--epochs", "2",
+    out = tmp_path_factory.mktemp("alignsearch") / "s"
+    code = main(["search", "--data", synth_coco(train_images=4, val_images=1), "--backbone", "resnet18", "--epochs", "2",
                  "--warmup-epochs", "1", "--groups", "8", "--min-size", "96", "--max-size", "128",
                  "--max-steps-per-epoch", "1", "--alpha-lr", "0.5", "--out", str(out), "--no-progress",
                  "--align", "32"])
@@ -47,19 +44,14 @@ def test_decode_align_defaults_to_the_searchs_and_can_be_overridden(aligned_sear
     d64 = load_arch(tmp_path / "d64.json")
     assert d64.provenance["align"] == 64
     assert all(b.channels % 64 == 0 for ct in d64.convs.values() for b in ct.branches)
-    capsys.readouterr()
-    assert main(["decode", ckpt, "--align", "48", "-o", str(tmp_path / "bad.json")]) == 2
-    err = capsys.readouterr().err
-    assert "align: got 48, expected a divisor of 128" in err and err.count("\n") == 1
+    err = assert_exit_2(["decode", ckpt, "--align", "48", "-o", tmp_path / "bad.json"], capsys,
+                        contains="align: got 48, expected a divisor of 128", absent=[tmp_path / "bad.json"])
     assert "checkpoint" not in err  # a bad --align is not a bad checkpoint
-    assert not (tmp_path / "bad.json").exists()
 
 
 @pytest.mark.parametrize("value, expected", [("48", "--align: got 48, expected a divisor of 128"),
                                              ("0", "--align: got '0', expected an integer >= 1")])
 def test_search_bad_align_exits_2_before_any_work(tmp_path, capsys, value, expected):
     out = tmp_path / "s"
-    assert main(["search", "--backbone", "resnet18", "--groups", "8", "--out", str(out), "--align", value]) == 2
-    err = capsys.readouterr().err
-    assert expected in err and err.count("\n") == 1
-    assert not out.exists()
+    assert_exit_2(["search", "--backbone", "resnet18", "--groups", "8", "--out", out, "--align", value], capsys,
+                  contains=expected, absent=[out])

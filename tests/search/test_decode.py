@@ -180,7 +180,7 @@ def test_aligned_decode_rejections(backbone, name, groups, n, msg):
 
 
 def test_align_neither_multiple_nor_divisor_of_the_group_width_is_rejected():
-    from natsdeploy.models.specs import ConvInfo
+    from natsdeploy.specs import ConvInfo
     from natsdeploy.search.decode import groups_per_unit
 
     info = ConvInfo("x.conv2", 96, 96, 1, 1, "x.bn2", "x.conv3", None, None)  # 96 channels, groups of 24

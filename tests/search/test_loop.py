@@ -12,25 +12,25 @@ import torch.multiprocessing as mp
 from natsdeploy import load_arch
 from natsdeploy.cli import main
 from natsdeploy.search.loop import SearchConfig, run_search, split_indices
+from tests.conftest import FAST
+from tests.helpers import assert_exit_2
 
 # deterministic sampling in the detector (take every anchor/proposal) so runs are comparable
 DETERMINISTIC = {"rpn_batch_size_per_image": 100_000, "box_batch_size_per_image": 100_000}
+# ... of FAST's fewer proposals (all of torchvision's 2000 a step make RoIAlign's backward the main cost)
+DETERMINISTIC_FAST = dict(FAST, **DETERMINISTIC)
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    """A small synthetic COCO set, generated once for the module."""
-    from natsdeploy.data.synthetic import make_synthetic_coco
-
-    root = tmp_path_factory.mktemp("synth") / "data"
-    make_synthetic_coco(root, train_images=12, val_images=2, image_size=(96, 128), seed=0)
-    return str(root)
+@pytest.fixture
+def synth(synth_coco) -> str:
+    """12 train images of 96x128 (split 6 for the weights, 6 for alpha), written once per session."""
+    return synth_coco(train_images=12, val_images=2)
 
 
 def _cfg(synth, out, **kw) -> SearchConfig:
     base = dict(data=synth, out=str(out), backbone="resnet18", epochs=2, warmup_epochs=1, batch_size=1,
                 min_size=96, max_size=128, lr_per_image=0.002, lr_min_per_image=0.0001, groups=8,
-                max_steps_per_epoch=3, progress=False, detector_kwargs=dict(DETERMINISTIC))
+                max_steps_per_epoch=3, progress=False, detector_kwargs=dict(DETERMINISTIC_FAST))
     base.update(kw)
     return SearchConfig(**base)
 
@@ -44,7 +44,7 @@ def test_split_is_deterministic_and_disjoint():
 def test_short_search_gives_an_arch_check_and_export_accept(synth, tmp_path, capsys):
     out = tmp_path / "s"
     assert main(["search", "--data", synth, "--backbone", "resnet18", "--epochs", "2", "--warmup-epochs", "1",
-                 "--groups", "8", "--min-size", "96", "--max-size", "128", "--max-steps-per-epoch", "3",
+                 "--groups", "8", "--min-size", "96", "--max-size", "128", "--max-steps-per-epoch", "2",
                  "--alpha-lr", "0.5", "--out", str(out), "--no-progress"]) == 0
     arch = load_arch(out / "arch.json")
     assert arch.backbone == "resnet18" and arch.provenance["search_space"] == "NATS-C"
@@ -65,15 +65,17 @@ def test_alpha_frozen_during_warmup(synth, tmp_path):
 
 
 def test_resume_is_bit_identical(synth, tmp_path):
-    full = run_search(_cfg(synth, tmp_path / "full"), log=lambda s: None)
+    # 2 steps an epoch: epoch 1 warms up the weights, epoch 2 steps weights and alpha (both optimisers resumed)
+    full = run_search(_cfg(synth, tmp_path / "full", max_steps_per_epoch=2), log=lambda s: None)
+
     def interrupt_after_first_epoch(msg):
         if msg.startswith("epoch 1:"):  # logged after the checkpoint is written
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_search(_cfg(synth, tmp_path / "part"), log=interrupt_after_first_epoch)
+        run_search(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2), log=interrupt_after_first_epoch)
     assert not (tmp_path / "part" / "arch.json").exists()
-    resumed = run_search(_cfg(synth, tmp_path / "part", resume=True), log=lambda s: None)
+    resumed = run_search(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2, resume=True), log=lambda s: None)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert set(a) == set(b)
     for k in a:
@@ -81,37 +83,51 @@ def test_resume_is_bit_identical(synth, tmp_path):
     assert full.history == resumed.history
 
 
-def _worker(rank, world, init_file, cfg_dict, out_dir):
+def _worker(rank, world, init_file, cfgs, out_dir):
+    """One gloo rank: runs each config in turn, saving its final state dict as <name>.rank<rank>.pt."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        r = run_search(SearchConfig(**cfg_dict), log=lambda s: None)
-        torch.save(r.model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+        for name, cfg_dict in cfgs.items():
+            r = run_search(SearchConfig(**cfg_dict), log=lambda s: None)
+            torch.save(r.model.state_dict(), os.path.join(out_dir, f"{name}.rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_process_gloo_matches_single_process(synth, tmp_path):
-    # from given weights, as the paper searches: BN frozen, so a rank's batch of 1 and the single
-    # process's batch of 2 see the same normalisation and the updates are comparable (with trainable
-    # BN they are not: per-rank batch statistics). The weights are torchvision's seed-0 init.
+@pytest.fixture(scope="module")
+def gloo(synth_coco, tmp_path_factory):
+    """Two gloo ranks, spawned once for both DDP tests: a softmax run from given weights, then a gumbel run."""
     from tests.helpers import plain_model
 
+    synth, root = synth_coco(train_images=12, val_images=2), tmp_path_factory.mktemp("gloo")
     torch.manual_seed(0)
-    weights = str(tmp_path / "init.pth")
-    torch.save(plain_model("resnet18").state_dict(), weights)
-    cfg = _cfg(synth, tmp_path / "ddp", epochs=1, warmup_epochs=0, max_steps_per_epoch=2, lr_per_image=0.01,
-               weights=weights)
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), dataclasses.asdict(cfg), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    weights = str(root / "init.pth")
+    torch.save(plain_model("resnet18").state_dict(), weights)  # torchvision's seed-0 init
+    common = dict(epochs=1, warmup_epochs=0, max_steps_per_epoch=2, lr_per_image=0.01)
+    cfgs = {"softmax": _cfg(synth, root / "softmax", weights=weights, detector_kwargs=dict(DETERMINISTIC), **common),
+            "gumbel": _cfg(synth, root / "gumbel", sampling="gumbel", tau_start=1.0, tau_end=1.0, **common)}
+    mp.spawn(_worker, args=(2, str(root / "init"), {k: dataclasses.asdict(c) for k, c in cfgs.items()}, str(root)),
+             nprocs=2, join=True)
+    ranks = {k: [torch.load(root / f"{k}.rank{r}.pt", weights_only=True) for r in (0, 1)] for k in cfgs}
+    return {"weights": weights, "ranks": ranks}
+
+
+def test_two_process_gloo_matches_single_process(synth, tmp_path, gloo):
+    # from given weights, as the paper searches: BN frozen, so a rank's batch of 1 and the single
+    # process's batch of 2 see the same normalisation and the updates are comparable (with trainable
+    # BN they are not: per-rank batch statistics).
+    weights = gloo["weights"]
+    r0, r1 = gloo["ranks"]["softmax"]
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k  # ranks stay identical: gradients are synchronised
 
-    single = run_search(_cfg(synth, tmp_path / "one", epochs=1, warmup_epochs=0, max_steps_per_epoch=2,
-                             lr_per_image=0.01, batch_size=2, weights=weights), log=lambda s: None).model.state_dict()
-    torch.manual_seed(0)
-    init = run_search(_cfg(synth, tmp_path / "init0", epochs=1, warmup_epochs=0, max_steps_per_epoch=1,
-                           lr_per_image=0.0, alpha_lr=0.0, weights=weights), log=lambda s: None).model.state_dict()
+    # every proposal (not FAST's 100): with those the DDP and single-process updates differ by ~20%
+    kw = dict(epochs=1, warmup_epochs=0, weights=weights, detector_kwargs=dict(DETERMINISTIC))
+    single = run_search(_cfg(synth, tmp_path / "one", max_steps_per_epoch=2, lr_per_image=0.01, batch_size=2, **kw),
+                        log=lambda s: None).model.state_dict()
+    init = run_search(_cfg(synth, tmp_path / "init0", max_steps_per_epoch=1, lr_per_image=0.0, alpha_lr=0.0, **kw),
+                      log=lambda s: None).model.state_dict()
     # same global batch: the updates agree (torchvision's losses normalise per batch, so not bit-exactly)
     for k in [k for k in r0 if k.endswith(".alpha")] + ["backbone.body.layer4.1.conv2.weight"]:
         d_ddp, d_one = r0[k] - init[k], single[k] - init[k]
@@ -156,16 +172,13 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
     assert any(v.abs().sum() > 0 for k, v in ck["model"].items() if k.endswith(".alpha"))
     with pytest.raises(UsageError, match="written with sampling='gumbel', expected 'softmax'"):
         run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16), log=lambda s: None)
-    assert main(["search", "--tau-start", "2", "--out", str(tmp_path / "x")]) == 2
-    assert "--tau-start: got '2' with --sampling softmax" in capsys.readouterr().err
+    assert_exit_2(["search", "--tau-start", "2", "--out", tmp_path / "x"], capsys,
+                  contains="--tau-start: got '2' with --sampling softmax", absent=[tmp_path / "x"])
 
 
-def test_gumbel_two_process_gloo_ranks_stay_identical(synth, tmp_path):
+def test_gumbel_two_process_gloo_ranks_stay_identical(gloo):
     # undrawn replicas get no gradient (and the ranks may draw differently): DDP must still sync
-    cfg = _cfg(synth, tmp_path / "ddp", epochs=1, warmup_epochs=0, max_steps_per_epoch=2, lr_per_image=0.01,
-               sampling="gumbel", tau_start=1.0, tau_end=1.0)
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), dataclasses.asdict(cfg), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = gloo["ranks"]["gumbel"]
     assert any(k.endswith(".alpha") and v.abs().sum() > 0 for k, v in r0.items())
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k

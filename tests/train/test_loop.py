@@ -13,21 +13,16 @@ from natsdeploy.cli import main
 from natsdeploy.data.evaluate import METRICS
 from natsdeploy.train.loop import (CHECKPOINT_FORMAT, TrainConfig, evaluate, load_detector_checkpoint, lr_factor,
                                    train)
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, FAST
+from tests.helpers import assert_exit_2
 
 ARCH = EXAMPLES / "resnet18_nats_c.json"
-# fewer proposals and RoI samples than torchvision's defaults: same code paths, a fraction of the CPU time
-FAST = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
-            rpn_post_nms_top_n_test=100, box_batch_size_per_image=128)
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from natsdeploy.data.synthetic import make_synthetic_coco
-
-    root = tmp_path_factory.mktemp("synth") / "data"
-    make_synthetic_coco(root, train_images=8, val_images=4, image_size=(96, 128), seed=0)
-    return str(root)
+@pytest.fixture
+def synth(small_synth) -> str:
+    """conftest's 8 train / 4 val images of 96x128."""
+    return small_synth
 
 
 def _cfg(synth, out, **kw) -> TrainConfig:
@@ -49,9 +44,10 @@ def test_lr_schedule_warmup_then_steps():
 
 def test_short_train_writes_checkpoint_and_metrics(synth, tmp_path, capsys):
     out = tmp_path / "t"
+    fast = [a for k, v in FAST.items() for a in ("--detector-option", f"{k}={v}")]
     assert main(["train", str(ARCH), "--data", synth, "--detector", "faster_rcnn", "--epochs", "2", "--steps", "1",
                  "--batch-size", "2", "--warmup-iters", "2", "--min-size", "96", "--max-size", "128",
-                 "--max-steps-per-epoch", "3", "--out", str(out), "--no-progress"]) == 0
+                 "--max-steps-per-epoch", "3", *fast, "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "epoch 1:" in printed and "epoch 2:" in printed and all(f"{m} " in printed for m in METRICS)
 
@@ -81,16 +77,16 @@ def test_short_train_writes_checkpoint_and_metrics(synth, tmp_path, capsys):
 
 
 def test_resume_is_bit_identical(synth, tmp_path):
-    full = train(_cfg(synth, tmp_path / "full"), log=lambda s: None)
+    full = train(_cfg(synth, tmp_path / "full", max_steps_per_epoch=2), log=lambda s: None)
 
     def interrupt_after_first_epoch(msg):
         if msg.startswith("epoch 1:"):  # logged after the checkpoint is written
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(synth, tmp_path / "part"), log=interrupt_after_first_epoch)
+        train(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2), log=interrupt_after_first_epoch)
     assert torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)["epoch"] == 1
-    resumed = train(_cfg(synth, tmp_path / "part", resume=True), log=lambda s: None)
+    resumed = train(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2, resume=True), log=lambda s: None)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert set(a) == set(b)
     for k in a:
@@ -107,22 +103,19 @@ def test_baseline_trains_under_the_same_recipe(synth, tmp_path):
 
 
 def test_baseline_without_backbone_exits_2(synth, tmp_path, capsys):
-    assert main(["train", "--data", synth, "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--backbone" in err
-    assert not (tmp_path / "x").exists()
+    assert_exit_2(["train", "--data", synth, "--out", tmp_path / "x"], capsys, contains="--backbone",
+                  absent=[tmp_path / "x"])
 
 
 def test_backbone_other_than_the_arch_exits_2(synth, tmp_path, capsys):
-    assert main(["train", str(ARCH), "--backbone", "resnet50", "--data", synth, "--out", str(tmp_path / "x")]) == 2
-    assert "resnet18" in capsys.readouterr().err
+    assert_exit_2(["train", ARCH, "--backbone", "resnet50", "--data", synth, "--out", tmp_path / "x"], capsys,
+                  contains="resnet18", absent=[tmp_path / "x"])
 
 
 def test_dataset_without_annotations_exits_2(tmp_path, capsys):
     (tmp_path / "d" / "train").mkdir(parents=True)
-    assert main(["train", str(ARCH), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "annotation" in err
+    assert_exit_2(["train", ARCH, "--data", tmp_path / "d", "--out", tmp_path / "x"], capsys, contains="annotation",
+                  absent=[tmp_path / "x"])
 
 
 def _ddp_worker(rank, world, init_file, cfg_dict, out_dir):
@@ -184,16 +177,15 @@ def test_backbone_weights_round_trip_into_the_arch(synth, tmp_path):
 
 
 def test_bad_trainable_layers_exits_2(synth, tmp_path, capsys):
-    assert main(["train", str(ARCH), "--data", synth, "--trainable-layers", "6", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == "natsdeploy: error: --trainable-layers: got '6', expected an integer in 0..5"
-    assert not (tmp_path / "x").exists()
+    err = assert_exit_2(["train", ARCH, "--data", synth, "--trainable-layers", "6", "--out", tmp_path / "x"], capsys,
+                        absent=[tmp_path / "x"])
+    assert err == "natsdeploy: error: --trainable-layers: got '6', expected an integer in 0..5"
 
 
 def test_bad_detector_option_exits_2(synth, tmp_path, capsys):
-    assert main(["train", str(ARCH), "--data", synth, "--detector-option", "rpn_typo=3", "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("natsdeploy: error: --detector-option: got 'rpn_typo=3'") and err.count("\n") == 1
-    assert not (tmp_path / "x").exists()
+    err = assert_exit_2(["train", ARCH, "--data", synth, "--detector-option", "rpn_typo=3", "--out", tmp_path / "x"],
+                        capsys, absent=[tmp_path / "x"])
+    assert err.startswith("natsdeploy: error: --detector-option: got 'rpn_typo=3'")
 
 
 def test_resume_under_other_settings_is_refused(synth, tmp_path):
@@ -211,7 +203,7 @@ def test_resume_under_other_settings_is_refused(synth, tmp_path):
 
 
 def test_trainable_layers_below_5_needs_weights(synth, tmp_path, capsys):
-    assert main(["train", str(ARCH), "--data", synth, "--trainable-layers", "3", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == ("natsdeploy: error: --trainable-layers: got 3 without --weights, expected 5 "
-                                               "(from the initialisation every layer trains, as in torchvision) or --weights")
-    assert not (tmp_path / "x").exists()
+    err = assert_exit_2(["train", ARCH, "--data", synth, "--trainable-layers", "3", "--out", tmp_path / "x"], capsys,
+                        absent=[tmp_path / "x"])
+    assert err == ("natsdeploy: error: --trainable-layers: got 3 without --weights, expected 5 "
+                   "(from the initialisation every layer trains, as in torchvision) or --weights")

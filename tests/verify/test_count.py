@@ -13,7 +13,7 @@ from natsdeploy import build_backbone, build_baseline, count
 from natsdeploy.convert import load_ic_conv
 from natsdeploy.verify.check import check_arch
 from tests.conftest import ICCONV, needs_icconv
-from tests.helpers import ALL, random_arch
+from tests.helpers import ALL, ALL_PARAMS, random_arch
 
 
 def _fvcore(model, shape):
@@ -41,7 +41,7 @@ def test_known_resnet50_cost():
     assert c.per_module["layer1.0.conv2"] == (64 * 64 * 9, 56 * 56 * 64 * 64 * 9)
 
 
-@pytest.mark.parametrize("backbone", ALL)
+@pytest.mark.parametrize("backbone", ALL_PARAMS)
 def test_transformed_counts_equal_baseline(backbone):
     arch = random_arch(backbone, random.Random(1), p_conv=1.0, max_dilation=5)
     r = check_arch(arch, (1, 3, 800, 1216))

@@ -13,21 +13,19 @@ from natsdeploy.cli import main
 from natsdeploy.data.evaluate import METRICS, match_detections
 from natsdeploy.runners import OrtRunner
 from natsdeploy.verify.detection_parity import detection_parity
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, FAST
+from tests.helpers import assert_exit_2
 
 ARCH = EXAMPLES / "resnet18_nats_c.json"
-FAST = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
-            rpn_post_nms_top_n_test=100, box_batch_size_per_image=128)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A briefly trained Faster R-CNN on the example transformed ResNet-18 and its data."""
-    from natsdeploy.data.synthetic import make_synthetic_coco
+def trained(tmp_path_factory, small_synth):
+    """A briefly trained Faster R-CNN on the example transformed ResNet-18 and its data (8 train / 4 val)."""
     from natsdeploy.train.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("parity")
-    data = make_synthetic_coco(root / "data", train_images=8, val_images=4, image_size=(96, 128), seed=0)
+    data = small_synth
     cfg = TrainConfig(arch=str(ARCH), data=str(data), out=str(root / "run"), epochs=1, steps=(1,), batch_size=2,
                       warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128, max_steps_per_epoch=3,
                       progress=False, detector_kwargs=dict(FAST, box_score_thresh=0.0))
@@ -104,41 +102,34 @@ def test_match_detections_needs_same_class_and_iou():
     assert match_detections(empty, empty).share == 1.0 and match_detections(empty, ref).share == 0.0
 
 
-def _one_line_exit_2(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("natsdeploy: error:") and "\n" not in err, err
-    return err
-
-
 def test_checkpoint_of_another_arch_exits_2(trained, tmp_path, capsys):
     baseline = Arch(backbone="resnet18").save(tmp_path / "baseline.json")
-    err = _one_line_exit_2(capsys, ["parity", str(baseline), "--checkpoint", trained["checkpoint"],
-                                    "--data", trained["data"]])
+    err = assert_exit_2(["parity", str(baseline), "--checkpoint", trained["checkpoint"],
+                         "--data", trained["data"]], capsys)
     assert "another arch" in err and 'convs["layer2.0.conv1"]' in err
 
 
 def test_missing_or_unreadable_checkpoint_exits_2(trained, tmp_path, capsys):
-    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", str(tmp_path / "nope.pth"),
-                                    "--data", trained["data"]])
+    err = assert_exit_2(["parity", str(ARCH), "--checkpoint", str(tmp_path / "nope.pth"),
+                         "--data", trained["data"]], capsys)
     assert "nope.pth" in err
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", str(tmp_path / "junk.pth"),
-                                    "--data", trained["data"]])
+    err = assert_exit_2(["parity", str(ARCH), "--checkpoint", str(tmp_path / "junk.pth"),
+                         "--data", trained["data"]], capsys)
     assert "junk.pth" in err and "cannot read" in err
 
 
 def test_dataset_without_annotations_exits_2(trained, tmp_path, capsys):
     (tmp_path / "d" / "val").mkdir(parents=True)
-    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
-                                    "--data", str(tmp_path / "d")])
+    err = assert_exit_2(["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                         "--data", str(tmp_path / "d")], capsys)
     assert "annotation" in err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is importable here")
 def test_trt_without_tensorrt_exits_2(trained, capsys):
-    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
-                                    "--data", trained["data"], "--backend", "trt"])
+    err = assert_exit_2(["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                         "--data", trained["data"], "--backend", "trt"], capsys)
     assert "--backend trt" in err and "TensorRT" in err
 
 
@@ -158,30 +149,41 @@ def test_openvino_backbone_parity_passes(trained, tmp_path, capsys):
 def test_openvino_whole_or_fp16_exits_2(trained, capsys):
     for flag, expected in (("--whole", "--whole: got it with --backend openvino"),
                            ("--fp16", "--fp16: got it with --backend openvino")):
-        err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
-                                        "--data", trained["data"], "--backend", "openvino", flag])
+        err = assert_exit_2(["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                             "--data", trained["data"], "--backend", "openvino", flag], capsys)
         assert expected in err
 
 
 def test_fp16_needs_trt_exits_2(trained, capsys):
-    err = _one_line_exit_2(capsys, ["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
-                                    "--data", trained["data"], "--fp16"])
+    err = assert_exit_2(["parity", str(ARCH), "--checkpoint", trained["checkpoint"],
+                         "--data", trained["data"], "--fp16"], capsys)
     assert "--fp16" in err
 
 
-def test_mask_rcnn_parity_scores_boxes_and_masks(tmp_path, capsys):
-    """Mask R-CNN: both the box and the mask rows, each with zero difference on ONNX Runtime."""
-    from natsdeploy.data.synthetic import make_synthetic_coco
+@pytest.fixture(scope="module")
+def trained_kind(synth_coco, tmp_path_factory):
+    """(data, checkpoint) of a 2-step run of each detector on 4 train / 3 val images, trained once per module."""
     from natsdeploy.train.loop import TrainConfig, train
 
-    data = make_synthetic_coco(tmp_path / "data", train_images=4, val_images=2, image_size=(96, 128), seed=1)
-    train(TrainConfig(arch=str(ARCH), data=str(data), out=str(tmp_path / "run"), detector="mask_rcnn", epochs=1,
-                      steps=(1,), batch_size=2, warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128,
-                      max_steps_per_epoch=2, progress=False, detector_kwargs=dict(FAST, box_score_thresh=0.0)),
-          log=lambda s: None)
+    data, root, runs = synth_coco(train_images=4, val_images=3, seed=2), tmp_path_factory.mktemp("kinds"), {}
+
+    def get(detector: str) -> tuple[str, str]:
+        if detector not in runs:
+            opts = {"score_thresh": 0.0} if detector == "retinanet" else dict(FAST, box_score_thresh=0.0)
+            train(TrainConfig(arch=str(ARCH), data=data, out=str(root / detector), detector=detector, epochs=1,
+                              steps=(1,), batch_size=2, warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128,
+                              max_steps_per_epoch=2, progress=False, detector_kwargs=opts), log=lambda s: None)
+            runs[detector] = (data, str(root / detector / "checkpoint.pth"))
+        return runs[detector]
+
+    return get
+
+
+def test_mask_rcnn_parity_scores_boxes_and_masks(trained_kind, tmp_path, capsys):
+    """Mask R-CNN: both the box and the mask rows, each with zero difference on ONNX Runtime."""
+    data, checkpoint = trained_kind("mask_rcnn")
     out = tmp_path / "p.json"
-    assert main(["parity", str(ARCH), "--checkpoint", str(tmp_path / "run" / "checkpoint.pth"), "--data", str(data),
-                 "--json", str(out)]) == 0
+    assert main(["parity", str(ARCH), "--checkpoint", checkpoint, "--data", data, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["detector"] == "mask_rcnn" and r["passed"]
@@ -193,21 +195,13 @@ def test_mask_rcnn_parity_scores_boxes_and_masks(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("detector", ["faster_rcnn", "retinanet", "mask_rcnn"])
-def test_whole_detector_on_ort_matches_pytorch(tmp_path, capsys, detector):
+def test_whole_detector_on_ort_matches_pytorch(trained_kind, tmp_path, capsys, detector):
     """--whole: the entire detector as one ONNX graph on ONNX Runtime gives PyTorch's detections and AP."""
     import onnx
 
-    from natsdeploy.data.synthetic import make_synthetic_coco
-    from natsdeploy.train.loop import TrainConfig, train
-
-    data = make_synthetic_coco(tmp_path / "data", train_images=4, val_images=3, image_size=(96, 128), seed=2)
-    opts = {"score_thresh": 0.0} if detector == "retinanet" else dict(FAST, box_score_thresh=0.0)
-    train(TrainConfig(arch=str(ARCH), data=str(data), out=str(tmp_path / "run"), detector=detector, epochs=1,
-                      steps=(1,), batch_size=2, warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128,
-                      max_steps_per_epoch=2, progress=False, detector_kwargs=opts), log=lambda s: None)
+    data, checkpoint = trained_kind(detector)
     out = tmp_path / "p.json"
-    assert main(["parity", str(ARCH), "--checkpoint", str(tmp_path / "run" / "checkpoint.pth"), "--data", str(data),
-                 "--whole", "--json", str(out)]) == 0
+    assert main(["parity", str(ARCH), "--checkpoint", checkpoint, "--data", data, "--whole", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["mode"] == "whole detector" and r["runtime_calls"] == 3 and r["passed"]
@@ -229,12 +223,11 @@ def test_whole_detector_on_ort_matches_pytorch(tmp_path, capsys, detector):
                     ops(g, acc)
         return acc
 
-    model, _, _ = load_detector_checkpoint(tmp_path / "run" / "checkpoint.pth")
+    model, _, _ = load_detector_checkpoint(checkpoint)
     graph = onnx.load(export_whole_detector(model, tmp_path / "d.onnx", sample=torch.rand(3, 96, 128))).graph
     assert {"Conv", "NonMaxSuppression", "TopK", "Resize"} <= ops(graph, set())
 
 
 def test_whole_with_trt_exits_2(trained, capsys):
-    assert main(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"], "--whole",
-                 "--backend", "trt"]) == 2
-    assert "--whole: got it with --backend trt, expected --backend ort" in capsys.readouterr().err
+    assert_exit_2(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"], "--whole",
+                   "--backend", "trt"], capsys, contains="--whole: got it with --backend trt, expected --backend ort")

@@ -12,7 +12,7 @@ from torch import nn
 
 from natsdeploy.arch import Arch, Branch, ConvTransform
 from natsdeploy.cli import main
-from natsdeploy.models.specs import BACKBONES
+from natsdeploy.specs import BACKBONES
 from natsdeploy.verify.erf import erf_maps, erf_of, erf_radius, erf_report, strip_relu
 from tests.conftest import EXAMPLES
 from tests.helpers import random_arch

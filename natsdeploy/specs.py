@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
-__all__ = ["ConvInfo", "BackboneSpec", "BACKBONES", "get_spec"]
+__all__ = ["ConvInfo", "BlockInfo", "BackboneSpec", "BACKBONES", "get_spec"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,20 @@ class ConvInfo:
 
 
 @dataclass(frozen=True)
+class BlockInfo:
+    """One residual block of a backbone: its name prefix, widths and stride (the single walk of the layout)."""
+
+    prefix: str
+    """Module name prefix, e.g. `layer2.0`."""
+    in_channels: int
+    planes: int
+    width: int
+    """Channels of the block's 3x3 conv (`planes` for basic blocks)."""
+    out_channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """A torchvision ResNet/ResNeXt layout."""
 
@@ -58,25 +72,33 @@ class BackboneSpec:
         return 1 if self.block == "basic" else 4
 
     @cached_property
+    def blocks(self) -> tuple[BlockInfo, ...]:
+        """Every residual block in network order; `convs` and the MAC count both walk this."""
+        out: list[BlockInfo] = []
+        inplanes = 64
+        for li, n_blocks in enumerate(self.layers, start=1):
+            planes = 64 * 2 ** (li - 1)
+            width = planes if self.block == "basic" else int(planes * (self.width_per_group / 64.0)) * self.groups
+            for bi in range(n_blocks):
+                out.append(BlockInfo(prefix=f"layer{li}.{bi}", in_channels=inplanes, planes=planes, width=width,
+                                     out_channels=planes * self.expansion, stride=2 if (li > 1 and bi == 0) else 1))
+                inplanes = planes * self.expansion
+        return tuple(out)
+
+    @cached_property
     def convs(self) -> dict[str, ConvInfo]:
         """Every 3x3 conv in network order, keyed by torchvision module name."""
         out: dict[str, ConvInfo] = {}
-        inplanes = 64
-        for li, blocks in enumerate(self.layers, start=1):
-            planes = 64 * 2 ** (li - 1)
-            for bi in range(blocks):
-                stride = 2 if (li > 1 and bi == 0) else 1
-                p = f"layer{li}.{bi}"
-                if self.block == "basic":
-                    out[f"{p}.conv1"] = ConvInfo(f"{p}.conv1", inplanes, planes, stride, 1,
-                                                 f"{p}.bn1", f"{p}.conv2", None, None)
-                    out[f"{p}.conv2"] = ConvInfo(f"{p}.conv2", planes, planes, 1, 1,
-                                                 f"{p}.bn2", None, None, None)
-                else:
-                    width = int(planes * (self.width_per_group / 64.0)) * self.groups
-                    out[f"{p}.conv2"] = ConvInfo(f"{p}.conv2", width, width, stride, self.groups,
-                                                 f"{p}.bn2", f"{p}.conv3", f"{p}.conv1", f"{p}.bn1")
-                inplanes = planes * self.expansion
+        for b in self.blocks:
+            p = b.prefix
+            if self.block == "basic":
+                out[f"{p}.conv1"] = ConvInfo(f"{p}.conv1", b.in_channels, b.planes, b.stride, 1,
+                                             f"{p}.bn1", f"{p}.conv2", None, None)
+                out[f"{p}.conv2"] = ConvInfo(f"{p}.conv2", b.planes, b.planes, 1, 1,
+                                             f"{p}.bn2", None, None, None)
+            else:
+                out[f"{p}.conv2"] = ConvInfo(f"{p}.conv2", b.width, b.width, b.stride, self.groups,
+                                             f"{p}.bn2", f"{p}.conv3", f"{p}.conv1", f"{p}.bn1")
         return out
 
     def torchvision_kwargs(self) -> dict[str, int]:

@@ -53,12 +53,12 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
     `openvino` (f32, bf16 or f16; None skips) adds OpenVINO CPU rows to parity and latency at that precision."""
     import onnxruntime as ort
 
-    from natsdeploy.bench.latency import time_interleaved
-    from natsdeploy.bench.machine import machine_info
     from natsdeploy.export.fold import fold_trunk, iter_splits, rewrite
     from natsdeploy.export.onnx import check_onnx, inline_functions, trunk_to_onnx
     from natsdeploy.models.build import build_trunks
     from natsdeploy.runners import TorchRunner, ort_session_options
+    from natsdeploy.timing.latency import time_interleaved
+    from natsdeploy.timing.machine import machine_info
     from natsdeploy.verify.count import count_onnx
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from natsdeploy.bench.latency import time_interleaved
-from natsdeploy.bench.stats import paired_ratio, summarize
+from natsdeploy.timing.latency import time_interleaved
+from natsdeploy.timing.stats import paired_ratio, summarize
 
 
 def test_percentiles_and_cv():

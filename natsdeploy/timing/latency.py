@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from natsdeploy.bench.stats import PairedRatio, Summary, paired_ratio, summarize
+from natsdeploy.timing.stats import PairedRatio, Summary, paired_ratio, summarize
 
 __all__ = ["PairedTiming", "time_interleaved"]
 

@@ -1,0 +1,1 @@
+"""Timing primitives shared by bench and export autotune: interleaved timing, robust statistics, machine records."""
