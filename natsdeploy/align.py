@@ -229,6 +229,9 @@ class AlignmentCheck:
     unaligned: tuple[UnalignedBranch, ...]
     unaligned_macs: int
     total_macs: int
+    narrow: tuple[UnalignedBranch, ...] = ()
+    """Branches that are not a multiple of the target's `full_rate` width (unaligned ones included)."""
+    narrow_macs: int = 0
 
     @property
     def aligned(self) -> bool:
@@ -243,7 +246,9 @@ class AlignmentCheck:
                 "aligned": self.aligned,
                 "unaligned_branches": [{"conv": u.conv, "branch": u.index, "dilation": list(u.dilation),
                                         "channels": u.channels} for u in self.unaligned],
-                "unaligned_macs": self.unaligned_macs, "total_macs": self.total_macs, "mac_share": self.mac_share}
+                "unaligned_macs": self.unaligned_macs, "total_macs": self.total_macs, "mac_share": self.mac_share,
+                "full_rate": self.target.full_rate, "narrow_branches": len(self.narrow),
+                "narrow_macs": self.narrow_macs}
 
 
 def check_alignment(arch: Arch, target: Target, input_shape: Sequence[int], *,
@@ -252,9 +257,11 @@ def check_alignment(arch: Arch, target: Target, input_shape: Sequence[int], *,
     (default: the whole network's MACs from the spec, as `natsdeploy.verify.count` counts them)."""
     per_channel = conv3x3_macs_per_channel(arch.spec, input_shape)
     bad = unaligned_branches(arch, target.block)
+    narrow = unaligned_branches(arch, target.full_rate)
     macs = sum(per_channel[u.conv] * u.channels for u in bad)
     total = backbone_macs(arch.spec, input_shape) if total_macs is None else int(total_macs)
-    return AlignmentCheck(target, tuple(bad), macs, total)
+    return AlignmentCheck(target, tuple(bad), macs, total, narrow=tuple(narrow),
+                          narrow_macs=sum(per_channel[u.conv] * u.channels for u in narrow))
 
 
 def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> list[str]:
@@ -262,7 +269,7 @@ def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> 
     t = check.target
     head = f"alignment for {t.name} ({t.reason})"
     if check.aligned:
-        return [f"{head}: every branch is a multiple of {t.block} channels"]
+        return [f"{head}: every branch is a multiple of {t.block} channels", *_full_rate_lines(check, arch_path)]
     per_conv: dict[str, list[UnalignedBranch]] = {}
     for u in check.unaligned:
         per_conv.setdefault(u.conv, []).append(u)
@@ -274,4 +281,17 @@ def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> 
     lines.append(f"  share of MACs in unaligned branches: {check.mac_share:.1%} "
                  f"({check.unaligned_macs:,} of {check.total_macs:,})")
     lines.append(f"  suggestion: natsdeploy align {arch_path} --multiple {t.block} -o ALIGNED.json")
-    return lines
+    return lines + _full_rate_lines(check, arch_path)
+
+
+def _full_rate_lines(check: AlignmentCheck, arch_path: str) -> list[str]:
+    """A note when branches miss the width the target computes at the baseline's rate (beyond its block)."""
+    t = check.target
+    if t.full_rate == t.block or not check.narrow:
+        return []
+    convs = len({u.conv for u in check.narrow})
+    share = check.narrow_macs / check.total_macs if check.total_macs else 0.0
+    return [f"  full rate: {len(check.narrow)} branches in {convs} convs are not a multiple of {t.full_rate} "
+            f"channels ({share:.1%} of MACs); {t.full_rate_reason}, so narrower branches cost more per channel",
+            f"  for the baseline's speed on {t.name}: natsdeploy align {arch_path} --multiple {t.full_rate} "
+            "-o ALIGNED.json (where every listed conv's width allows it)"]

@@ -293,5 +293,34 @@ def test_mac_share_against_counted_model():
     assert "4 branches in 2 convs are not a multiple of 16" in lines[0]
     assert "  layer3.1.conv1: branch 0 d(3,1) 8 ch, branch 1 d2 232 ch" in lines
     assert any(f"{res.mac_share:.1%}" in ln for ln in lines)
-    assert lines[-1] == "  suggestion: natsdeploy align a.json --multiple 16 -o ALIGNED.json"
+    assert "  suggestion: natsdeploy align a.json --multiple 16 -o ALIGNED.json" in lines
     assert check_alignment(arch, get_target("ort-cpu"), shape, total_macs=10 ** 12).total_macs == 10 ** 12
+
+
+def test_full_rate_note_names_branches_narrower_than_the_runtimes_full_width():
+    arch, shape = _diag_arch(), (1, 3, 64, 96)
+    ort = get_target("ort-cpu", flags={"avx512f"})
+    assert (ort.block, ort.full_rate) == (16, 64)
+    a16 = align_arch(arch, 16)
+    res = check_alignment(a16, ort, shape)
+    assert res.aligned and res.narrow == tuple(unaligned_branches(a16, 64)) and res.narrow
+    from natsdeploy.verify.count import count
+
+    with torch.device("meta"):
+        counted = count(build_backbone(a16), shape)
+    per_conv = {n: counted.per_module[n][1] // a16.spec.convs[n].out_channels for n in a16.convs}
+    assert res.narrow_macs == sum(per_conv[u.conv] * u.channels for u in res.narrow) > 0
+    convs = {u.conv for u in res.narrow}
+    lines = format_alignment(res, arch_path="a.json")
+    assert lines[0].endswith("every branch is a multiple of 16 channels")
+    assert lines[1].startswith(f"  full rate: {len(res.narrow)} branches in {len(convs)} convs are not a "
+                               "multiple of 64 channels")
+    assert lines[2] == "  for the baseline's speed on ort-cpu: natsdeploy align a.json --multiple 64 -o ALIGNED.json " \
+                       "(where every listed conv's width allows it)"
+    a64 = align_arch(arch, 64)
+    res64 = check_alignment(a64, ort, shape)
+    assert res64.narrow == () and res64.narrow_macs == 0 and len(format_alignment(res64)) == 1
+    d = res.to_dict()
+    assert d["full_rate"] == 64 and d["narrow_branches"] == len(res.narrow) and d["narrow_macs"] == res.narrow_macs
+    gpu = check_alignment(a16, get_target("cuda-fp16"), shape)  # full rate is the block: no note
+    assert gpu.target.full_rate == 8 and len(format_alignment(gpu)) == 1

@@ -19,6 +19,14 @@ def test_cpu_block_from_flags(flags, block):
         assert get_target(name, flags=flags).block == block
 
 
+@pytest.mark.parametrize("flags, ort, ov", [({"avx512f"}, 64, 32), ({"avx2"}, 32, 16)])
+def test_full_rate_width_per_cpu_runtime(flags, ort, ov):
+    t = get_target("ort-cpu", flags=flags)
+    assert t.full_rate == ort and "MLAS" in t.full_rate_reason and t.to_dict()["full_rate"] == ort
+    assert get_target("openvino-cpu", flags=flags).full_rate == ov
+    assert get_target("cuda-int8", flags=flags).full_rate == 32
+
+
 def test_gpu_blocks_do_not_depend_on_the_cpu():
     assert get_target("cuda-fp16", flags=set()).block == 8
     assert get_target("cuda-int8", flags={"avx512f"}).block == 32
