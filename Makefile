@@ -16,12 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# test files spread over TEST_WORKERS processes (pytest-xdist), one torch thread each (tests/conftest.py);
-# --dist loadfile keeps each file's tests, in order, on one worker (module fixtures, the README's command chain)
-TEST_WORKERS ?= 2
-
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
 	$(VENV)/bin/natsdeploy check examples/resnet50_nats_c.json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,16 +10,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ICCONV = REPO.parent / "shared" / "reference" / "icconv"
 EXAMPLES = REPO / "examples"
-
-
-
-def pytest_configure(config) -> None:
-    """Under pytest-xdist (`make test` runs `-n 2`) each worker gets one torch thread: the workers share the cores."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
-
-        torch.set_num_threads(1)
-
 
 needs_icconv = pytest.mark.skipif(not ICCONV.is_dir(), reason=f"published IC-Conv patterns not found at {ICCONV}")
 
