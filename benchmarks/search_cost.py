@@ -95,8 +95,12 @@ def make_step(args, mode: str, target: str, device):
     else:
         from natsdeploy.models.detectors import build_detector
 
+        # equal RoI work in every mode: with RPN NMS off (threshold 1.0) every mode keeps its
+        # post_nms_top_n proposals and samples the same number of RoIs; with NMS on, the count
+        # depends on how alike an untrained model's boxes are, which differs between modes
+        extra = {"rpn_nms_thresh": 1.0} if getattr(args, "equal_rois", False) else {}
         model = build_detector("faster_rcnn", bb, num_classes=4, min_size=args.size,
-                               max_size=args.size).to(device).train()
+                               max_size=args.size, **extra).to(device).train()
         images = [torch.rand(3, args.size, args.size, generator=g).to(device) for _ in range(args.batch_size)]
         s = args.size / 320
         box = torch.tensor([[10.0, 20.0, 120.0, 200.0], [150.0, 40.0, 300.0, 90.0]]) * s
@@ -179,6 +183,8 @@ def _child(args, **kw) -> dict:
            "--rounds", str(args.rounds), "--steps", str(args.steps), "--modes", args.modes]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.equal_rois:
+        cmd += ["--equal-rois"]
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -212,6 +218,8 @@ def parse_args(argv=None):
     ap.add_argument("--targets", default="backbone,detector")
     ap.add_argument("--modes", default="baseline,softmax,gumbel", help=f"some of {','.join(MODES)}; baseline first")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--equal-rois", action="store_true",
+                    help="detector: RPN NMS off, so every mode's RoI heads do the same work")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--recovery-backbone", default="resnet50")
     ap.add_argument("--recovery-groups", type=int, default=16)
