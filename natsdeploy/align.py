@@ -232,6 +232,8 @@ class AlignmentCheck:
     narrow: tuple[UnalignedBranch, ...] = ()
     """Branches that are not a multiple of the target's `full_rate` width (unaligned ones included)."""
     narrow_macs: int = 0
+    full_rate_alignable: bool = True
+    """Whether `natsdeploy align --multiple full_rate` accepts this arch (`validate_multiple`)."""
 
     @property
     def aligned(self) -> bool:
@@ -247,25 +249,38 @@ class AlignmentCheck:
                 "unaligned_branches": [{"conv": u.conv, "branch": u.index, "dilation": list(u.dilation),
                                         "channels": u.channels} for u in self.unaligned],
                 "unaligned_macs": self.unaligned_macs, "total_macs": self.total_macs, "mac_share": self.mac_share,
-                "full_rate": self.target.full_rate, "narrow_branches": len(self.narrow),
-                "narrow_macs": self.narrow_macs}
+                "full_rate": self.target.full_rate, "full_rate_reason": self.target.full_rate_reason,
+                "narrow_branches": [{"conv": u.conv, "branch": u.index, "dilation": list(u.dilation),
+                                     "channels": u.channels} for u in self.narrow],
+                "narrow_macs": self.narrow_macs,
+                "narrow_share": self.narrow_macs / self.total_macs if self.total_macs else 0.0,
+                "full_rate_alignable": self.full_rate_alignable}
 
 
 def check_alignment(arch: Arch, target: Target, input_shape: Sequence[int], *,
                     total_macs: int | None = None) -> AlignmentCheck:
     """Unaligned branches for `target` and their MACs at `input_shape`; the share is of `total_macs`
-    (default: the whole network's MACs from the spec, as `natsdeploy.verify.count` counts them)."""
+    (default: the whole network's MACs from the spec, as `natsdeploy.verify.count` counts them).
+    Also the branches narrower than the target's full-rate width (`narrow`), and whether the arch
+    can be aligned to that width."""
     per_channel = conv3x3_macs_per_channel(arch.spec, input_shape)
     bad = unaligned_branches(arch, target.block)
     narrow = unaligned_branches(arch, target.full_rate)
     macs = sum(per_channel[u.conv] * u.channels for u in bad)
     total = backbone_macs(arch.spec, input_shape) if total_macs is None else int(total_macs)
+    try:
+        validate_multiple(arch, target.full_rate)
+        alignable = True
+    except ArchError:
+        alignable = False
     return AlignmentCheck(target, tuple(bad), macs, total, narrow=tuple(narrow),
-                          narrow_macs=sum(per_channel[u.conv] * u.channels for u in narrow))
+                          narrow_macs=sum(per_channel[u.conv] * u.channels for u in narrow),
+                          full_rate_alignable=alignable)
 
 
 def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> list[str]:
-    """Report lines: every unaligned branch (grouped per conv), the MAC share, the fix."""
+    """Report lines: every unaligned branch (grouped per conv), the MAC share, the fix; then a note on
+    branches narrower than the target's full-rate width, where that is wider than the block."""
     t = check.target
     head = f"alignment for {t.name} ({t.reason})"
     if check.aligned:
@@ -291,7 +306,13 @@ def _full_rate_lines(check: AlignmentCheck, arch_path: str) -> list[str]:
         return []
     convs = len({u.conv for u in check.narrow})
     share = check.narrow_macs / check.total_macs if check.total_macs else 0.0
-    return [f"  full rate: {len(check.narrow)} branches in {convs} convs are not a multiple of {t.full_rate} "
-            f"channels ({share:.1%} of MACs); {t.full_rate_reason}, so narrower branches cost more per channel",
-            f"  for the baseline's speed on {t.name}: natsdeploy align {arch_path} --multiple {t.full_rate} "
-            "-o ALIGNED.json (where every listed conv's width allows it)"]
+    why = f"{t.full_rate_reason}, so" if t.full_rate_reason else "on this target"
+    lines = [f"  full rate: {len(check.narrow)} branches in {convs} convs are not a multiple of {t.full_rate} "
+             f"channels ({share:.1%} of MACs); {why} narrower branches cost more per channel"]
+    if check.full_rate_alignable:
+        lines.append(f"  for the baseline's speed on {t.name}: natsdeploy align {arch_path} --multiple {t.full_rate} "
+                     "-o ALIGNED.json")
+    else:
+        lines.append(f"  aligning to {t.full_rate} is not possible for this arch (a listed conv's width does not allow "
+                     "it)")
+    return lines

@@ -210,6 +210,11 @@ def format_report(report: dict) -> str:
             "every branch aligned" if al["aligned"] else
             f"{len(al['unaligned_branches'])} branches not a multiple of {al['block']} carry {al['mac_share']:.1%} "
             f"of MACs (warning; fix: natsdeploy align ARCH.json --multiple {al['block']})"))
+        if al.get("narrow_branches") and al.get("full_rate", al["block"]) != al["block"]:
+            fix = (f"natsdeploy align ARCH.json --multiple {al['full_rate']}" if al.get("full_rate_alignable")
+                   else "not alignable to it")
+            lines.append(f"  full rate ({al['full_rate']} channels): {len(al['narrow_branches'])} narrower branches "
+                         f"carry {al['narrow_share']:.1%} of MACs (for the baseline's speed: {fix})")
     lines.append("")
     lines.append(f"  parity vs PyTorch ({p['runtime']}), max|err| / max|ref|:")
     for key in ("model", "baseline"):

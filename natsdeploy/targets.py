@@ -20,13 +20,14 @@ _GPU_BLOCKS = {"cuda-fp16": (8, "tensor cores, fp16: 8-channel blocks"),
                "cuda-int8": (32, "tensor cores, int8: 32-channel blocks")}
 
 
-# Measured (benchmarks/README.md, section 0): ONNX Runtime's MLAS NCHWc conv computes up to 4 blocks
-# of filters per kernel pass, so a 32-wide conv costs 1.25-1.5x per channel on AVX-512 and 64 runs
-# at the baseline's rate; OpenVINO's CPU kernels reach it at 2 blocks (IC-Conv R50 aligned to 16:
-# 1.040, to 32: 1.006).
-_CPU_FULL_RATE = {
-    "ort-cpu": lambda block: (4 * block, f"MLAS NCHWc kernels compute 4 blocks of {block} filters per pass"),
-    "openvino-cpu": lambda block: (2 * block, f"measured: 2 blocks of {block} run at the baseline's rate"),
+# Full-rate width in blocks, per CPU runtime (benchmarks/README.md, section 0). ONNX Runtime: MLAS's
+# NCHWc conv computes up to 4 blocks of filters per pass over its input; measured on AVX-512, a
+# 32-wide conv costs 1.34-1.55x per channel and archs aligned to 64 run at the baseline's speed
+# (IC-Conv R50: 1.003x). OpenVINO: measured on AVX-512, IC-Conv R50 aligned to 16: 1.040x, to 32:
+# 1.006x. AVX2 values follow the same block counts (not measured).
+_CPU_BLOCKS_PER_PASS = {
+    "ort-cpu": (4, "MLAS NCHWc kernels compute up to 4 blocks of {block} filters per pass"),
+    "openvino-cpu": (2, "OpenVINO CPU kernels reach the baseline's rate at 2 blocks of {block} (measured on AVX-512)"),
 }
 
 
@@ -38,13 +39,16 @@ class Target:
     block: int
     reason: str
     """Why this block (e.g. which CPU flag decided it), for reports."""
-    full_rate: int = 0
-    """The branch width (a multiple of `block`) the runtime computes at the baseline's rate; 0: `block`."""
+    full_rate: int | None = None
+    """The branch width (a multiple of `block`) the runtime computes at the baseline's rate; None: `block`."""
     full_rate_reason: str = ""
 
     def __post_init__(self) -> None:
-        if not self.full_rate:
+        if self.full_rate is None:
             object.__setattr__(self, "full_rate", self.block)
+        f = self.full_rate
+        if not isinstance(f, int) or isinstance(f, bool) or f < 1 or f % self.block:
+            raise UsageError(f"full_rate: got {f!r}, expected a positive multiple of block {self.block}")
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "block": self.block, "reason": self.reason, "full_rate": self.full_rate,
@@ -80,7 +84,8 @@ def get_target(name: str, *, flags: Iterable[str] | None = None, field: str = "t
         return Target(name, block, reason)
     if name in ("ort-cpu", "openvino-cpu"):
         block, reason = cpu_block(cpu_flags() if flags is None else flags)
-        return Target(name, block, reason, *_CPU_FULL_RATE[name](block))
+        blocks, why = _CPU_BLOCKS_PER_PASS[name]
+        return Target(name, block, reason, full_rate=blocks * block, full_rate_reason=why.format(block=block))
     raise UsageError(f"{field}: got {name!r}, expected one of {list(TARGET_NAMES)}")
 
 

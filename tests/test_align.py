@@ -11,7 +11,7 @@ import torch
 from natsdeploy import Arch, ArchError, Branch, ConvTransform, build_backbone, load_arch
 from natsdeploy.align import (align_arch, align_report, check_alignment, format_align_report, format_alignment,
                               round_shares, unaligned_branches, validate_multiple)
-from natsdeploy.targets import get_target
+from natsdeploy.targets import Target, get_target
 from natsdeploy.verify.check import check_arch
 from tests.helpers import random_arch, seeded_state_dict
 
@@ -315,12 +315,21 @@ def test_full_rate_note_names_branches_narrower_than_the_runtimes_full_width():
     assert lines[0].endswith("every branch is a multiple of 16 channels")
     assert lines[1].startswith(f"  full rate: {len(res.narrow)} branches in {len(convs)} convs are not a "
                                "multiple of 64 channels")
-    assert lines[2] == "  for the baseline's speed on ort-cpu: natsdeploy align a.json --multiple 64 -o ALIGNED.json " \
-                       "(where every listed conv's width allows it)"
+    assert lines[2] == "  for the baseline's speed on ort-cpu: natsdeploy align a.json --multiple 64 -o ALIGNED.json"
     a64 = align_arch(arch, 64)
     res64 = check_alignment(a64, ort, shape)
     assert res64.narrow == () and res64.narrow_macs == 0 and len(format_alignment(res64)) == 1
     d = res.to_dict()
-    assert d["full_rate"] == 64 and d["narrow_branches"] == len(res.narrow) and d["narrow_macs"] == res.narrow_macs
+    assert d["full_rate"] == 64 and d["narrow_macs"] == res.narrow_macs and d["full_rate_alignable"]
+    assert [(b["conv"], b["branch"], b["channels"]) for b in d["narrow_branches"]] == \
+        [(u.conv, u.index, u.channels) for u in res.narrow]
+    assert d["narrow_share"] == pytest.approx(res.narrow_macs / res.total_macs, rel=1e-12)
+    # a full-rate width some listed conv cannot take (layer1 is 64 wide): said, and no command offered
+    wide = Target("t", 16, "r", full_rate=128, full_rate_reason="")
+    res128 = check_alignment(a16, wide, shape)
+    assert not res128.full_rate_alignable
+    lines = format_alignment(res128, arch_path="a.json")
+    assert "; on this target narrower branches cost more per channel" in lines[1]
+    assert lines[2] == "  aligning to 128 is not possible for this arch (a listed conv's width does not allow it)"
     gpu = check_alignment(a16, get_target("cuda-fp16"), shape)  # full rate is the block: no note
     assert gpu.target.full_rate == 8 and len(format_alignment(gpu)) == 1

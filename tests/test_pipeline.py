@@ -96,15 +96,20 @@ def test_engine_without_tensorrt_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "TensorRT is not importable" in err and not (tmp_path / "o").exists()
 
 
+def _export_for_target(tmp_path, capsys, target: str) -> tuple[str, dict]:
+    """Export the ResNet-18 example for `target`: (stdout, the report's alignment section)."""
+    code, stdout, _ = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--input-shape", SMALL_SHAPE, "--out",
+                            str(tmp_path / "o"), "--latency-pairs", "0", "--target", target], capsys)
+    assert code == 0
+    return stdout, json.loads((tmp_path / "o" / "report.json").read_text())["alignment"]
+
+
 def test_report_has_alignment_for_the_target(tmp_path, capsys):
     from natsdeploy.align import unaligned_branches
     from natsdeploy.arch import load_arch
 
     ex = EXAMPLES / "resnet18_nats_c.json"
-    code, stdout, _ = _run([str(ex), "--input-shape", SMALL_SHAPE, "--out", str(tmp_path / "o"), "--latency-pairs", "0",
-                            "--target", "cuda-int8"], capsys)
-    assert code == 0
-    al = json.loads((tmp_path / "o" / "report.json").read_text())["alignment"]
+    stdout, al = _export_for_target(tmp_path, capsys, "cuda-int8")
     expected = unaligned_branches(load_arch(ex), 32)
     assert al["target"] == "cuda-int8" and al["block"] == 32 and not al["aligned"]
     assert [(u["conv"], u["branch"], u["channels"]) for u in al["unaligned_branches"]] == \
@@ -113,6 +118,20 @@ def test_report_has_alignment_for_the_target(tmp_path, capsys):
     assert 0 < al["mac_share"] < 1
     assert f"alignment (cuda-int8, block 32): {len(expected)} branches not a multiple of 32 carry " in stdout
     assert "natsdeploy align ARCH.json --multiple 32" in stdout
+
+
+def test_report_names_branches_narrower_than_the_full_rate_width(tmp_path, capsys):
+    from natsdeploy.align import unaligned_branches
+    from natsdeploy.arch import load_arch
+
+    ex = EXAMPLES / "resnet18_nats_c.json"
+    stdout, al = _export_for_target(tmp_path, capsys, "ort-cpu")
+    assert al["full_rate"] == 4 * al["block"]  # ONNX Runtime: 4 blocks per pass, on any CPU
+    narrow = unaligned_branches(load_arch(ex), al["full_rate"])
+    assert [(u["conv"], u["branch"], u["channels"]) for u in al["narrow_branches"]] == \
+        [(u.conv, u.index, u.channels) for u in narrow]
+    assert f"  full rate ({al['full_rate']} channels): {len(narrow)} narrower branches carry " in stdout
+    assert f"natsdeploy align ARCH.json --multiple {al['full_rate']})" in stdout
 
 
 def test_bad_target_exits_2_and_writes_nothing(tmp_path, capsys):

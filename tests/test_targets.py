@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from natsdeploy.errors import UsageError
-from natsdeploy.targets import TARGET_NAMES, cpu_block, cpu_flags, detect_target, get_target
+from natsdeploy.targets import TARGET_NAMES, Target, cpu_block, cpu_flags, detect_target, get_target
 
 
 @pytest.mark.parametrize("flags, block", [({"avx2", "avx512f", "fma"}, 16), ({"avx", "avx2"}, 8), (set(), 8),
@@ -25,6 +25,13 @@ def test_full_rate_width_per_cpu_runtime(flags, ort, ov):
     assert t.full_rate == ort and "MLAS" in t.full_rate_reason and t.to_dict()["full_rate"] == ort
     assert get_target("openvino-cpu", flags=flags).full_rate == ov
     assert get_target("cuda-int8", flags=flags).full_rate == 32
+
+
+@pytest.mark.parametrize("full_rate", [24, -16, 0, 8, True])
+def test_full_rate_must_be_a_positive_multiple_of_the_block(full_rate):
+    with pytest.raises(UsageError, match=rf"^full_rate: got {full_rate!r}, expected a positive multiple of block 16$"):
+        Target("t", 16, "r", full_rate=full_rate)
+    assert Target("t", 16, "r").full_rate == 16 and Target("t", 16, "r", full_rate=48).full_rate == 48
 
 
 def test_gpu_blocks_do_not_depend_on_the_cpu():

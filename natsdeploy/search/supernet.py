@@ -159,7 +159,10 @@ class ChannelMixedConv(nn.Module):
               for g, wg, c in zip(genos.tolist(), weight.split(sizes), ch.split(sizes))]
         if len(ys) == 1:
             return ys[0]
-        out = ys[0].new_empty((ys[0].shape[0], self.out_channels, *ys[0].shape[2:]))
+        nhwc = ys[0].is_contiguous(memory_format=torch.channels_last) and not ys[0].is_contiguous()
+        out = torch.empty((ys[0].shape[0], self.out_channels, *ys[0].shape[2:]), dtype=ys[0].dtype,
+                          device=ys[0].device,  # keep the convs' layout (channels_last on CUDA)
+                          memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         for y, c in zip(ys, ch.split(sizes)):  # each genotype's outputs straight to their channels: one copy
             out.index_copy_(1, c, y)
         return out
