@@ -212,6 +212,9 @@ class UnalignedBranch(NamedTuple):
     dilation: tuple[int, int]
     channels: int
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"conv": self.conv, "branch": self.index, "dilation": list(self.dilation), "channels": self.channels}
+
 
 def unaligned_branches(arch: Arch, block: int) -> list[UnalignedBranch]:
     """Every branch of a listed conv whose width is not a multiple of `block`, in network order."""
@@ -246,12 +249,10 @@ class AlignmentCheck:
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target.name, "block": self.target.block, "reason": self.target.reason,
                 "aligned": self.aligned,
-                "unaligned_branches": [{"conv": u.conv, "branch": u.index, "dilation": list(u.dilation),
-                                        "channels": u.channels} for u in self.unaligned],
+                "unaligned_branches": [u.to_dict() for u in self.unaligned],
                 "unaligned_macs": self.unaligned_macs, "total_macs": self.total_macs, "mac_share": self.mac_share,
                 "full_rate": self.target.full_rate, "full_rate_reason": self.target.full_rate_reason,
-                "narrow_branches": [{"conv": u.conv, "branch": u.index, "dilation": list(u.dilation),
-                                     "channels": u.channels} for u in self.narrow],
+                "narrow_branches": [u.to_dict() for u in self.narrow],
                 "narrow_macs": self.narrow_macs,
                 "narrow_share": self.narrow_macs / self.total_macs if self.total_macs else 0.0,
                 "full_rate_alignable": self.full_rate_alignable}

@@ -62,8 +62,8 @@ def cpu_flags(path: str | os.PathLike[str] = "/proc/cpuinfo") -> frozenset[str]:
             for line in f:
                 if line.startswith("flags"):
                     return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    except OSError:  # no /proc/cpuinfo (not Linux): no flags known
+        return frozenset()
     return frozenset()
 
 
