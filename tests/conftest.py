@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,23 @@ def icconv_dir() -> Path:
 # fewer proposals and RoI samples than torchvision's defaults: same code paths, a fraction of the CPU time
 FAST = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200,
             rpn_post_nms_top_n_test=100, box_batch_size_per_image=128)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """Make folders for a module's shared fixtures; removed when the module's tests end.
+
+    Their checkpoints run to hundreds of MB each, so they must not outlive the module (CI disks are small).
+    """
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

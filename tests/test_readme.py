@@ -19,9 +19,11 @@ def _blocks(lang: str) -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_readme_outputs():
-    """The examples write under out/readme; start empty so reruns behave like a fresh clone."""
+    """The examples write under out/readme (~1 GB): start empty so reruns behave like a fresh clone, and clean up."""
     import shutil
 
+    shutil.rmtree(REPO / "out" / "readme", ignore_errors=True)
+    yield
     shutil.rmtree(REPO / "out" / "readme", ignore_errors=True)
 
 

@@ -21,13 +21,13 @@ REL = 1e-4  # fp32 bound on |err| relative to max |ref|
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory):
+def net(module_tmp):
     """The example ResNet-18 arch with seeded weights, its PyTorch outputs, and one ONNX file per form."""
     arch = load_arch(EXAMPLES / "resnet18_nats_c.json")
     sd = seeded_state_dict("resnet18", seed=7)
     m = build_backbone(arch, sd).eval()
     trunk = merge_same_dilation(fold_trunk(m))
-    root = tmp_path_factory.mktemp("runners")
+    root = module_tmp("runners")
     files = {f: save_onnx(trunk_to_onnx(trunk, input_shape=SHAPE, form=f, opset=18 if f == "rows" else 17),
                           root / f"{f}.onnx") for f in FORMS}
     x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)

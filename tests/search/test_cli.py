@@ -10,9 +10,9 @@ from tests.helpers import assert_exit_2
 
 
 @pytest.fixture(scope="module")
-def aligned_search(tmp_path_factory, synth_coco):
+def aligned_search(module_tmp, synth_coco):
     """A short resnet18 search on a small synthetic set, decoded with --align 32 (layer2: groups of 16)."""
-    out = tmp_path_factory.mktemp("alignsearch") / "s"
+    out = module_tmp("alignsearch") / "s"
     code = main(["search", "--data", synth_coco(train_images=4, val_images=1), "--backbone", "resnet18", "--epochs", "2",
                  "--warmup-epochs", "1", "--groups", "8", "--min-size", "96", "--max-size", "128",
                  "--max-steps-per-epoch", "1", "--alpha-lr", "0.5", "--out", str(out), "--no-progress",

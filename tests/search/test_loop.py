@@ -96,11 +96,11 @@ def _worker(rank, world, init_file, cfgs, out_dir):
 
 
 @pytest.fixture(scope="module")
-def gloo(synth_coco, tmp_path_factory):
+def gloo(synth_coco, module_tmp):
     """Two gloo ranks, spawned once for both DDP tests: a softmax run from given weights, then a gumbel run."""
     from tests.helpers import plain_model
 
-    synth, root = synth_coco(train_images=12, val_images=2), tmp_path_factory.mktemp("gloo")
+    synth, root = synth_coco(train_images=12, val_images=2), module_tmp("gloo")
     torch.manual_seed(0)
     weights = str(root / "init.pth")
     torch.save(plain_model("resnet18").state_dict(), weights)  # torchvision's seed-0 init

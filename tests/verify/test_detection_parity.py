@@ -20,11 +20,11 @@ ARCH = EXAMPLES / "resnet18_nats_c.json"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, small_synth):
+def trained(module_tmp, small_synth):
     """A briefly trained Faster R-CNN on the example transformed ResNet-18 and its data (8 train / 4 val)."""
     from natsdeploy.train.loop import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("parity")
+    root = module_tmp("parity")
     data = small_synth
     cfg = TrainConfig(arch=str(ARCH), data=str(data), out=str(root / "run"), epochs=1, steps=(1,), batch_size=2,
                       warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128, max_steps_per_epoch=3,
@@ -161,11 +161,11 @@ def test_fp16_needs_trt_exits_2(trained, capsys):
 
 
 @pytest.fixture(scope="module")
-def trained_kind(synth_coco, tmp_path_factory):
+def trained_kind(synth_coco, module_tmp):
     """(data, checkpoint) of a 2-step run of each detector on 4 train / 3 val images, trained once per module."""
     from natsdeploy.train.loop import TrainConfig, train
 
-    data, root, runs = synth_coco(train_images=4, val_images=3, seed=2), tmp_path_factory.mktemp("kinds"), {}
+    data, root, runs = synth_coco(train_images=4, val_images=3, seed=2), module_tmp("kinds"), {}
 
     def get(detector: str) -> tuple[str, str]:
         if detector not in runs:
