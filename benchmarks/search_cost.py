@@ -10,8 +10,10 @@ Three measurements, side by side in one run:
 2. Peak memory per (target, mode), each in a fresh subprocess so the peak is its own
    (CUDA: torch.cuda.max_memory_allocated; CPU: process max RSS, and its growth over the RSS after
    building the model, which leaves out torch itself).
-3. Planted-arch recovery (`natsdeploy.search.planted`) for both relaxations on
-   --recovery-backbone at --recovery-size.
+3. Planted-arch recovery (`natsdeploy.search.planted`) for softmax, gumbel (the default "local"
+   estimator) and gumbel-st (GDAS's straight-through one) on --recovery-backbone at --recovery-size.
+
+Modes: baseline, softmax, softmax-recompute, gumbel ("local" estimator), gumbel-st.
 
 Gumbel starts from alpha = 0, so every group draws uniformly and a conv runs up to one narrow conv
 per genotype: the early-search case, the most expensive for it.
@@ -35,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-MODES = ("baseline", "softmax", "softmax-recompute", "gumbel")
+MODES = ("baseline", "softmax", "softmax-recompute", "gumbel", "gumbel-st")  # gumbel: the "local" estimator
 
 
 def macs(backbone: str, size: int, mode: str, preset: str) -> int:
@@ -73,7 +75,8 @@ def _backbone(args, mode: str):
         return build_baseline(args.backbone)
     return build_supernet_backbone(args.backbone, preset=args.preset, groups=args.groups,
                                    recompute=mode == "softmax-recompute",
-                                   sampling="gumbel" if mode == "gumbel" else "softmax", tau=1.0)
+                                   sampling="gumbel" if mode.startswith("gumbel") else "softmax", tau=1.0,
+                                   estimator="st" if mode == "gumbel-st" else "local")
 
 
 def make_step(args, mode: str, target: str, device):
@@ -197,12 +200,14 @@ def recovery_rows(args) -> list[dict]:
     from natsdeploy.search.planted import recover_planted
 
     rows = []
-    for sampling in ("softmax", "gumbel"):
+    for relaxation in ("softmax", "gumbel", "gumbel-st"):
+        sampling, _, estimator = relaxation.partition("-")
         r = recover_planted(args.recovery_backbone, groups=args.recovery_groups, preset=args.preset,
                             input_size=args.recovery_size, steps=args.recovery_steps, lr=0.1, seed=0,
-                            sampling=sampling, batch_size=2, device=args.device)
-        rows.append(r.to_dict())
-        print(f"recovery {sampling}: {r.recovery:.3f} {r.per_stage} ({r.steps} steps, {r.wall_s:.1f} s)", flush=True)
+                            sampling=sampling, estimator=estimator or "local", batch_size=2, device=args.device)
+        rows.append(dict(r.to_dict(), relaxation=relaxation))
+        print(f"recovery {relaxation}: {r.recovery:.3f} {r.per_stage} ({r.steps} steps, {r.wall_s:.1f} s)",
+              flush=True)
     return rows
 
 

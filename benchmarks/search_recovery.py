@@ -1,13 +1,14 @@
 """Planted-arch recovery of the search, per stage and input size, for both relaxations (issue 14).
 
-For each backbone, input size and relaxation (`softmax`: the paper's mixture; `gumbel`: GDAS
-sampling with a straight-through estimator) a random arch is planted (seeded), the super-net's
+For each backbone, input size and relaxation (`softmax`: the paper's mixture; `gumbel`: one drawn
+genotype per group with the default "local" estimator; `gumbel-st`: the same draws with GDAS's
+straight-through estimator; see natsdeploy.search.estimators) a random arch is planted (seeded), the super-net's
 alphas alone are trained to match the planted teacher's layer2..4 outputs on random inputs
 (`natsdeploy.search.planted.recover_planted`), and the decoded arch is scored: the fraction of
 channel groups whose genotype is the planted one, overall and per stage, with steps and wall time.
 
     .venv/bin/python benchmarks/search_recovery.py [--backbones resnet18,resnet50] [--sizes 96,128,224]
-        [--samplings softmax,gumbel] [--steps 200] [--gumbel-steps 200] [--seeds 0] [--threads 2]
+        [--samplings softmax,gumbel,gumbel-st] [--steps 200] [--gumbel-steps 200] [--seeds 0] [--threads 2]
         [--out benchmarks/results/search_recovery]
 
 Writes OUT.json (every run, settings, machine) and OUT.md (a table).
@@ -39,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", default="resnet18,resnet50")
     ap.add_argument("--sizes", default="96,128,224", help="input sizes (px, square)")
-    ap.add_argument("--samplings", default="softmax,gumbel")
+    ap.add_argument("--samplings", default="softmax,gumbel",
+                    help="relaxations: softmax, gumbel (the default 'local' estimator), gumbel-st (straight-through)")
     ap.add_argument("--groups", type=int, default=None, help="groups per conv (default: 8 for ResNet-18/34, else 16)")
     ap.add_argument("--preset", default="NATS-C")
     ap.add_argument("--steps", type=int, default=200, help="Adam steps on alpha (softmax)")
@@ -65,17 +67,19 @@ def run(args: argparse.Namespace, *, log=print) -> list[dict]:
     for backbone in _strs(args.backbones):
         groups = args.groups or DEFAULT_GROUPS.get(backbone, 16)
         for size in _ints(args.sizes):
-            for sampling in _strs(args.samplings):
+            for relaxation in _strs(args.samplings):
+                sampling, _, estimator = relaxation.partition("-")
                 steps = args.gumbel_steps if sampling == "gumbel" and args.gumbel_steps else args.steps
                 for seed in _ints(args.seeds):
                     r = recover_planted(backbone, groups=groups, preset=args.preset, input_size=size, steps=steps,
                                         lr=args.lr, seed=seed, sampling=sampling, tau=args.tau,
                                         tau_end=args.tau_end if sampling == "gumbel" else None,
                                         batch_size=args.batch_size, teacher_forcing=args.teacher_forcing,
-                                        device=args.device)
+                                        estimator=estimator or "local", device=args.device)
                     row = r.to_dict()
                     rows.append(row)
-                    log(f"{backbone} {size}px {sampling} seed {seed}: recovery {row['recovery']:.3f} "
+                    row["relaxation"] = relaxation
+                    log(f"{backbone} {size}px {relaxation} seed {seed}: recovery {row['recovery']:.3f} "
                         f"{row['per_stage']} in {row['steps']} steps, {row['wall_s']:.1f} s")
     return rows
 
@@ -88,7 +92,7 @@ def markdown(rows: list[dict], command: str) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         st = r["per_stage"]
-        lines.append(f"| {r['backbone']} | {r['settings']['groups']} | {r['input_size']} px | {r['sampling']} "
+        lines.append(f"| {r['backbone']} | {r['settings']['groups']} | {r['input_size']} px | {r.get('relaxation', r['sampling'])} "
                      f"| {r['settings']['seed']} | {r['steps']} | {r['recovery']:.1%} | "
                      + " | ".join(f"{st[s]:.1%}" if s in st else "-" for s in ("layer2", "layer3", "layer4"))
                      + f" | {r['wall_s']:.1f} | {r['loss_first']:.3g} -> {r['loss_last']:.3g} |")

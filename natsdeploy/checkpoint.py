@@ -48,6 +48,7 @@ class Field:
     expected: str
     check: Callable[[Any], bool | str]
     legacy_default: Any = _REQUIRED  # the value a "/1" file that lacks the key meant
+    optional: bool = False  # a file of any version may lack it (checked only when present)
 
 
 def _int(v: Any, lo: int = 0, hi: int | None = None) -> bool:
@@ -134,6 +135,8 @@ SCHEMAS: dict[str, tuple[Field, ...]] = {
         Field("sched", "a scheduler state dict", _str_dict),
         Field("history", "a list of per-epoch dicts of plain values", _records),
         Field("config", "a dict of plain values (the SearchConfig)", _search_config),
+        Field("credit", "a dict of conv name -> tensor (gumbel 'local' estimator baselines)", _state_dict,
+              optional=True),
     ),
     TRAIN: _COMMON + (
         Field("arch", "an arch dict", _arch),
@@ -172,6 +175,8 @@ def check_checkpoint(ck: Any, kind: str, *, where: str) -> None:
     if not isinstance(ck, dict):
         raise CheckpointError(f"{where}: got {_shown(ck)}, expected a dict ({_writer(kind)})")
     for f in SCHEMAS[kind]:
+        if f.key not in ck and f.optional:
+            continue
         if f.key not in ck:
             raise CheckpointError(f"{where}: key {f.key!r}: missing, expected {f.expected} "
                                   f"({_writer(kind)}, format {FORMATS[kind]})")

@@ -50,7 +50,8 @@ def payload(kind: str) -> dict:
         return {**common, "opt_w": opt.state_dict(), "opt_a": opt.state_dict(), "sched": sched.state_dict(),
                 "history": [{"epoch": 1, "loss_w": 0.5, "loss_a": None, "alpha_softmax": {"layer2": [0.5, 0.5]}}],
                 "config": {"backbone": "resnet18", "preset": "NATS-C", "detector": "faster_rcnn", "data": "synthetic",
-                           "stages": ["layer2"], "groups": 8, "channels_per_group": None, "detector_kwargs": {}}}
+                           "stages": ["layer2"], "groups": 8, "channels_per_group": None, "detector_kwargs": {}},
+                "credit": {"layer2.0.conv1": torch.tensor([0.9, 1.1])}}
     return {**common, "arch": Arch(backbone="resnet18").to_dict(), "detector": "faster_rcnn", "num_classes": 4,
             "label_to_cat_id": {1: 1, 2: 2, 3: 3}, "min_size": 96, "max_size": 128, "detector_kwargs": {},
             "trainable_layers": None, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -77,7 +78,7 @@ def test_round_trip_is_plain_and_equal(tmp_path, kind):
     assert [f for f in os.listdir(tmp_path)] == ["ck.pth"]  # no temp file left
 
 
-@pytest.mark.parametrize("kind, key", [(k, f.key) for k in (SEARCH, TRAIN) for f in SCHEMAS[k]])
+@pytest.mark.parametrize("kind, key", [(k, f.key) for k in (SEARCH, TRAIN) for f in SCHEMAS[k] if not f.optional])
 def test_every_missing_key_is_one_line_naming_it(tmp_path, kind, key):
     ck = {"format": FORMATS[kind], **payload(kind)}
     del ck[key]
@@ -85,6 +86,15 @@ def test_every_missing_key_is_one_line_naming_it(tmp_path, kind, key):
     with pytest.raises(CheckpointError, match=rf"^--resume: .*ck.pth: key '{key}': missing, expected ") as e:
         load_checkpoint(tmp_path / "ck.pth", kind, flag="--resume")
     assert "\n" not in str(e.value)
+
+
+def test_an_optional_key_may_be_absent_but_is_checked_when_present(tmp_path):
+    # "credit" (the gumbel estimator's baselines) came after format /2: search checkpoints without it still load
+    assert [f.key for f in SCHEMAS[SEARCH] if f.optional] == ["credit"]
+    ck = {"format": FORMATS[SEARCH], **payload(SEARCH)}
+    del ck["credit"]
+    (tmp_path / "ck.pth").write_bytes(_torch_bytes(ck))
+    assert "credit" not in load_checkpoint(tmp_path / "ck.pth", SEARCH, flag="--resume")
 
 
 WRONG = [  # (kind, key, bad value, expected text)
@@ -102,6 +112,7 @@ WRONG = [  # (kind, key, bad value, expected text)
     (SEARCH, "config", {"backbone": "resnet18"}, "'preset'"),
     (SEARCH, "config", {**payload(SEARCH)["config"], "groups": 0}, "'groups'"),
     (SEARCH, "history", "none", "a list"),
+    (SEARCH, "credit", {"layer2.0.conv1": [1.0]}, "a dict of conv name -> tensor"),
     (SEARCH, "pretrained", 1, "a bool"),
 ]
 

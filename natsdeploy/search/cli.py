@@ -40,6 +40,9 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampling", default="softmax", choices=("softmax", "gumbel"),
                    help="softmax: every genotype weighted (paper); gumbel: one sampled genotype per group and step "
                         "(GDAS, about the baseline's step cost)")
+    p.add_argument("--estimator", default=None, choices=("local", "st"),
+                   help="gumbel: how alpha learns; local (default): per-group score-function credit; st: GDAS's "
+                        "straight-through gate (recovers far fewer planted groups: benchmarks/README.md)")
     p.add_argument("--tau-start", default=None, help="gumbel temperature at the first alpha epoch (default 10)")
     p.add_argument("--tau-end", default=None, help="gumbel temperature at the last epoch (default 0.1)")
     p.add_argument("--tau-schedule", default="linear", choices=("linear", "exp"), help="gumbel temperature anneal")
@@ -113,6 +116,11 @@ def search_cli(args: argparse.Namespace) -> int:
 def _sampling_options(args: argparse.Namespace) -> dict:
     """--sampling and its temperatures as SearchConfig keywords (temperatures only with gumbel, > 0)."""
     out: dict = {"sampling": args.sampling, "tau_schedule": args.tau_schedule}
+    if args.estimator is not None:
+        if args.sampling != "gumbel":
+            raise UsageError(f"--estimator: got {args.estimator!r} with --sampling {args.sampling}, expected it only "
+                             "with --sampling gumbel")
+        out["estimator"] = args.estimator
     for flag, key in (("--tau-start", "tau_start"), ("--tau-end", "tau_end")):
         text = getattr(args, key)
         if text is None:

@@ -64,6 +64,8 @@ class SearchConfig:
     tau_end: float = 0.1
     tau_schedule: str = "linear"
     """gumbel temperature: tau_start during warm-up, then annealed to tau_end over the alpha epochs (linear/exp)."""
+    estimator: str = "local"
+    """gumbel: how alpha learns, "local" (per-group score-function credit) or "st" (GDAS straight-through)."""
 
 
 @dataclass
@@ -106,7 +108,7 @@ def _build(cfg: SearchConfig, num_classes: int) -> nn.Module:
     backbone = build_supernet_backbone(cfg.backbone, preset=cfg.preset, groups=cfg.groups,
                                        channels_per_group=cfg.channels_per_group, stages=cfg.stages,
                                        weights=cfg.weights, recompute=cfg.recompute, sampling=cfg.sampling,
-                                       tau=cfg.tau_start)
+                                       tau=cfg.tau_start, estimator=cfg.estimator)
     return build_detector(cfg.detector, backbone, num_classes=num_classes, pretrained=cfg.weights is not None,
                           min_size=cfg.min_size,
                           max_size=cfg.max_size, **cfg.detector_kwargs)
@@ -127,8 +129,8 @@ def _loader(dataset, indices, cfg: SearchConfig, rank: int, world: int, seed_off
 def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> SearchResult:
     """Search, checkpointing every epoch; returns the decoded arch (written to `cfg.out/arch.json` by rank 0)."""
     from natsdeploy.data.coco import load_dataset
-    from natsdeploy.search.supernet import (annealed_tau, arch_parameters, decode_supernet, set_tau, supernet_alphas,
-                                            weight_parameters)
+    from natsdeploy.search.supernet import (annealed_tau, arch_parameters, decode_supernet, load_credit_state,
+                                            set_tau, supernet_alphas, weight_parameters)
 
     run = RunContext.create(device=cfg.device, out=cfg.out)
     rank, world, device, cuda = run.rank, run.world, run.device, run.cuda
@@ -161,16 +163,21 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         saved["pretrained"] = ck["pretrained"]
         saved["stages"] = tuple(saved["stages"])
         saved.setdefault("sampling", "softmax")  # checkpoints from before --sampling
+        # gumbel checkpoints from before --estimator used the straight-through one
+        saved["estimator"] = saved.get("estimator", "st") if saved["sampling"] == "gumbel" else None
         check_resume(saved, {"backbone": cfg.backbone, "detector": cfg.detector, "preset": cfg.preset,
                              "groups": cfg.groups, "channels_per_group": cfg.channels_per_group,
                              "stages": tuple(cfg.stages),
                              "pretrained": cfg.weights is not None, "detector_kwargs": dict(cfg.detector_kwargs),
-                             "sampling": cfg.sampling},
+                             "sampling": cfg.sampling,
+                             "estimator": cfg.estimator if cfg.sampling == "gumbel" else None},
                      path=ckpt_path)
 
     ck = run.resume(SEARCH, enabled=cfg.resume, model=model, check=check, log=log,
                     states={"opt_w": opt_w, "opt_a": opt_a, "sched": sched, "scaler": scaler})
     history: list[dict[str, Any]] = ck["history"] if ck else []
+    if ck:
+        load_credit_state(model, ck.get("credit", {}))
     start = ck["epoch"] if ck else 0
 
     for epoch in range(start, cfg.epochs):
@@ -219,8 +226,8 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                            extra={"detector": cfg.detector, "epochs": cfg.epochs, "data": cfg.data,
                                   "stages": list(cfg.stages),
                                   "channels_per_group": cfg.channels_per_group, "sampling": cfg.sampling,
-                                  **({"tau": [cfg.tau_start, cfg.tau_end], "tau_schedule": cfg.tau_schedule}
-                                     if cfg.sampling == "gumbel" else {})},
+                                  **({"estimator": cfg.estimator, "tau": [cfg.tau_start, cfg.tau_end],
+                                      "tau_schedule": cfg.tau_schedule} if cfg.sampling == "gumbel" else {})},
                            align=cfg.align)
     arch_path = None
     if rank == 0:
@@ -234,10 +241,13 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
 
 
 def _save_checkpoint(path: Path, model, opt_w, opt_a, sched, scaler, epoch: int, history, cfg: SearchConfig) -> None:
+    from natsdeploy.search.supernet import credit_state
+
     save_checkpoint(path, SEARCH, {"epoch": epoch, "model": model.state_dict(), "opt_w": opt_w.state_dict(),
                                    "opt_a": opt_a.state_dict(), "sched": sched.state_dict(),
                                    "scaler": scaler.state_dict(), "rng": rng_state(), "history": history,
-                                   "config": config_dict(cfg), "pretrained": cfg.weights is not None})
+                                   "config": config_dict(cfg), "pretrained": cfg.weights is not None,
+                                   "credit": credit_state(model)})
 
 
 def plot_alpha_history(history: list[dict[str, Any]], path: Path, *, preset: str) -> Path:

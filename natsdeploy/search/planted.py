@@ -133,12 +133,13 @@ def _baseline_state_dict(backbone: str, weights: Any, seed: int) -> dict[str, to
 def recover_planted(backbone: str, *, groups: int = 8, preset: str = "NATS-C", input_size: int = 128,
                     steps: int = 150, lr: float = 0.1, seed: int = 0, sampling: str = "softmax", tau: float = 1.0,
                     tau_end: float | None = None, batch_size: int = 2, weights: Any = None,
-                    stages: Sequence[str] = STAGES, teacher_forcing: bool = False,
+                    stages: Sequence[str] = STAGES, teacher_forcing: bool = False, estimator: str = "local",
                     device: str = "cpu") -> RecoveryResult:
     """Plant a random arch (seeded), train only the super-net's alphas to match it, decode, and score.
 
     `weights`: baseline weights (None: torchvision's init drawn with `seed`). `tau_end`: with gumbel,
-    anneal tau exponentially from `tau` to `tau_end` over the steps. Inputs are N(0, 1) images of
+    anneal tau exponentially from `tau` to `tau_end` over the steps. `estimator`: gumbel's alpha
+    gradient ("local" or "st", `natsdeploy.search.estimators`). Inputs are N(0, 1) images of
     `input_size` px, a fresh batch per step. `teacher_forcing`: each student stage gets the
     teacher's input to it (stages learn independently; default: the student runs end to end).
     """
@@ -152,7 +153,7 @@ def recover_planted(backbone: str, *, groups: int = 8, preset: str = "NATS-C", i
     planted = plant_arch(backbone, preset=preset, groups=groups, stages=stages, seed=seed)
     teacher = build_backbone(planted, base).to(dev).eval()
     student = _frozen_student(backbone, base, preset=preset, groups=groups, stages=stages, sampling=sampling,
-                              tau=tau).to(dev)
+                              tau=tau, estimator=estimator).to(dev)
     t0 = time.perf_counter()
     losses = _train_alphas(student, teacher, steps=steps, lr=lr, seed=seed, input_size=input_size,
                            batch_size=batch_size, tau=(tau, tau_end) if sampling == "gumbel" else None,
@@ -162,6 +163,7 @@ def recover_planted(backbone: str, *, groups: int = 8, preset: str = "NATS-C", i
     found = decode(learned, backbone, preset)
     overall, per_stage = recovery(found, planted, groups=groups)
     settings = {"groups": groups, "preset": preset, "lr": lr, "seed": seed, "tau": tau, "tau_end": tau_end,
+                "estimator": estimator if sampling == "gumbel" else None,
                 "batch_size": batch_size, "stages": list(stages), "teacher_forcing": teacher_forcing,
                 "device": device, "weights": "torchvision init (seeded)" if weights is None else
                 "given" if not isinstance(weights, (str, os.PathLike)) else str(weights)}

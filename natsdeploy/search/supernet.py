@@ -6,9 +6,10 @@ and groups). The output channels are split into N groups; group i of the output 
 sum_g softmax(alpha_i)_g * y_i^g (`sampling="softmax"`, the paper's relaxation).
 
 `sampling="gumbel"` (GDAS, "Searching for A Robust Neural Architecture in Four GPU Hours"): in
-training mode each group samples one genotype per forward with Gumbel-softmax and a hard
-straight-through estimator; each sampled genotype's conv runs only on the output filters of the
-groups that drew it (weights gathered, outputs scattered back), so a step costs one baseline conv.
+training mode each group draws one genotype per forward (Gumbel-max); each drawn genotype's conv
+runs only on the output filters of the groups that drew it (weights gathered, outputs scattered
+back), so a step costs one baseline conv. alpha learns through `estimator` (`search.estimators`:
+"local", a per-group score-function estimator, by default; "st", GDAS's straight-through one).
 In eval mode each group takes its argmax genotype the same way.
 """
 
@@ -23,35 +24,23 @@ from torch.utils.checkpoint import checkpoint
 
 from natsdeploy.arch import Arch, ArchError
 from natsdeploy.search.decode import decode, genotypes, searchable_convs
+from natsdeploy.search.estimators import ESTIMATORS, gumbel_hard, gumbel_index, local_credit
 from natsdeploy.specs import BACKBONES, ConvInfo
 
 __all__ = ["ChannelMixedConv", "build_supernet_backbone", "supernet_alphas", "arch_parameters",
            "weight_parameters", "decode_supernet", "group_width", "SAMPLINGS", "gumbel_hard", "set_tau",
-           "annealed_tau", "sampled_alphas"]
+           "annealed_tau", "sampled_alphas", "credit_state", "load_credit_state"]
 
 SAMPLINGS = ("softmax", "gumbel")
 
 
-def _check_sampling(sampling: str, tau: float) -> None:
+def _check_sampling(sampling: str, tau: float, estimator: str = "local") -> None:
     if sampling not in SAMPLINGS:
         raise ArchError(f"sampling: got {sampling!r}, expected one of {list(SAMPLINGS)}")
     if not tau > 0:
         raise ArchError(f"tau: got {tau!r}, expected a positive number")
-
-
-def gumbel_hard(alpha: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Gumbel-softmax sample per row of `alpha` [N, G] with the hard straight-through estimator.
-
-    Returns (index [N], gate [N], probs [N, G]): index = argmax(alpha + Gumbel noise); gate is the
-    sampled entry of one_hot - probs.detach() + probs (1 in the forward, the soft gradient in the
-    backward); probs = softmax((alpha + noise) / tau), detached. Noise comes from torch's global RNG.
-    """
-    noise = -torch.empty_like(alpha).exponential_().log()
-    probs = F.softmax((alpha + noise) / tau, dim=1)
-    index = probs.detach().argmax(dim=1)
-    hard = torch.zeros_like(probs).scatter_(1, index[:, None], 1.0)
-    gate = (hard - probs.detach() + probs).gather(1, index[:, None]).squeeze(1)
-    return index, gate, probs.detach()
+    if estimator not in ESTIMATORS:
+        raise ArchError(f"estimator: got {estimator!r}, expected one of {list(ESTIMATORS)}")
 
 
 def group_width(info: ConvInfo, *, groups: int | None, channels_per_group: int | None) -> int:
@@ -77,10 +66,11 @@ class ChannelMixedConv(nn.Module):
     """Mixed conv over genotypes with per-channel-group architecture weights `alpha` [N, G]."""
 
     def __init__(self, conv: nn.Conv2d, dilations: Sequence[tuple[int, int]], group_width: int, *,
-                 recompute: bool = False, sampling: str = "softmax", tau: float = 1.0) -> None:
+                 recompute: bool = False, sampling: str = "softmax", tau: float = 1.0,
+                 estimator: str = "local") -> None:
         super().__init__()
-        _check_sampling(sampling, tau)
-        self.sampling, self.tau = sampling, float(tau)
+        _check_sampling(sampling, tau, estimator)
+        self.sampling, self.tau, self.estimator = sampling, float(tau), estimator
         self.in_channels = conv.in_channels
         # the genotype index per group of the last gumbel forward (training) and its soft probabilities
         self.last_index: torch.Tensor | None = None
@@ -100,6 +90,10 @@ class ChannelMixedConv(nn.Module):
             self.register_state_dict_post_hook(_replicas_to_weight)  # checkpoints keep the softmax layout
             self.register_load_state_dict_pre_hook(_weight_to_replicas)
         self.alpha = nn.Parameter(torch.zeros(self.n_groups, len(self.dilations), dtype=w.dtype, device=w.device))
+        # "local" estimator: each group's moving-average cost (NaN: no step yet). Not in state_dict, so
+        # both samplings keep one layout; the search checkpoint stores it apart (`credit_state`).
+        self.register_buffer("credit_baseline", torch.full((self.n_groups,), float("nan"), device=w.device),
+                             persistent=False)
         self.recompute = recompute
 
     def replica_weight(self) -> torch.Tensor:
@@ -134,14 +128,22 @@ class ChannelMixedConv(nn.Module):
         return self._branch(x, g) * w.view(1, -1, 1, 1).to(x.dtype)
 
     def _forward_sampled(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        local = self.training and self.estimator == "local"
+        if local:
+            index, gate = gumbel_index(self.alpha), None
+            self.last_index, self.last_probs = index, F.softmax(self.alpha.detach(), dim=1)
+        elif self.training:
             index, gate, probs = gumbel_hard(self.alpha, self.tau)
             self.last_index, self.last_probs = index.detach(), probs
         else:
             index, gate = self.alpha.detach().argmax(dim=1), None
         if self.recompute and torch.is_grad_enabled():
-            return checkpoint(self._sampled, x, index, gate, use_reentrant=False)
-        return self._sampled(x, index, gate)
+            y = checkpoint(self._sampled, x, index, gate, use_reentrant=False)
+        else:
+            y = self._sampled(x, index, gate)
+        if local and torch.is_grad_enabled() and self.alpha.requires_grad:
+            y = local_credit(y, self.alpha, index, self.credit_baseline)
+        return y
 
     def _sampled(self, x: torch.Tensor, index: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         """Per drawn genotype, one conv over the filters of the groups that drew it; outputs put back in place."""
@@ -181,7 +183,8 @@ class ChannelMixedConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"genotypes={self.dilations}, groups={self.n_groups}x{self.group_width}ch, recompute={self.recompute}, "
-                f"sampling={self.sampling}" + (f", tau={self.tau:g}" if self.sampling == "gumbel" else ""))
+                f"sampling={self.sampling}"
+                + (f", estimator={self.estimator}, tau={self.tau:g}" if self.sampling == "gumbel" else ""))
 
 
 def _replicas_to_weight(module: ChannelMixedConv, state_dict: dict, prefix: str, local_metadata: dict) -> None:
@@ -206,15 +209,18 @@ def _weight_to_replicas(module: ChannelMixedConv, state_dict: dict, prefix: str,
 def build_supernet_backbone(backbone: str, *, preset: str = "NATS-C", groups: int | None = 16,
                             channels_per_group: int | None = None,
                             stages: Sequence[str] = ("layer2", "layer3", "layer4"), weights=None,
-                            recompute: bool = False, sampling: str = "softmax", tau: float = 1.0) -> nn.Module:
+                            recompute: bool = False, sampling: str = "softmax", tau: float = 1.0,
+                            estimator: str = "local") -> nn.Module:
     """A torchvision ResNet whose searchable 3x3 convs in `stages` are `ChannelMixedConv`s.
 
-    `sampling`: "softmax" (the paper's mixture of every genotype) or "gumbel" (one sampled genotype
-    per group and step, straight-through; `tau` is its temperature, changeable with `set_tau`).
+    `sampling`: "softmax" (the paper's mixture of every genotype) or "gumbel" (one drawn genotype
+    per group and step). With gumbel, `estimator` is how alpha learns: "local" (per-group
+    score-function credit) or "st" (GDAS's straight-through gate; `tau` is its temperature,
+    changeable with `set_tau`). See `natsdeploy.search.estimators`.
     """
     from natsdeploy.models.build import build_baseline
 
-    _check_sampling(sampling, tau)
+    _check_sampling(sampling, tau, estimator)
     if backbone not in BACKBONES:
         raise ArchError(f"--backbone: got {backbone!r}, expected one of {sorted(BACKBONES)}")
     for s in stages:
@@ -228,7 +234,7 @@ def build_supernet_backbone(backbone: str, *, preset: str = "NATS-C", groups: in
         parent = model.get_submodule(parent_name)
         conv = getattr(parent, child)
         setattr(parent, child, ChannelMixedConv(conv, genotypes(preset, info.stage), width, recompute=recompute,
-                                                sampling=sampling, tau=tau))
+                                                sampling=sampling, tau=tau, estimator=estimator))
     return model
 
 
@@ -260,6 +266,19 @@ def sampled_alphas(model: nn.Module) -> dict[str, torch.Tensor]:
                                 "training forward first")
             out[_conv_name(name)] = F.one_hot(m.last_index.cpu(), len(m.dilations)).float()
     return out
+
+
+def credit_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The "local" estimator's per-group baselines, keyed by conv name (for checkpoints; empty for softmax)."""
+    return {_conv_name(name): m.credit_baseline.detach().cpu().clone() for name, m in model.named_modules()
+            if isinstance(m, ChannelMixedConv) and m.sampling == "gumbel"}
+
+
+def load_credit_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Restore `credit_state` (a conv it does not name starts afresh, as at step 0)."""
+    for name, m in model.named_modules():
+        if isinstance(m, ChannelMixedConv) and _conv_name(name) in state:
+            m.credit_baseline.copy_(state[_conv_name(name)])
 
 
 def supernet_alphas(model: nn.Module) -> dict[str, torch.Tensor]:

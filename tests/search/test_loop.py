@@ -65,17 +65,22 @@ def test_alpha_frozen_during_warmup(synth, tmp_path):
 
 
 def test_resume_is_bit_identical(synth, tmp_path):
-    # 2 steps an epoch: epoch 1 warms up the weights, epoch 2 steps weights and alpha (both optimisers resumed)
-    full = run_search(_cfg(synth, tmp_path / "full", max_steps_per_epoch=2), log=lambda s: None)
+    # 2 steps an epoch: epoch 1 warms up the weights, epoch 2 steps weights and alpha (both optimisers resumed).
+    # gumbel: beyond softmax's state, the replicas <-> softmax-layout hooks, the draws' RNG and the estimator's
+    # baselines must all come back; 3 epochs so the resumed run steps alpha from restored baselines
+    cfg = dict(sampling="gumbel", max_steps_per_epoch=2, epochs=3)
+    full = run_search(_cfg(synth, tmp_path / "full", **cfg), log=lambda s: None)
 
-    def interrupt_after_first_epoch(msg):
-        if msg.startswith("epoch 1:"):  # logged after the checkpoint is written
+    def interrupt_after_second_epoch(msg):
+        if msg.startswith("epoch 2:"):  # logged after the checkpoint is written
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_search(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2), log=interrupt_after_first_epoch)
+        run_search(_cfg(synth, tmp_path / "part", **cfg), log=interrupt_after_second_epoch)
     assert not (tmp_path / "part" / "arch.json").exists()
-    resumed = run_search(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2, resume=True), log=lambda s: None)
+    ck = torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)
+    assert ck["credit"] and all(v.isfinite().all() for v in ck["credit"].values())  # set by epoch 2's alpha steps
+    resumed = run_search(_cfg(synth, tmp_path / "part", resume=True, **cfg), log=lambda s: None)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert set(a) == set(b)
     for k in a:
@@ -165,6 +170,7 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
                  "--tau-schedule", "exp", "--align", "16", "--out", str(out), "--no-progress"]) == 0
     arch = load_arch(out / "arch.json")
     assert arch.provenance["sampling"] == "gumbel" and arch.provenance["tau"] == [4.0, 1.0]
+    assert arch.provenance["estimator"] == "local"
     assert all(b.channels % 16 == 0 for ct in arch.convs.values() for b in ct.branches)  # --align with gumbel
     history = json.loads((out / "history.json").read_text())
     assert [h["tau"] for h in history] == pytest.approx([4.0, 1.0])
@@ -172,6 +178,11 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
     assert any(v.abs().sum() > 0 for k, v in ck["model"].items() if k.endswith(".alpha"))
     with pytest.raises(UsageError, match="written with sampling='gumbel', expected 'softmax'"):
         run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16), log=lambda s: None)
+    with pytest.raises(UsageError, match="written with estimator='local', expected 'st'"):
+        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16, sampling="gumbel",
+                        estimator="st"), log=lambda s: None)
+    assert_exit_2(["search", "--estimator", "st", "--out", tmp_path / "x"], capsys,
+                  contains="--estimator: got 'st' with --sampling softmax", absent=[tmp_path / "x"])
     assert_exit_2(["search", "--tau-start", "2", "--out", tmp_path / "x"], capsys,
                   contains="--tau-start: got '2' with --sampling softmax", absent=[tmp_path / "x"])
 

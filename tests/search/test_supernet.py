@@ -109,7 +109,7 @@ def test_gumbel_alpha_gradient_is_the_straight_through_one():
     torch.manual_seed(5)
     conv = torch.nn.Conv2d(6, 8, 3, padding=1, bias=False)
     tau = 0.7
-    m = ChannelMixedConv(conv, DILS, group_width=2, sampling="gumbel", tau=tau).train()
+    m = ChannelMixedConv(conv, DILS, group_width=2, sampling="gumbel", tau=tau, estimator="st").train()
     with torch.no_grad():
         m.alpha.normal_()
     x, r = torch.randn(2, 6, 10, 10), torch.randn(2, 8, 10, 10)
@@ -124,6 +124,60 @@ def test_gumbel_alpha_gradient_is_the_straight_through_one():
     # only the drawn (genotype, group) replicas get a gradient: a step updates as many filters as the baseline's
     drawn = [(k // 4 == idx[k % 4]).item() for k in range(12)]
     assert [p.grad is not None for p in m.replicas] == drawn
+
+
+def _group_cost(r, n_groups):
+    """The local estimator's cost, written out: mean of r^2 per group (over batch, channels, pixels), / its mean."""
+    c = torch.stack([chunk.square().mean() for chunk in r.chunk(n_groups, dim=1)])
+    return c / c.mean()
+
+
+def test_gumbel_local_alpha_gradient_is_the_per_group_score_function():
+    from natsdeploy.search.estimators import BASELINE_MOMENTUM as M
+
+    torch.manual_seed(6)
+    conv = torch.nn.Conv2d(6, 8, 3, padding=1, bias=False)
+    m = ChannelMixedConv(conv, DILS, group_width=2, sampling="gumbel").train()
+    assert m.estimator == "local"
+    with torch.no_grad():
+        m.alpha.normal_()
+    x = torch.randn(2, 6, 10, 10)
+    r1, r2 = torch.randn(2, 8, 10, 10), torch.randn(2, 8, 10, 10) * torch.tensor([1.0, 3, 1, 1, 0.2, 1, 1, 2]).view(1, -1, 1, 1)
+    y = m(x)  # the forward is exactly the drawn genotypes' network
+    torch.testing.assert_close(y, _per_group_ref(x, conv.weight, DILS, m.last_index, 2), rtol=1e-5, atol=1e-5)
+    (y * r1).sum().backward()  # dL/dy = r1
+    c1 = _group_cost(r1, 4)
+    assert torch.equal(m.alpha.grad, torch.zeros_like(m.alpha))  # the first step only sets the baseline
+    torch.testing.assert_close(m.credit_baseline, c1)
+    m.zero_grad(set_to_none=True)
+    (m(x) * r2).sum().backward()
+    idx, c2 = m.last_index, _group_cost(r2, 4)
+    expected = (c2 - c1)[:, None] * (F.one_hot(idx, 3).float() - torch.softmax(m.alpha.detach(), 1))
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(m.alpha.grad, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.credit_baseline, M * c1 + (1 - M) * c2)
+    drawn = [(k // 4 == idx[k % 4]).item() for k in range(12)]  # only the drawn replicas learn, as with "st"
+    assert [p.grad is not None for p in m.replicas] == drawn
+    with torch.no_grad():  # no gradient, no credit: the baseline is left alone
+        m(x)
+    torch.testing.assert_close(m.credit_baseline, M * c1 + (1 - M) * c2)
+
+
+def test_credit_state_round_trips_and_stays_out_of_the_state_dict():
+    from natsdeploy.search.supernet import credit_state, load_credit_state
+
+    net = build_supernet_backbone("resnet18", groups=8, sampling="gumbel").train()
+    for p in arch_parameters(net):
+        p.data.normal_()
+    net(torch.randn(1, 3, 64, 64)).square().sum().backward()
+    state = credit_state(net)
+    assert set(state) == set(supernet_alphas(net)) and not any(v.isnan().any() for v in state.values())
+    assert not any("credit" in k for k in net.state_dict())
+    fresh = build_supernet_backbone("resnet18", groups=8, sampling="gumbel")
+    assert all(v.isnan().all() for v in credit_state(fresh).values())
+    load_credit_state(fresh, state)
+    assert all(torch.equal(credit_state(fresh)[k], v) for k, v in state.items())
+    assert credit_state(build_supernet_backbone("resnet18", groups=8)) == {}
 
 
 def _bn_eval_mixed_train(net):
@@ -203,17 +257,21 @@ def test_gumbel_training_forward_macs_equal_the_baseline_fvcore():
     assert _fvcore_conv_macs(m, xs) == _fvcore_conv_macs(conv, xs)
 
 
-def test_gumbel_recompute_matches_and_settings_are_checked():
+@pytest.mark.parametrize("estimator", ["local", "st"])
+def test_gumbel_recompute_matches_and_settings_are_checked(estimator):
     from natsdeploy.search.supernet import set_tau
 
     torch.manual_seed(11)
     conv = torch.nn.Conv2d(4, 8, 3, padding=1, bias=False)
-    a = ChannelMixedConv(conv, DILS, 2, sampling="gumbel").train()
-    b = ChannelMixedConv(conv, DILS, 2, sampling="gumbel", recompute=True).train()
+    a = ChannelMixedConv(conv, DILS, 2, sampling="gumbel", estimator=estimator).train()
+    b = ChannelMixedConv(conv, DILS, 2, sampling="gumbel", recompute=True, estimator=estimator).train()
     x = torch.randn(2, 4, 10, 10)
     for m in (a, b):
-        torch.manual_seed(0)
-        m(x).square().sum().backward()
+        for step in range(2):  # "local": the second step has a baseline, so a non-zero gradient
+            m.zero_grad()
+            torch.manual_seed(step)
+            (m(x).square() * torch.arange(1.0, 9).view(1, -1, 1, 1) ** step).sum().backward()
+    assert a.alpha.grad.abs().sum() > 0
     torch.testing.assert_close(a.alpha.grad, b.alpha.grad)
     for pa, pb in zip(a.replicas, b.replicas):
         assert (pa.grad is None) == (pb.grad is None)
@@ -226,6 +284,8 @@ def test_gumbel_recompute_matches_and_settings_are_checked():
         build_supernet_backbone("resnet18", sampling="hard")
     with pytest.raises(ArchError, match="tau: got 0"):
         set_tau(net, 0)
+    with pytest.raises(ArchError, match="estimator: got 'reinforce', expected one of"):
+        build_supernet_backbone("resnet18", sampling="gumbel", estimator="reinforce")
 
 
 def test_annealed_tau_linear_and_exponential():
