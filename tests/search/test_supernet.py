@@ -127,9 +127,11 @@ def test_gumbel_alpha_gradient_is_the_straight_through_one():
 
 
 def _group_cost(r, n_groups):
-    """The local estimator's cost, written out: mean of r^2 per group (over batch, channels, pixels), / its mean."""
-    c = torch.stack([chunk.square().mean() for chunk in r.chunk(n_groups, dim=1)])
-    return c / c.mean()
+    """The local estimator's cost, written out: per group, the mean of r^2 over its non-zero entries (NaN when
+    there are none), over the mean of that across the groups that have some."""
+    c = torch.stack([chunk[chunk != 0].square().mean() if chunk.any() else torch.tensor(float("nan"))
+                     for chunk in r.chunk(n_groups, dim=1)])
+    return c / c.nanmean()
 
 
 def test_gumbel_local_alpha_gradient_is_the_per_group_score_function():
@@ -142,7 +144,10 @@ def test_gumbel_local_alpha_gradient_is_the_per_group_score_function():
     with torch.no_grad():
         m.alpha.normal_()
     x = torch.randn(2, 6, 10, 10)
-    r1, r2 = torch.randn(2, 8, 10, 10), torch.randn(2, 8, 10, 10) * torch.tensor([1.0, 3, 1, 1, 0.2, 1, 1, 2]).view(1, -1, 1, 1)
+    r1 = torch.randn(2, 8, 10, 10)
+    r2 = torch.randn(2, 8, 10, 10) * torch.tensor([1.0, 3, 1, 1, 0.2, 1, 1, 2]).view(1, -1, 1, 1)
+    r2[:, 2:4] *= (torch.rand(2, 2, 10, 10) < 0.3)  # group 1: mostly zero, as behind a ReLU; the mean skips zeros
+    r2[:, 6:8] = 0  # group 3: no signal at all
     y = m(x)  # the forward is exactly the drawn genotypes' network
     torch.testing.assert_close(y, _per_group_ref(x, conv.weight, DILS, m.last_index, 2), rtol=1e-5, atol=1e-5)
     (y * r1).sum().backward()  # dL/dy = r1
@@ -152,8 +157,10 @@ def test_gumbel_local_alpha_gradient_is_the_per_group_score_function():
     m.zero_grad(set_to_none=True)
     (m(x) * r2).sum().backward()
     idx, c2 = m.last_index, _group_cost(r2, 4)
+    assert c2[:3].isfinite().all() and c2[3].isnan()
+    c2 = torch.where(c2.isnan(), c1, c2)  # no signal: no credit, the baseline kept
     expected = (c2 - c1)[:, None] * (F.one_hot(idx, 3).float() - torch.softmax(m.alpha.detach(), 1))
-    assert expected.abs().sum() > 0
+    assert expected[:3].abs().sum() > 0 and expected[3].abs().sum() == 0
     torch.testing.assert_close(m.alpha.grad, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m.credit_baseline, M * c1 + (1 - M) * c2)
     drawn = [(k // 4 == idx[k % 4]).item() for k in range(12)]  # only the drawn replicas learn, as with "st"
