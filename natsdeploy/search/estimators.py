@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ESTIMATORS", "BASELINE_MOMENTUM", "gumbel_hard", "gumbel_index", "local_credit"]
+__all__ = ["ESTIMATORS", "BASELINE_MOMENTUM", "gumbel_hard", "gumbel_index", "local_credit", "group_cost"]
 
 ESTIMATORS = ("local", "st")
 BASELINE_MOMENTUM = 0.9  # measured: 0.9 and 0.7 recover the same within noise; 0.9 is smoother
