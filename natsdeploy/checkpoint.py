@@ -3,8 +3,9 @@
 Safe: a file is read only with `torch.load(weights_only=True)`, so it can hold tensors, numbers,
 strings and plain containers and nothing that runs code when loaded; anything else is refused with
 one line (`CheckpointError`) before any of it is built. Checked: every field of `SCHEMAS[kind]` is
-present and of its type, else one line naming the key. Atomic: written to a temp file in the same
-folder, then renamed over the old one, so a killed run leaves the previous checkpoint or the new one.
+present (an `optional` one may be absent) and of its type, else one line naming the key. Atomic:
+written to a temp file in the same folder, then renamed over the old one, so a killed run leaves
+the previous checkpoint or the new one.
 
 Versions: "/2" (this one). "/1" (natsdeploy 0.1) stored numpy's RNG state as an ndarray; it is read
 with exactly numpy's array reconstruction (and pathlib paths) allow-listed, then upgraded in memory.
@@ -187,7 +188,7 @@ def check_checkpoint(ck: Any, kind: str, *, where: str) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, kind: str, payload: Mapping[str, Any]) -> Path:
-    """Write `payload` (every key of `SCHEMAS[kind]`) as a `kind` checkpoint, atomically.
+    """Write `payload` (every required key of `SCHEMAS[kind]`, optional ones if any) atomically.
 
     A payload off the schema is a bug of the caller: ValueError, and nothing is written.
     """

@@ -43,8 +43,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimator", default=None, choices=("local", "st"),
                    help="gumbel: how alpha learns; local (default): per-group score-function credit; st: GDAS's "
                         "straight-through gate (recovers far fewer planted groups: benchmarks/README.md)")
-    p.add_argument("--tau-start", default=None, help="gumbel temperature at the first alpha epoch (default 10)")
-    p.add_argument("--tau-end", default=None, help="gumbel temperature at the last epoch (default 0.1)")
+    p.add_argument("--tau-start", default=None, help="--estimator st: temperature at the first alpha epoch (default 10)")
+    p.add_argument("--tau-end", default=None, help="--estimator st: temperature at the last epoch (default 0.1)")
     p.add_argument("--tau-schedule", default="linear", choices=("linear", "exp"), help="gumbel temperature anneal")
     p.add_argument("--recompute", action="store_true", help="recompute replica activations in backward (less memory)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
@@ -128,6 +128,9 @@ def _sampling_options(args: argparse.Namespace) -> dict:
         if args.sampling != "gumbel":
             raise UsageError(f"{flag}: got {text!r} with --sampling {args.sampling}, expected it only with "
                              "--sampling gumbel")
+        if out.get("estimator", "local") != "st":
+            raise UsageError(f"{flag}: got {text!r} with --estimator local, expected it only with --estimator st "
+                             "(local draws use no temperature)")
         v = parse_float(flag, text)
         if not 0 < v < float("inf"):
             raise UsageError(f"{flag}: got {text!r}, expected a finite number > 0")

@@ -22,6 +22,12 @@ that genotype's filters. They differ in what alpha learns from the step.
   gradient is (c_i - b_i) * (one_hot(s_i) - softmax(alpha_i)), with b_i an exponential moving
   average of c_i (a buffer: checkpoints carry it, so a resumed search is bit-identical). A group
   whose dL/dy is zero everywhere says nothing: no credit, baseline kept. tau plays no part.
+  The zeros come from the ReLU only when BN after the conv does not spread dL/dy over the batch:
+  frozen or eval-mode BN, as in the planted benchmark and a search from given weights
+  (FrozenBatchNorm2d). With training-mode BN dL/dy is dense and the cost is the plain mean
+  (ResNet-50, 224 px, planted: 83% against 97%). Every backward that reaches a mixed conv updates
+  the baselines, the search's weight steps included (the draws come from the same alpha); under
+  DDP the buffers of rank 0 are broadcast at each forward.
 
 Both leave the forward exactly the drawn genotypes' network (the gate is 1), and both touch only
 the drawn filters in the weight gradient; "local" adds a per-channel reduction of dL/dy.
@@ -66,24 +72,30 @@ class _LocalCredit(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, alpha: torch.Tensor, index: torch.Tensor,  # type: ignore[override]
-                baseline: torch.Tensor, momentum: float) -> torch.Tensor:
-        ctx.baseline, ctx.momentum = baseline, momentum
+                baseline: torch.Tensor, momentum: float, loss_scale: float) -> torch.Tensor:
+        ctx.baseline, ctx.momentum, ctx.loss_scale = baseline, momentum, loss_scale
         ctx.save_for_backward(alpha.detach(), index)
+        # a view of y, no copy: an in-place op on it would raise (the ResNets put an out-of-place BN next)
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         alpha, index = ctx.saved_tensors
         cost = group_cost(grad, n_groups=alpha.shape[0])
+        finite = torch.isfinite(grad).all()  # a tensor, no host sync; AMP overflow: skip, as GradScaler does
         b = ctx.baseline
         with torch.no_grad():
-            b.copy_(torch.where(torch.isnan(b), cost, b))  # the first step sets the baseline: no credit yet
-            cost = torch.where(torch.isnan(cost), b, cost)  # a group with no signal: no credit, baseline kept
-            advantage = torch.nan_to_num(cost - b, nan=0.0)  # NaN only while a group has never had a signal
-            b.copy_(torch.where(torch.isnan(b), b, b * ctx.momentum + cost * (1 - ctx.momentum)))
+            seeded = torch.where(torch.isnan(b), cost, b)  # the first step sets the baseline: no credit yet
+            cost = torch.where(torch.isnan(cost), seeded, cost)  # a group with no signal: no credit, baseline kept
+            advantage = torch.nan_to_num(cost - seeded, nan=0.0)  # NaN only while a group never had a signal
+            moved = torch.where(torch.isnan(seeded), seeded, seeded * ctx.momentum + cost * (1 - ctx.momentum))
+            b.copy_(torch.where(finite, moved, b))
             p = F.softmax(alpha.float(), dim=1)
             grad_alpha = advantage[:, None] * (F.one_hot(index, p.shape[1]).float() - p)
-        return grad, grad_alpha.to(alpha.dtype), None, None, None
+            # in the loss's units: GradScaler divides every gradient by its scale before the step, and
+            # gives a non-finite one no step at all
+            grad_alpha = torch.where(finite, grad_alpha * ctx.loss_scale, torch.nan)
+        return grad, grad_alpha.to(alpha.dtype), None, None, None, None
 
 
 def group_cost(grad: torch.Tensor, *, n_groups: int) -> torch.Tensor:
@@ -93,14 +105,15 @@ def group_cost(grad: torch.Tensor, *, n_groups: int) -> torch.Tensor:
     square = g.square().sum(dim=(0, 2, 3)).view(n_groups, -1).sum(dim=1)  # any memory layout
     count = (g != 0).sum(dim=(0, 2, 3)).view(n_groups, -1).sum(dim=1)
     cost = torch.where(count > 0, square / count.clamp_min(1), torch.nan)
-    seen = cost[count > 0]
-    return cost / seen.mean().clamp_min(torch.finfo(cost.dtype).tiny) if len(seen) else cost
+    return cost / cost.nanmean().clamp_min(torch.finfo(cost.dtype).tiny)  # no host sync; all NaN stays NaN
 
 
 def local_credit(y: torch.Tensor, alpha: torch.Tensor, index: torch.Tensor, baseline: torch.Tensor, *,
-                 momentum: float = BASELINE_MOMENTUM) -> torch.Tensor:
+                 momentum: float = BASELINE_MOMENTUM, loss_scale: float = 1.0) -> torch.Tensor:
     """`y` unchanged, wired so that backward gives `alpha` [N, G] the "local" estimator's gradient.
 
     `index` [N]: the genotype each group drew; `baseline` [N]: the moving average of each group's
-    cost (NaN before the first step), updated in place by the backward."""
-    return _LocalCredit.apply(y, alpha, index, baseline, momentum)
+    cost (NaN before the first step), updated in place by the backward. `loss_scale`: the AMP
+    GradScaler's current scale (the cost is scale-free, so alpha's gradient is multiplied by it
+    to come out right after GradScaler's unscale)."""
+    return _LocalCredit.apply(y, alpha, index, baseline, momentum, loss_scale)

@@ -63,7 +63,8 @@ class SearchConfig:
     tau_start: float = 10.0
     tau_end: float = 0.1
     tau_schedule: str = "linear"
-    """gumbel temperature: tau_start during warm-up, then annealed to tau_end over the alpha epochs (linear/exp)."""
+    """gumbel "st" temperature: tau_start during warm-up, then annealed to tau_end over the alpha epochs
+    (linear/exp). The "local" estimator's draws do not use a temperature."""
     estimator: str = "local"
     """gumbel: how alpha learns, "local" (per-group score-function credit) or "st" (GDAS straight-through)."""
 
@@ -130,7 +131,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
     """Search, checkpointing every epoch; returns the decoded arch (written to `cfg.out/arch.json` by rank 0)."""
     from natsdeploy.data.coco import load_dataset
     from natsdeploy.search.supernet import (annealed_tau, arch_parameters, decode_supernet, load_credit_state,
-                                            set_tau, supernet_alphas, weight_parameters)
+                                            set_loss_scale, set_tau, supernet_alphas, weight_parameters)
 
     run = RunContext.create(device=cfg.device, out=cfg.out)
     rank, world, device, cuda = run.rank, run.world, run.device, run.cuda
@@ -177,7 +178,10 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                     states={"opt_w": opt_w, "opt_a": opt_a, "sched": sched, "scaler": scaler})
     history: list[dict[str, Any]] = ck["history"] if ck else []
     if ck:
-        load_credit_state(model, ck.get("credit", {}))
+        if cfg.sampling == "gumbel" and cfg.estimator == "local" and not ck.get("credit"):
+            log(f"note: --resume: {ckpt_path} has no estimator baselines (written before they were saved); "
+                "they start afresh, so this run is not bit-identical to an uninterrupted one")
+        load_credit_state(model, ck.get("credit", {}), where=f"--resume: {ckpt_path}")
     start = ck["epoch"] if ck else 0
 
     for epoch in range(start, cfg.epochs):
@@ -185,7 +189,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                               show=cfg.progress)
         search_alpha = epoch >= cfg.warmup_epochs
         tau = None
-        if cfg.sampling == "gumbel":
+        if cfg.sampling == "gumbel" and cfg.estimator == "st":
             tau = annealed_tau(cfg.tau_start, cfg.tau_end, step=epoch - cfg.warmup_epochs,
                                total=cfg.epochs - cfg.warmup_epochs, schedule=cfg.tau_schedule)
             set_tau(model, tau)
@@ -194,6 +198,8 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         for step, (images, targets) in enumerate(loader_w):
             if step >= steps:
                 break
+            if cfg.sampling == "gumbel":
+                set_loss_scale(model, scaler.get_scale())  # AMP: "local" gives alpha the loss's units
             loss_w, _ = train_step(net, opt_w, scaler, *to_device(images, targets, device), cuda=cuda)
             sched.step()
             sums["loss_w"] += loss_w
@@ -203,6 +209,8 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                 except StopIteration:
                     it_a = iter(loader_a)
                     batch_a = next(it_a)
+                if cfg.sampling == "gumbel":
+                    set_loss_scale(model, scaler.get_scale())
                 sums["loss_a"] += train_step(net, opt_a, scaler, *to_device(*batch_a, device), cuda=cuda)[0]
             if bar is not None:
                 bar.set_postfix(loss_w=f"{loss_w:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}",
@@ -226,8 +234,9 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                            extra={"detector": cfg.detector, "epochs": cfg.epochs, "data": cfg.data,
                                   "stages": list(cfg.stages),
                                   "channels_per_group": cfg.channels_per_group, "sampling": cfg.sampling,
-                                  **({"estimator": cfg.estimator, "tau": [cfg.tau_start, cfg.tau_end],
-                                      "tau_schedule": cfg.tau_schedule} if cfg.sampling == "gumbel" else {})},
+                                  **({"estimator": cfg.estimator} if cfg.sampling == "gumbel" else {}),
+                                  **({"tau": [cfg.tau_start, cfg.tau_end], "tau_schedule": cfg.tau_schedule}
+                                     if cfg.sampling == "gumbel" and cfg.estimator == "st" else {})},
                            align=cfg.align)
     arch_path = None
     if rank == 0:

@@ -23,13 +23,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from natsdeploy.arch import Arch, ArchError
+from natsdeploy.errors import CheckpointError
 from natsdeploy.search.decode import decode, genotypes, searchable_convs
 from natsdeploy.search.estimators import ESTIMATORS, gumbel_hard, gumbel_index, local_credit
 from natsdeploy.specs import BACKBONES, ConvInfo
 
 __all__ = ["ChannelMixedConv", "build_supernet_backbone", "supernet_alphas", "arch_parameters",
            "weight_parameters", "decode_supernet", "group_width", "SAMPLINGS", "gumbel_hard", "set_tau",
-           "annealed_tau", "sampled_alphas", "credit_state", "load_credit_state"]
+           "annealed_tau", "sampled_alphas", "credit_state", "load_credit_state", "set_loss_scale"]
 
 SAMPLINGS = ("softmax", "gumbel")
 
@@ -94,6 +95,7 @@ class ChannelMixedConv(nn.Module):
         # both samplings keep one layout; the search checkpoint stores it apart (`credit_state`).
         self.register_buffer("credit_baseline", torch.full((self.n_groups,), float("nan"), device=w.device),
                              persistent=False)
+        self.loss_scale = 1.0  # AMP's current loss scale (`set_loss_scale`): the "local" gradient is scale-free
         self.recompute = recompute
 
     def replica_weight(self) -> torch.Tensor:
@@ -142,7 +144,7 @@ class ChannelMixedConv(nn.Module):
         else:
             y = self._sampled(x, index, gate)
         if local and torch.is_grad_enabled() and self.alpha.requires_grad:
-            y = local_credit(y, self.alpha, index, self.credit_baseline)
+            y = local_credit(y, self.alpha, index, self.credit_baseline, loss_scale=self.loss_scale)
         return y
 
     def _sampled(self, x: torch.Tensor, index: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
@@ -274,11 +276,31 @@ def credit_state(model: nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(m, ChannelMixedConv) and m.sampling == "gumbel"}
 
 
-def load_credit_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Restore `credit_state` (a conv it does not name starts afresh, as at step 0)."""
-    for name, m in model.named_modules():
-        if isinstance(m, ChannelMixedConv) and _conv_name(name) in state:
-            m.credit_baseline.copy_(state[_conv_name(name)])
+def load_credit_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+    """Restore `credit_state`: every gumbel conv of `model` named, with its [groups] shape (CheckpointError,
+    one line, otherwise). An empty `state` (a checkpoint from before the baselines were saved) leaves
+    them at NaN, as at step 0."""
+    convs = {_conv_name(name): m for name, m in model.named_modules()
+             if isinstance(m, ChannelMixedConv) and m.sampling == "gumbel"}
+    if not state:
+        return
+    for name in sorted(set(state) | set(convs)):
+        got = state.get(name)
+        want = (convs[name].n_groups,) if name in convs else None
+        shape = tuple(got.shape) if isinstance(got, torch.Tensor) else None
+        if want is None or shape != want:
+            raise CheckpointError(f"{where}: key 'credit': {name}: got "
+                                  f"{'nothing' if got is None else shape or type(got).__name__}, expected "
+                                  f"{'no such conv' if want is None else f'a tensor of shape {want}'}")
+    for name, m in convs.items():
+        m.credit_baseline.copy_(state[name])
+
+
+def set_loss_scale(model: nn.Module, scale: float) -> None:
+    """Tell every mixed conv AMP's current loss scale (GradScaler.get_scale(); 1.0 without AMP)."""
+    for m in model.modules():
+        if isinstance(m, ChannelMixedConv):
+            m.loss_scale = float(scale)
 
 
 def supernet_alphas(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -177,11 +177,11 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
     assert main(["search", "--data", synth, "--backbone", "resnet18", "--stages", ",".join(STAGES), "--epochs", "2",
                  "--warmup-epochs", "0",
                  "--groups", "16", "--min-size", "96", "--max-size", "128", "--max-steps-per-epoch", "1",
-                 "--alpha-lr", "0.5", "--sampling", "gumbel", "--tau-start", "4", "--tau-end", "1",
+                 "--alpha-lr", "0.5", "--sampling", "gumbel", "--estimator", "st", "--tau-start", "4", "--tau-end", "1",
                  "--tau-schedule", "exp", "--align", "16", "--out", str(out), "--no-progress"]) == 0
     arch = load_arch(out / "arch.json")
     assert arch.provenance["sampling"] == "gumbel" and arch.provenance["tau"] == [4.0, 1.0]
-    assert arch.provenance["estimator"] == "local"
+    assert arch.provenance["estimator"] == "st"
     assert all(b.channels % 16 == 0 for ct in arch.convs.values() for b in ct.branches)  # --align with gumbel
     history = json.loads((out / "history.json").read_text())
     assert [h["tau"] for h in history] == pytest.approx([4.0, 1.0])
@@ -189,9 +189,12 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
     assert any(v.abs().sum() > 0 for k, v in ck["model"].items() if k.endswith(".alpha"))
     with pytest.raises(UsageError, match="written with sampling='gumbel', expected 'softmax'"):
         run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16), log=lambda s: None)
-    with pytest.raises(UsageError, match="written with estimator='local', expected 'st'"):
-        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16, sampling="gumbel",
-                        estimator="st"), log=lambda s: None)
+    with pytest.raises(UsageError, match="written with estimator='st', expected 'local'"):
+        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16, sampling="gumbel"),
+                   log=lambda s: None)
+    assert_exit_2(["search", "--sampling", "gumbel", "--tau-start", "2", "--out", tmp_path / "x"], capsys,
+                  contains="--tau-start: got '2' with --estimator local, expected it only with --estimator st",
+                  absent=[tmp_path / "x"])
     assert_exit_2(["search", "--estimator", "st", "--out", tmp_path / "x"], capsys,
                   contains="--estimator: got 'st' with --sampling softmax", absent=[tmp_path / "x"])
     assert_exit_2(["search", "--tau-start", "2", "--out", tmp_path / "x"], capsys,

@@ -182,9 +182,44 @@ def test_credit_state_round_trips_and_stays_out_of_the_state_dict():
     assert not any("credit" in k for k in net.state_dict())
     fresh = build_supernet_backbone("resnet18", groups=8, sampling="gumbel")
     assert all(v.isnan().all() for v in credit_state(fresh).values())
-    load_credit_state(fresh, state)
+    load_credit_state(fresh, state, where="ck")
     assert all(torch.equal(credit_state(fresh)[k], v) for k, v in state.items())
     assert credit_state(build_supernet_backbone("resnet18", groups=8)) == {}
+    from natsdeploy.errors import CheckpointError
+
+    name = sorted(state)[0]
+    for bad, text in [({**state, name: torch.zeros(1)}, rf"{name}: got \(1,\), expected a tensor of shape \(8,\)"),
+                      ({k: v for k, v in state.items() if k != name}, rf"{name}: got nothing"),
+                      ({**state, "layer9.conv": torch.zeros(8)}, rf"layer9.conv: got \(8,\), expected no such conv")]:
+        with pytest.raises(CheckpointError, match=rf"^ck: key 'credit': {text}"):
+            load_credit_state(fresh, bad, where="ck")
+
+
+def test_local_gradient_is_in_the_loss_units_under_amp_scaling_and_skips_overflow():
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(6, 8, 3, padding=1, bias=False)
+    plain, scaled, overflow = (ChannelMixedConv(conv, DILS, group_width=2, sampling="gumbel").train()
+                               for _ in range(3))
+    x, r1, r2 = torch.randn(2, 6, 10, 10), torch.randn(2, 8, 10, 10), torch.randn(2, 8, 10, 10)
+    for m in (plain, scaled, overflow):
+        with torch.no_grad():
+            m.alpha.copy_(torch.linspace(-1, 1, 12).view(4, 3))
+        torch.manual_seed(0)
+        (m(x) * r1).sum().backward()
+        m.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    (plain(x) * r2).sum().backward()
+    scaled.loss_scale = 1024.0  # as set_loss_scale(model, GradScaler.get_scale()) does
+    torch.manual_seed(1)
+    (scaled(x) * r2 * 1024.0).sum().backward()  # a scaled loss
+    assert plain.alpha.grad.abs().sum() > 0
+    torch.testing.assert_close(scaled.alpha.grad / 1024.0, plain.alpha.grad)  # what GradScaler's unscale gives
+    torch.testing.assert_close(scaled.credit_baseline, plain.credit_baseline)
+    before = overflow.credit_baseline.clone()
+    torch.manual_seed(1)
+    (overflow(x) * r2.index_fill(1, torch.tensor([3]), float("inf"))).sum().backward()
+    assert overflow.alpha.grad.isnan().all()  # GradScaler skips the step
+    assert torch.equal(overflow.credit_baseline, before)
 
 
 def _bn_eval_mixed_train(net):
