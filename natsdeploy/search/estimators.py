@@ -44,12 +44,16 @@ ESTIMATORS = ("local", "st")
 BASELINE_MOMENTUM = 0.9  # measured: 0.9 and 0.7 recover the same within noise; 0.9 is smoother
 
 
+def _gumbel_noise(alpha: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise shaped like `alpha`, from torch's global RNG."""
+    return -torch.empty_like(alpha).exponential_().log()
+
+
 def gumbel_index(alpha: torch.Tensor) -> torch.Tensor:
     """One genotype per row of `alpha` [N, G]: argmax(alpha + Gumbel noise), i.e. a draw from softmax(alpha).
 
     The noise comes from torch's global RNG (seed it for a reproducible draw)."""
-    noise = -torch.empty_like(alpha).exponential_().log()
-    return (alpha.detach() + noise).argmax(dim=1)
+    return (alpha.detach() + _gumbel_noise(alpha)).argmax(dim=1)
 
 
 def gumbel_hard(alpha: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,8 +63,7 @@ def gumbel_hard(alpha: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Te
     sampled entry of one_hot - probs.detach() + probs (1 in the forward, the soft gradient in the
     backward); probs = softmax((alpha + noise) / tau), detached. Noise comes from torch's global RNG.
     """
-    noise = -torch.empty_like(alpha).exponential_().log()
-    probs = F.softmax((alpha + noise) / tau, dim=1)
+    probs = F.softmax((alpha + _gumbel_noise(alpha)) / tau, dim=1)
     index = probs.detach().argmax(dim=1)
     hard = torch.zeros_like(probs).scatter_(1, index[:, None], 1.0)
     gate = (hard - probs.detach() + probs).gather(1, index[:, None]).squeeze(1)

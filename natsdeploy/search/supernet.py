@@ -270,18 +270,21 @@ def sampled_alphas(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _gumbel_convs(model: nn.Module) -> dict[str, ChannelMixedConv]:
+    return {_conv_name(name): m for name, m in model.named_modules()
+            if isinstance(m, ChannelMixedConv) and m.sampling == "gumbel"}
+
+
 def credit_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The "local" estimator's per-group baselines, keyed by conv name (for checkpoints; empty for softmax)."""
-    return {_conv_name(name): m.credit_baseline.detach().cpu().clone() for name, m in model.named_modules()
-            if isinstance(m, ChannelMixedConv) and m.sampling == "gumbel"}
+    return {name: m.credit_baseline.detach().cpu().clone() for name, m in _gumbel_convs(model).items()}
 
 
 def load_credit_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
     """Restore `credit_state`: every gumbel conv of `model` named, with its [groups] shape (CheckpointError,
     one line, otherwise). An empty `state` (a checkpoint from before the baselines were saved) leaves
     them at NaN, as at step 0."""
-    convs = {_conv_name(name): m for name, m in model.named_modules()
-             if isinstance(m, ChannelMixedConv) and m.sampling == "gumbel"}
+    convs = _gumbel_convs(model)
     if not state:
         return
     for name in sorted(set(state) | set(convs)):
