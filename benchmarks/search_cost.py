@@ -264,7 +264,7 @@ def main(argv=None) -> None:
         print(t, "memory", {m: round(v.get("growth_ratio", v["peak_ratio"]), 3) for m, v in memory[t].items()},
               flush=True)
     recovery = recovery_rows(args) if args.recovery_steps else []
-    from natsdeploy.arch import atomic_write_text
+    from natsdeploy.files import atomic_write_text
     from natsdeploy.timing.machine import machine_info
 
     mac_ratio = macs(args.backbone, args.size, "supernet", args.preset) / macs(args.backbone, args.size, "baseline",

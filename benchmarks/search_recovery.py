@@ -102,7 +102,7 @@ def markdown(rows: list[dict], command: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from natsdeploy.arch import atomic_write_text
+    from natsdeploy.files import atomic_write_text
     from natsdeploy.timing.machine import machine_info
 
     args = parse_args(argv)

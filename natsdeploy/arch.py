@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from natsdeploy.errors import ArchError
+from natsdeploy.files import atomic_write_text
 from natsdeploy.specs import BACKBONES, BackboneSpec, ConvInfo
 
 __all__ = ["ArchError", "Branch", "ConvTransform", "Arch", "load_arch", "FORMAT", "VERSION"]
@@ -316,31 +316,6 @@ def _dump(obj: Any, level: int) -> str:
 
 def _flat_list(v: Any) -> bool:
     return isinstance(v, list) and all(not isinstance(x, (Mapping, list)) for x in v)
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write via a temp file in the same folder and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def stable_hash(arch: Arch) -> str:

@@ -14,7 +14,6 @@ A file that needs any other object is refused, with the way forward in the messa
 
 from __future__ import annotations
 
-import io
 import os
 import pathlib
 import pickle
@@ -28,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from natsdeploy.arch import Arch, atomic_write_bytes
+from natsdeploy.arch import Arch
 from natsdeploy.errors import ArchError, CheckpointError, InputError
+from natsdeploy.files import atomic_write
 from natsdeploy.loops import rng_state_from_legacy, rng_state_problem
 
 __all__ = ["SEARCH", "TRAIN", "FORMATS", "LEGACY_FORMATS", "SCHEMAS", "Field", "save_checkpoint",
@@ -197,9 +197,7 @@ def save_checkpoint(path: str | os.PathLike, kind: str, payload: Mapping[str, An
         check_checkpoint(ck, kind, where=f"writing {path}")
     except CheckpointError as e:
         raise ValueError(str(e)) from None
-    buf = io.BytesIO()
-    torch.save(ck, buf)
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    return atomic_write(path, lambda f: torch.save(ck, f))  # streamed: a large checkpoint is never held twice
 
 
 # numpy's ndarray reconstruction (the RNG state of "/1" files) and pathlib paths: rebuilt from bytes and

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from natsdeploy.arch import Arch, atomic_write_text, load_arch
+from natsdeploy.arch import Arch, load_arch
+from natsdeploy.files import atomic_write_text
 from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
 from natsdeploy.shapes import UsageError, format_shape, parse_input_shape, parse_int, parse_float
 

@@ -82,7 +82,7 @@ def bench_cli(args: argparse.Namespace) -> int:
                                             input_shape=shape, threads=report["settings"]["threads"])
     print(format_bench(report))
     if args.json:
-        from natsdeploy.arch import atomic_write_text
+        from natsdeploy.files import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")

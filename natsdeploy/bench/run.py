@@ -203,14 +203,12 @@ def format_bench(report: dict[str, Any]) -> str:
 
 def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Box plots of baseline vs transformed latency per case, written atomically as PNG."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from natsdeploy.arch import atomic_write_bytes
+    from natsdeploy.files import atomic_write
 
     results = report["results"]
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results) + 1, 3.6), squeeze=False)
@@ -225,7 +223,7 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     arch = report.get("arch") or {}
     fig.suptitle(f"natsdeploy bench {arch.get('backbone', '')} — {report['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)

@@ -26,7 +26,8 @@ from typing import Literal
 
 from natsdeploy.export import function, graph, rows
 from natsdeploy.export.fold import Block, ConvOp, SplitConv, Trunk
-from natsdeploy.export.graph import GraphBuilder, branch_inputs, emit_conv, emit_residual, inline_functions
+from natsdeploy.export.graph import (GraphBuilder, branch_inputs, emit_conv, emit_residual, inline_functions,
+                                     shape_skeleton)
 
 __all__ = ["Form", "FORMS", "FEATURE_OUTPUTS", "emit_block", "trunk_to_onnx", "save_onnx", "check_onnx",
            "inline_functions"]
@@ -122,7 +123,7 @@ def trunk_to_onnx(trunk: Trunk, *, input_shape: Sequence[int] = (1, 3, 800, 1216
     model = g.model([(INPUT_NAME, dims)], outputs, name=graph_name, producer_name="natsdeploy",
                     producer_version=_version())
     model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime >= 1.17; 10 has function overloads
-    inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    inferred = shape_inference.infer_shapes(shape_skeleton(model), strict_mode=True)
     shapes = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
     for o in model.graph.output:
         if o.name in shapes:
@@ -154,6 +155,6 @@ def check_onnx(model) -> None:
 
 def save_onnx(model, path: str | os.PathLike[str]) -> Path:
     """Serialise deterministically and write atomically."""
-    from natsdeploy.arch import atomic_write_bytes
+    from natsdeploy.files import atomic_write_bytes
 
     return atomic_write_bytes(Path(path), model.SerializeToString(deterministic=True))

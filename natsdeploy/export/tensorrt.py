@@ -41,7 +41,7 @@ def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLi
                  workspace_gib: float = 4.0) -> Path:
     """Parse the ONNX file, build and serialise an engine next to it (atomic write)."""
     trt = require_tensorrt()
-    from natsdeploy.arch import atomic_write_bytes
+    from natsdeploy.files import atomic_write_bytes
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -28,8 +28,20 @@ _IMAGENET = {
 
 
 def _plain_resnet(spec: BackboneSpec) -> tv_resnet.ResNet:
+    """torchvision's ResNet for `spec`, initialised from the global RNG (on the meta device: shapes only)."""
     block = tv_resnet.BasicBlock if spec.block == "basic" else tv_resnet.Bottleneck
     return tv_resnet.ResNet(block, list(spec.layers), **spec.torchvision_kwargs())
+
+
+def _missing_init(ref: Mapping[str, torch.Tensor], missing: set[str]) -> dict[str, torch.Tensor]:
+    """Values for keys weights may omit: the classifier gets nn.Linear's init, a BN counter 0."""
+    out = {k: torch.zeros((), dtype=ref[k].dtype) for k in missing if k.endswith(".num_batches_tracked")}
+    if missing & {"fc.weight", "fc.bias"}:
+        out_features, in_features = ref["fc.weight"].shape
+        with torch.random.fork_rng(devices=[]):  # passing weights must not shift the caller's RNG
+            fc = torch.nn.Linear(in_features, out_features)
+        out.update({k: v.detach() for k, v in (("fc.weight", fc.weight), ("fc.bias", fc.bias)) if k in missing})
+    return out
 
 
 def _imagenet_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor]:
@@ -75,7 +87,7 @@ def resolve_weights(weights: Weights, spec: BackboneSpec) -> dict[str, torch.Ten
     else:
         raise WeightsError(f"weights: got {type(weights).__name__}, expected None, 'imagenet', a path or a state dict")
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-    with torch.random.fork_rng(devices=[]):  # shapes only: passing weights must not shift the caller's RNG
+    with torch.device("meta"):  # shapes only: no init work, no RNG draws
         ref = _plain_resnet(spec).state_dict()
     if any(".branches." in k for k in sd):
         raise WeightsError("weights: got a transformed-layout state dict, expected torchvision layout "
@@ -92,9 +104,9 @@ def resolve_weights(weights: Weights, spec: BackboneSpec) -> dict[str, torch.Ten
     if extra:
         raise WeightsError(f"weights[{extra[0]!r}]: unexpected key ({len(extra)} in all), expected a "
                            f"{spec.name} state dict")
-    out = dict(ref)
+    out = _missing_init(ref, set(ref) - set(sd))
     out.update({k: v.detach().to(ref[k].dtype) for k, v in sd.items()})
-    return out
+    return {k: out[k] for k in ref}
 
 
 def build_baseline(backbone: str | Arch, weights: Weights = None) -> tv_resnet.ResNet:
@@ -111,15 +123,18 @@ def build_backbone(arch: Arch, weights: Weights = None) -> tv_resnet.ResNet:
     arch computes the baseline function for any permutation.
     """
     spec = arch.spec
-    model = _plain_resnet(spec)
     base_sd = resolve_weights(weights, spec)
     if base_sd is None:
-        base_sd = model.state_dict()
-    for name, ct in arch.convs.items():
-        info = spec.convs[name]
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, MixedDilationConv(info.in_channels, ct.branches, stride=info.stride, groups=info.groups))
+        base_sd = _plain_resnet(spec).state_dict()
+    device = torch.get_default_device()
+    with torch.device("meta"):  # every value comes from base_sd: initialising would be wasted work
+        model = _plain_resnet(spec)
+        for name, ct in arch.convs.items():
+            info = spec.convs[name]
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child,
+                    MixedDilationConv(info.in_channels, ct.branches, stride=info.stride, groups=info.groups))
+    model = model.to_empty(device=device)
     model.load_state_dict(transfer_weights(base_sd, arch), strict=True)
     return model.eval()
 

@@ -7,7 +7,6 @@ optimiser and scheduler states, RNG states, the epoch, and the alpha history.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from natsdeploy.arch import Arch, atomic_write_bytes
+from natsdeploy.arch import Arch
 from natsdeploy.checkpoint import SEARCH, save_checkpoint
 from natsdeploy.errors import DatasetError, UsageError
+from natsdeploy.files import atomic_write
 from natsdeploy.loop_skeleton import RunContext, config_dict
 from natsdeploy.loops import check_resume, rng_state, to_device, train_step
 
@@ -280,8 +280,8 @@ def plot_alpha_history(history: list[dict[str, Any]], path: Path, *, preset: str
         ax.set_ylabel("mean softmax(alpha)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 

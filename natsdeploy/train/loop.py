@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from natsdeploy.arch import Arch, atomic_write_text, load_arch
+from natsdeploy.arch import Arch, load_arch
 from natsdeploy.checkpoint import FORMATS, TRAIN, save_checkpoint
 from natsdeploy.errors import CheckpointError
+from natsdeploy.files import atomic_write_text
 from natsdeploy.loop_skeleton import RunContext, config_dict
 from natsdeploy.loops import check_resume, rng_state, to_device, train_step
 from natsdeploy.shapes import UsageError

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import math
 import os
@@ -25,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from natsdeploy.arch import Arch, atomic_write_bytes, atomic_write_text
+from natsdeploy.arch import Arch
+from natsdeploy.files import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
 __all__ = ["erf_of", "erf_maps", "erf_radius", "erf_report", "plot_erf", "strip_relu", "erf_cli",
@@ -221,9 +220,7 @@ def plot_erf(baseline_map: np.ndarray, transformed_map: np.ndarray, path: str | 
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="|d unit / d input| (share, log scale)")
     if title:
         fig.suptitle(title, fontsize=11)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return atomic_write_bytes(Path(path), buf.getvalue())
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def _circle(centre: tuple[float, float], r: float, colour: str):

@@ -31,7 +31,8 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
 
 def parity_cli(args: argparse.Namespace) -> int:
     """Run detector parity from parsed arguments; 0 when it passes, 1 when it does not."""
-    from natsdeploy.arch import atomic_write_text, load_arch
+    from natsdeploy.arch import load_arch
+    from natsdeploy.files import atomic_write_text
     from natsdeploy.verify.detection_parity import detection_parity, format_detection_parity
 
     arch = load_arch(args.arch)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 
-import onnx
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

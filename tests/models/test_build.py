@@ -98,6 +98,28 @@ def test_init_without_weights_follows_torch_seed():
         assert_features_close(model_features(a, x), model_features(b, x))
 
 
+def test_given_weights_draw_nothing_from_the_global_rng():
+    """Weights passed in fill every value: building draws no init (the caller's RNG stream is untouched),
+    and an omitted classifier and BN counters get nn.Linear's init and 0."""
+    arch = random_arch("resnet18", random.Random(2))
+    sd = seeded_state_dict("resnet18")
+    no_fc = {k: v for k, v in sd.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a, b = build_backbone(arch, no_fc).state_dict(), build_baseline("resnet18", sd).state_dict()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(b["fc.weight"], sd["fc.weight"]) and a["layer1.0.bn1.num_batches_tracked"].item() == 0
+    bound = 1 / 512 ** 0.5  # nn.Linear(512, 1000): U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+    assert a["fc.weight"].shape == (1000, 512) and 0.9 * bound < a["fc.weight"].abs().max() <= bound
+    assert 0.9 * bound < a["fc.bias"].abs().max() <= bound
+    torch.manual_seed(5)
+    build_backbone(arch)  # without weights: torchvision's init, drawn exactly as torchvision's constructor draws it
+    after_init = torch.get_rng_state()
+    torch.manual_seed(5)
+    build_baseline("resnet18")
+    assert torch.equal(torch.get_rng_state(), after_init) and not torch.equal(after_init, before)
+
+
 def test_weights_from_checkpoint_files(tmp_path):
     sd = seeded_state_dict("resnet18")
     arch = random_arch("resnet18", random.Random(1))

@@ -31,7 +31,6 @@ def synth(synth_coco) -> str:
 # two thirds of every checkpoint (~465 MB -> ~150 MB) and of the optimiser's work (the super-net itself and
 # layer4's genotypes are tested in test_supernet.py and test_planted.py)
 STAGES = ("layer2", "layer3")
-ALL_STAGES = ("layer2", "layer3", "layer4")
 
 
 def _cfg(synth, out, **kw) -> SearchConfig:
@@ -118,14 +117,13 @@ def gloo(synth_coco, module_tmp):
     weights = str(root / "init.pth")
     torch.save(plain_model("resnet18").state_dict(), weights)  # torchvision's seed-0 init
     common = dict(epochs=1, warmup_epochs=0, max_steps_per_epoch=2, lr_per_image=0.01)
-    # softmax over every stage: the DDP-vs-one-process comparison's 10% bound was set on that run
-    cfgs = {"softmax": _cfg(synth, root / "softmax", weights=weights, detector_kwargs=dict(DETERMINISTIC),
-                            stages=ALL_STAGES, **common),
+    cfgs = {"softmax": _cfg(synth, root / "softmax", weights=weights, detector_kwargs=dict(DETERMINISTIC_FAST),
+                            **common),
             "gumbel": _cfg(synth, root / "gumbel", sampling="gumbel", tau_start=1.0, tau_end=1.0, **common)}
     mp.spawn(_worker, args=(2, str(root / "init"), {k: dataclasses.asdict(c) for k, c in cfgs.items()}, str(root)),
              nprocs=2, join=True)
     ranks = {k: [torch.load(root / f"{k}.rank{r}.pt", weights_only=True) for r in (0, 1)] for k in cfgs}
-    return {"weights": weights, "ranks": ranks}
+    return {"weights": weights, "ranks": ranks, "softmax_out": root / "softmax"}
 
 
 def test_two_process_gloo_matches_single_process(synth, tmp_path, gloo):
@@ -137,18 +135,27 @@ def test_two_process_gloo_matches_single_process(synth, tmp_path, gloo):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k  # ranks stay identical: gradients are synchronised
 
-    # every proposal (not FAST's 100): with those the DDP and single-process updates differ by ~20%
-    kw = dict(epochs=1, warmup_epochs=0, weights=weights, detector_kwargs=dict(DETERMINISTIC), stages=ALL_STAGES)
+    kw = dict(epochs=1, warmup_epochs=0, weights=weights, detector_kwargs=dict(DETERMINISTIC_FAST))
     single = run_search(_cfg(synth, tmp_path / "one", max_steps_per_epoch=2, lr_per_image=0.01, batch_size=2, **kw),
                         log=lambda s: None).model.state_dict()
-    init = run_search(_cfg(synth, tmp_path / "init0", max_steps_per_epoch=1, lr_per_image=0.0, alpha_lr=0.0, **kw),
-                      log=lambda s: None).model.state_dict()
-    # same global batch: the updates agree (torchvision's losses normalise per batch, so not bit-exactly)
-    for k in [k for k in r0 if k.endswith(".alpha")] + ["backbone.body.layer4.1.conv2.weight"]:
-        d_ddp, d_one = r0[k] - init[k], single[k] - init[k]
-        assert d_one.norm() > 0
-        rel = float((d_ddp - d_one).norm() / d_one.norm())
-        assert rel < 0.1, (k, rel)
+    # same global batch: the updates agree (torchvision's losses normalise per batch, so not bit-exactly).
+    # Weights: SGD's step is linear in the gradient, so compare the steps taken from the given weights.
+    k = "backbone.body.layer4.1.conv2.weight"
+    start = torch.load(weights, weights_only=True)["layer4.1.conv2.weight"]
+    d_ddp, d_one = r0[k] - start, single[k] - start
+    assert d_one.norm() > 0 and float((d_ddp - d_one).norm() / d_one.norm()) < 0.1
+    # alphas: Adam's steps are ~lr * sign(gradient) at first, so a near-zero gradient component that flips
+    # sign moves a step by 2 lr (measured: alpha steps up to 20% apart where Adam's first moments are <= 2.3%
+    # apart): compare the first moment, a linear function of the (synchronised) gradients of both steps
+    opt_states = [torch.load(out / "checkpoint.pth", weights_only=True)["opt_a"]["state"]
+                  for out in (gloo["softmax_out"], tmp_path / "one")]
+    moments = [{i: st["exp_avg"] for i, st in states.items()} for states in opt_states]
+    assert set(moments[0]) == set(moments[1]) and len(moments[1]) == sum(k.endswith(".alpha") for k in r0)
+    for i, m_one in moments[1].items():
+        assert m_one.norm() > 0
+        rel = float((moments[0][i] - m_one).norm() / m_one.norm())
+        assert rel < 0.1, (i, rel)
+    assert all((r0[k] != 0).any() for k in r0 if k.endswith(".alpha"))  # and the DDP run stepped every alpha
 
 
 @pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])

@@ -190,7 +190,7 @@ def test_credit_state_round_trips_and_stays_out_of_the_state_dict():
     name = sorted(state)[0]
     for bad, text in [({**state, name: torch.zeros(1)}, rf"{name}: got \(1,\), expected a tensor of shape \(8,\)"),
                       ({k: v for k, v in state.items() if k != name}, rf"{name}: got nothing"),
-                      ({**state, "layer9.conv": torch.zeros(8)}, rf"layer9.conv: got \(8,\), expected no such conv")]:
+                      ({**state, "layer9.conv": torch.zeros(8)}, r"layer9.conv: got \(8,\), expected no such conv")]:
         with pytest.raises(CheckpointError, match=rf"^ck: key 'credit': {text}"):
             load_credit_state(fresh, bad, where="ck")
 
