@@ -55,7 +55,8 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
     import onnxruntime as ort
 
     from natsdeploy.export.fold import fold_trunk, iter_splits, rewrite
-    from natsdeploy.export.onnx import check_onnx, inline_functions, trunk_to_onnx
+    from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
+    from natsdeploy.onnx_utils import inline_functions
     from natsdeploy.models.build import build_trunks
     from natsdeploy.runners import TorchRunner, ort_session_options
     from natsdeploy.timing.latency import time_interleaved

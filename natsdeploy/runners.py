@@ -130,7 +130,7 @@ class OpenVinoRunner:
         import onnx
         import openvino as ov
 
-        from natsdeploy.export.graph import inline_functions
+        from natsdeploy.onnx_utils import inline_functions
 
         proto = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
         core = ov.Core()

@@ -23,8 +23,8 @@ def block_input_shapes(trunk: Trunk, input_shape: Sequence[int]) -> dict[str, tu
     """Each block's input shape, from shape inference on the branch-form graph."""
     from onnx import shape_inference
 
-    from natsdeploy.export.graph import shape_skeleton
     from natsdeploy.export.onnx import trunk_to_onnx
+    from natsdeploy.onnx_utils import shape_skeleton
 
     m = shape_inference.infer_shapes(shape_skeleton(trunk_to_onnx(trunk, input_shape=input_shape, opset=18)))
     shapes = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim) for vi in m.graph.value_info}

@@ -26,11 +26,10 @@ from typing import Literal
 
 from natsdeploy.export import function, graph, rows
 from natsdeploy.export.fold import Block, ConvOp, SplitConv, Trunk
-from natsdeploy.export.graph import (GraphBuilder, branch_inputs, emit_conv, emit_residual, inline_functions,
-                                     shape_skeleton)
+from natsdeploy.export.graph import GraphBuilder, branch_inputs, emit_conv, emit_residual
+from natsdeploy.onnx_utils import shape_skeleton
 
-__all__ = ["Form", "FORMS", "FEATURE_OUTPUTS", "emit_block", "trunk_to_onnx", "save_onnx", "check_onnx",
-           "inline_functions"]
+__all__ = ["Form", "FORMS", "FEATURE_OUTPUTS", "emit_block", "trunk_to_onnx", "save_onnx", "check_onnx"]
 
 Form = Literal["branches", "sum", "rows", "function"]
 FORMS: tuple[str, ...] = ("branches", "sum", "rows", "function")

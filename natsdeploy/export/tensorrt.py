@@ -83,7 +83,7 @@ def _parse(parser, onnx_path: Path) -> bool:
     """
     import onnx
 
-    from natsdeploy.export.graph import inline_functions
+    from natsdeploy.onnx_utils import inline_functions
 
     model = onnx.load(str(onnx_path))
     if not len(model.functions):

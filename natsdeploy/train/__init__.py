@@ -18,9 +18,9 @@ _LAZY = {
     "TrainResult": "natsdeploy.train.loop",
     "CheckpointError": "natsdeploy.errors",
     "train": "natsdeploy.train.loop",
-    "load_detector_checkpoint": "natsdeploy.train.checkpoints",
+    "load_detector_checkpoint": "natsdeploy.models.trained",
     "lr_factor": "natsdeploy.train.loop",
-    "backbone_weights": "natsdeploy.train.checkpoints",
+    "backbone_weights": "natsdeploy.models.trained",
     "CHECKPOINT_FORMAT": "natsdeploy.train.loop",
 }
 

@@ -34,9 +34,9 @@ from natsdeploy.errors import CheckpointError
 from natsdeploy.files import atomic_write_text
 from natsdeploy.loop_skeleton import RunContext, config_dict
 from natsdeploy.loops import check_resume, rng_state, to_device, train_step
+from natsdeploy.models.trained import (backbone_weights, build_train_detector, detector_from_checkpoint,
+                                       load_detector_checkpoint, read_checkpoint)
 from natsdeploy.shapes import UsageError
-from natsdeploy.train.checkpoints import (backbone_weights, build_train_detector, detector_from_checkpoint,
-                                          load_detector_checkpoint, read_checkpoint)
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError", "train", "evaluate",
            "load_detector_checkpoint", "read_checkpoint", "detector_from_checkpoint", "lr_factor",

@@ -102,7 +102,7 @@ def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] |
     import onnx
     from onnx import shape_inference
 
-    from natsdeploy.export.graph import shape_skeleton
+    from natsdeploy.onnx_utils import shape_skeleton
 
     # counting needs dims and types only: a copy without the weights (which makes inference ~100x cheaper)
     m = shape_skeleton(onnx.load(str(model)) if isinstance(model, (str, os.PathLike, Path)) else model)

@@ -216,7 +216,7 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
     from natsdeploy.data.evaluate import ap_points, coco_evaluate, subset_coco, to_coco_results
     from natsdeploy.export.detector import export_detector_backbone, export_whole_detector
     from natsdeploy.runners_detector import RuntimeBody
-    from natsdeploy.train.checkpoints import detector_from_checkpoint, read_checkpoint
+    from natsdeploy.models.trained import detector_from_checkpoint, read_checkpoint
 
     _check_options(backend, fp16, whole)
     precision = "fp16" if fp16 else "fp32"

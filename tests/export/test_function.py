@@ -14,7 +14,8 @@ from natsdeploy import build_backbone, build_baseline, count_onnx
 from natsdeploy.arch import Arch, Branch, ConvTransform, load_arch
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation
 from natsdeploy.export.function import DOMAIN, OP_TYPE
-from natsdeploy.export.onnx import check_onnx, inline_functions, trunk_to_onnx
+from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
+from natsdeploy.onnx_utils import inline_functions
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_ort_parity, seeded_state_dict
 

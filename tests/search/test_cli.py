@@ -6,6 +6,7 @@ import pytest
 
 from natsdeploy import load_arch
 from natsdeploy.cli import main
+from tests.conftest import FAST_OPTIONS
 from tests.helpers import assert_exit_2
 
 
@@ -13,10 +14,10 @@ from tests.helpers import assert_exit_2
 def aligned_search(module_tmp, synth_coco):
     """A short resnet18 search on a small synthetic set, decoded with --align 32 (layer2: groups of 16)."""
     out = module_tmp("alignsearch") / "s"
-    code = main(["search", "--data", synth_coco(train_images=4, val_images=1), "--backbone", "resnet18", "--epochs", "2",
-                 "--warmup-epochs", "1", "--groups", "8", "--min-size", "96", "--max-size", "128",
+    code = main(["search", "--data", synth_coco(train_images=4, val_images=1), "--backbone", "resnet18",
+                 "--epochs", "2", "--warmup-epochs", "1", "--groups", "8", "--min-size", "96", "--max-size", "128",
                  "--max-steps-per-epoch", "1", "--alpha-lr", "0.5", "--out", str(out), "--no-progress",
-                 "--align", "32"])
+                 "--align", "32", *FAST_OPTIONS])
     assert code == 0
     return out
 

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from natsdeploy import load_arch
 from natsdeploy.cli import main
 from natsdeploy.search.loop import SearchConfig, run_search, split_indices
-from tests.conftest import FAST
+from tests.conftest import FAST, FAST_OPTIONS
 from tests.helpers import assert_exit_2
 
 # deterministic sampling in the detector (take every anchor/proposal) so runs are comparable
@@ -52,7 +52,7 @@ def test_short_search_gives_an_arch_check_and_export_accept(synth, tmp_path, cap
     assert main(["search", "--data", synth, "--backbone", "resnet18", "--stages", ",".join(STAGES), "--epochs", "2",
                  "--warmup-epochs", "1",
                  "--groups", "8", "--min-size", "96", "--max-size", "128", "--max-steps-per-epoch", "2",
-                 "--alpha-lr", "0.5", "--out", str(out), "--no-progress"]) == 0
+                 "--alpha-lr", "0.5", "--out", str(out), "--no-progress", *FAST_OPTIONS]) == 0
     arch = load_arch(out / "arch.json")
     assert arch.backbone == "resnet18" and arch.provenance["search_space"] == "NATS-C"
     assert (out / "alpha.png").read_bytes()[:4] == b"\x89PNG" and (out / "checkpoint.pth").is_file()
@@ -185,7 +185,7 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
                  "--warmup-epochs", "0",
                  "--groups", "16", "--min-size", "96", "--max-size", "128", "--max-steps-per-epoch", "1",
                  "--alpha-lr", "0.5", "--sampling", "gumbel", "--estimator", "st", "--tau-start", "4", "--tau-end", "1",
-                 "--tau-schedule", "exp", "--align", "16", "--out", str(out), "--no-progress"]) == 0
+                 "--tau-schedule", "exp", "--align", "16", "--out", str(out), "--no-progress", *FAST_OPTIONS]) == 0
     arch = load_arch(out / "arch.json")
     assert arch.provenance["sampling"] == "gumbel" and arch.provenance["tau"] == [4.0, 1.0]
     assert arch.provenance["estimator"] == "st"
@@ -195,9 +195,9 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
     ck = torch.load(out / "checkpoint.pth", weights_only=True)
     assert any(v.abs().sum() > 0 for k, v in ck["model"].items() if k.endswith(".alpha"))
     with pytest.raises(UsageError, match="written with sampling='gumbel', expected 'softmax'"):
-        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16), log=lambda s: None)
+        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs=dict(FAST), groups=16), log=lambda s: None)
     with pytest.raises(UsageError, match="written with estimator='st', expected 'local'"):
-        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs={}, groups=16, sampling="gumbel"),
+        run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs=dict(FAST), groups=16, sampling="gumbel"),
                    log=lambda s: None)
     assert_exit_2(["search", "--sampling", "gumbel", "--tau-start", "2", "--out", tmp_path / "x"], capsys,
                   contains="--tau-start: got '2' with --estimator local, expected it only with --estimator st",

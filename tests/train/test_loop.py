@@ -13,7 +13,7 @@ from natsdeploy.cli import main
 from natsdeploy.data.evaluate import METRICS
 from natsdeploy.train.loop import (CHECKPOINT_FORMAT, TrainConfig, evaluate, load_detector_checkpoint, lr_factor,
                                    train)
-from tests.conftest import EXAMPLES, FAST
+from tests.conftest import EXAMPLES, FAST, FAST_OPTIONS
 from tests.helpers import assert_exit_2
 
 ARCH = EXAMPLES / "resnet18_nats_c.json"
@@ -44,10 +44,9 @@ def test_lr_schedule_warmup_then_steps():
 
 def test_short_train_writes_checkpoint_and_metrics(synth, tmp_path, capsys):
     out = tmp_path / "t"
-    fast = [a for k, v in FAST.items() for a in ("--detector-option", f"{k}={v}")]
     assert main(["train", str(ARCH), "--data", synth, "--detector", "faster_rcnn", "--epochs", "2", "--steps", "1",
                  "--batch-size", "2", "--warmup-iters", "2", "--min-size", "96", "--max-size", "128",
-                 "--max-steps-per-epoch", "3", *fast, "--out", str(out), "--no-progress"]) == 0
+                 "--max-steps-per-epoch", "3", *FAST_OPTIONS, "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "epoch 1:" in printed and "epoch 2:" in printed and all(f"{m} " in printed for m in METRICS)
 

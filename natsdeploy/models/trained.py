@@ -1,6 +1,7 @@
-"""Reading what `natsdeploy train` writes: the checkpoint (schema-checked, weights_only), the detector
-rebuilt from it, and its backbone as a torchvision-layout `--weights` state dict. Also the detector
-constructor train uses, so a checkpoint rebuilds exactly the model that was trained."""
+"""Trained detectors: what `natsdeploy train` writes, read back as models. The checkpoint (schema-checked,
+weights_only), the detector rebuilt from it, and its backbone as a torchvision-layout `--weights` state
+dict. Also the detector constructor train uses, so a checkpoint rebuilds exactly the model that was
+trained. Here, in the models layer, so train and verify (detection parity) both read it from below."""
 
 from __future__ import annotations
 
