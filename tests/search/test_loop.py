@@ -158,10 +158,11 @@ def test_two_process_gloo_matches_single_process(synth, tmp_path, gloo):
     assert all((r0[k] != 0).any() for k in r0 if k.endswith(".alpha"))  # and the DDP run stepped every alpha
 
 
-@pytest.mark.parametrize("detector", ["retinanet", "mask_rcnn"])
-def test_other_detectors_search(synth, tmp_path, detector):
+@pytest.mark.parametrize("detector, options", [("retinanet", {}), ("mask_rcnn", FAST)],  # RetinaNet has no RPN
+                         ids=["retinanet", "mask_rcnn"])
+def test_other_detectors_search(synth, tmp_path, detector, options):
     r = run_search(_cfg(synth, tmp_path, detector=detector, epochs=1, warmup_epochs=0, max_steps_per_epoch=1,
-                        detector_kwargs={}), log=lambda s: None)
+                        detector_kwargs=dict(options)), log=lambda s: None)
     assert r.arch_path is not None and load_arch(r.arch_path).backbone == "resnet18"
     assert r.history[0]["loss_a"] is not None
 
