@@ -1,7 +1,8 @@
 """Atomic file writes: a temp file in the target's folder, flushed to disk, then renamed into place.
 
-Every file natsdeploy writes goes through here, so an interrupted run (Ctrl-C, SIGKILL, a full disk)
-leaves each output either as it was or complete, never half-written.
+Files natsdeploy writes one at a time (checkpoints, arch files, reports, figures) go through here, so an
+interrupted run (Ctrl-C, SIGKILL, a full disk) leaves each either as it was or complete, never half-written.
+`natsdeploy export` writes its set of files into a staging folder and renames each into place.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
     """Call `write(f)` on a temp file beside `path`, fsync it and rename it onto `path`.
 
     Writers stream straight to the file (`torch.save(obj, f)`, `fig.savefig(f)`), so a large
-    checkpoint is never held twice in memory. If `write` raises, the temp file is removed and
-    `path` is untouched.
+    checkpoint is never held twice in memory. `write` must leave `f` open. If it raises, the temp
+    file is removed and `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,9 @@ def shape_skeleton(model, *, keep_elements: int = 4096):
 
     Each initializer over `keep_elements` keeps its name, type and dims but is marked as external
     data that is never read (shape inference takes only its type); small ones, which inference may
-    read as values (Split sizes, Reshape shapes), are copied whole. Copying and re-parsing a
-    trunk's weights is most of what `onnx.shape_inference.infer_shapes` costs on a full model.
+    read as values (Split sizes, Reshape shapes), are copied whole, as is everything else (initializers
+    of If/Loop subgraphs, sparse initializers). Copying and re-parsing a trunk's weights is most of
+    what `onnx.shape_inference.infer_shapes` costs on a full model.
     """
     from onnx import GraphProto, ModelProto, TensorProto
 

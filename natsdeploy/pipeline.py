@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from natsdeploy.arch import Arch, load_arch
-from natsdeploy.files import atomic_write_text
 from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
+from natsdeploy.files import atomic_write_text
 from natsdeploy.shapes import UsageError, format_shape, parse_input_shape, parse_int, parse_float
 
 __all__ = ["ExportResult", "export_arch", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
@@ -56,8 +56,8 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
 
     from natsdeploy.export.fold import fold_trunk, iter_splits, rewrite
     from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
-    from natsdeploy.onnx_utils import inline_functions
     from natsdeploy.models.build import build_trunks
+    from natsdeploy.onnx_utils import inline_functions
     from natsdeploy.runners import TorchRunner, ort_session_options
     from natsdeploy.timing.latency import time_interleaved
     from natsdeploy.timing.machine import machine_info

@@ -39,7 +39,7 @@ def _missing_init(ref: Mapping[str, torch.Tensor], missing: set[str]) -> dict[st
     if missing & {"fc.weight", "fc.bias"}:
         out_features, in_features = ref["fc.weight"].shape
         with torch.random.fork_rng(devices=[]):  # passing weights must not shift the caller's RNG
-            fc = torch.nn.Linear(in_features, out_features)
+            fc = torch.nn.Linear(in_features, out_features, device="cpu")  # the CPU RNG, which fork_rng restores
         out.update({k: v.detach() for k, v in (("fc.weight", fc.weight), ("fc.bias", fc.bias)) if k in missing})
     return out
 
@@ -95,7 +95,7 @@ def resolve_weights(weights: Weights, spec: BackboneSpec) -> dict[str, torch.Ten
     for k, v in ref.items():
         if k not in sd:
             if k.startswith("fc.") or k.endswith(".num_batches_tracked"):
-                continue  # detector backbones carry no classifier, frozen BN no counter; keep the init
+                continue  # detector backbones carry no classifier, frozen BN no counter: see _missing_init
             raise WeightsError(f"weights[{k!r}]: missing, expected a {spec.name} state dict")
         if tuple(sd[k].shape) != tuple(v.shape):
             raise WeightsError(f"weights[{k!r}]: got shape {tuple(sd[k].shape)}, expected {tuple(v.shape)} "
@@ -126,7 +126,7 @@ def build_backbone(arch: Arch, weights: Weights = None) -> tv_resnet.ResNet:
     base_sd = resolve_weights(weights, spec)
     if base_sd is None:
         base_sd = _plain_resnet(spec).state_dict()
-    device = torch.get_default_device()
+    device = torch.empty(()).device  # the default device (torch.get_default_device needs torch >= 2.3)
     with torch.device("meta"):  # every value comes from base_sd: initialising would be wasted work
         model = _plain_resnet(spec)
         for name, ct in arch.convs.items():

@@ -20,7 +20,7 @@ from torch import nn
 from natsdeploy.arch import Arch
 from natsdeploy.checkpoint import SEARCH, save_checkpoint
 from natsdeploy.errors import DatasetError, UsageError
-from natsdeploy.files import atomic_write
+from natsdeploy.files import atomic_write, atomic_write_text
 from natsdeploy.loop_skeleton import RunContext, config_dict
 from natsdeploy.loops import check_resume, rng_state, to_device, train_step
 
@@ -243,7 +243,7 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         arch_path = arch.save(out / "arch.json")
         if history:
             plot_alpha_history(history, out / "alpha.png", preset=cfg.preset)
-        (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        atomic_write_text(out / "history.json", json.dumps(history, indent=2) + "\n")
     return SearchResult(arch, arch_path, ckpt_path if rank == 0 else None, history, model)
 
 

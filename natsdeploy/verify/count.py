@@ -105,7 +105,8 @@ def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] |
     from natsdeploy.onnx_utils import shape_skeleton
 
     # counting needs dims and types only: a copy without the weights (which makes inference ~100x cheaper)
-    m = shape_skeleton(onnx.load(str(model)) if isinstance(model, (str, os.PathLike, Path)) else model)
+    m = shape_skeleton(onnx.load(str(model), load_external_data=False) if isinstance(model, (str, os.PathLike, Path))
+                       else model)
     if len(m.functions):
         from onnx import inliner
 

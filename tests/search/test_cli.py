@@ -18,9 +18,9 @@ def aligned_search(module_tmp, synth_coco):
     rounding is the same code for every stage."""
     out = module_tmp("alignsearch") / "s"
     code = main(["search", "--data", synth_coco(train_images=4, val_images=1), "--backbone", "resnet18",
-                 "--stages", "layer2,layer3", "--epochs", "2", "--warmup-epochs", "1", "--groups", "8", "--min-size", "96", "--max-size", "128",
-                 "--max-steps-per-epoch", "1", "--alpha-lr", "0.5", "--out", str(out), "--no-progress",
-                 "--align", "32", *FAST_OPTIONS])
+                 "--stages", "layer2,layer3", "--epochs", "2", "--warmup-epochs", "1", "--groups", "8",
+                 "--min-size", "96", "--max-size", "128", "--max-steps-per-epoch", "1", "--alpha-lr", "0.5",
+                 "--out", str(out), "--no-progress", "--align", "32", *FAST_OPTIONS])
     assert code == 0
     return out
 
