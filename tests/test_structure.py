@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "natsdeploy"
@@ -113,8 +114,9 @@ def _within(module: str, packages: tuple[str, ...]) -> bool:
 
 
 def test_base_layer_imports_nothing_above_it():
-    """Layer 0 (ARCHITECTURE.md: errors, shapes, specs, arch, targets, timing/, loops, checkpoint) never
-    imports models, data or a stage, not even lazily, so every stage can build on it."""
+    """Layer 0 (ARCHITECTURE.md: errors, files, onnx_utils, shapes, specs, arch, targets, timing/, loops,
+    loop_skeleton, checkpoint) never imports models, data or a stage, not even lazily, so every stage can
+    build on it."""
     bad = []
     for module, path in _modules().items():
         if not _within(module, BASE):
@@ -123,3 +125,16 @@ def test_base_layer_imports_nothing_above_it():
             wanted = [target] + [f"{target}.{n}" for n in names]
             bad += [f"{module}: {t}" for t in wanted if _within(t, ABOVE_BASE)]
     assert bad == []
+
+
+def test_architecture_md_names_every_module_and_the_base_layer_matches_it():
+    """ARCHITECTURE.md is the map: every module appears in it, and its layer-0 row lists exactly BASE."""
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    missing = [m for m, p in _modules().items() if p.name != "__init__.py"
+               and str(p.relative_to(PACKAGE)) not in text and f"`{p.name}`" not in text]
+    assert missing == []
+    row = next(line for line in text.splitlines() if line.startswith("| 0 base |")).split("|")[2]
+    while re.search(r"\([^()]*\)", row):  # drop the descriptions in parentheses (they name submodules)
+        row = re.sub(r"\([^()]*\)", "", row)
+    assert {f"natsdeploy.{name}" for name in re.findall(r"`(\w+)(?:\.py|/)`", row)} == set(BASE)
+
