@@ -159,12 +159,12 @@ def assert_features_close(actual: dict, expected: dict, rel: float = 1e-4) -> No
         torch.testing.assert_close(actual[k], ref, rtol=rel, atol=rel * max(scale, 1e-6), msg=lambda m: f"{k}: {m}")
 
 
-def ort_outputs(model, x):
+def ort_outputs(model, x, *, input_name: str = "images"):
     """Run an ONNX ModelProto on ONNX Runtime CPU (the runtime reference): {output name: array}."""
     import onnxruntime as ort
 
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {"images": x})))
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {input_name: x})))
 
 
 def assert_ort_parity(model_pt, proto, shape, rel=1e-4, seed=0):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from natsdeploy.export.graph import GraphBuilder
 from natsdeploy.onnx_utils import inline_functions, shape_skeleton
+from tests.helpers import ort_outputs
 
 
 def _run(model, x):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {"x": x})[0]
+    return next(iter(ort_outputs(model, x, input_name="x").values()))
 
 
 def test_inline_functions():

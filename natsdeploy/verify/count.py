@@ -102,15 +102,12 @@ def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] |
     import onnx
     from onnx import shape_inference
 
-    from natsdeploy.onnx_utils import shape_skeleton
+    from natsdeploy.onnx_utils import inline_functions, shape_skeleton
 
     # counting needs dims and types only: a copy without the weights (which makes inference ~100x cheaper)
     m = shape_skeleton(onnx.load(str(model), load_external_data=False) if isinstance(model, (str, os.PathLike, Path))
                        else model)
-    if len(m.functions):
-        from onnx import inliner
-
-        m = inliner.inline_local_functions(m)
+    m = inline_functions(m)
     init_names = {i.name for i in m.graph.initializer}
     graph_inputs = [i for i in m.graph.input if i.name not in init_names]
     if input_shape is not None:

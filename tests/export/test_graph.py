@@ -6,7 +6,6 @@ import ast
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from natsdeploy.export.fold import Block, ConvOp, SplitConv
 from natsdeploy.export.graph import GraphBuilder, branch_inputs, emit_block, emit_split
 from tests.conftest import REPO
+from tests.helpers import ort_outputs
 
 
 def _op(name, rng, c_out, c_in, *, dilation=(1, 1), stride=1, groups=1, relu=False):
@@ -23,8 +23,7 @@ def _op(name, rng, c_out, c_in, *, dilation=(1, 1), stride=1, groups=1, relu=Fal
 
 
 def _run(model, x):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {"x": x})[0]
+    return next(iter(ort_outputs(model, x, input_name="x").values()))
 
 
 def _torch(x, op):
