@@ -13,11 +13,31 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Runner", "TorchRunner", "OrtRunner", "OpenVinoRunner", "OPENVINO_PRECISIONS", "ort_session_options"]
+__all__ = ["Runner", "TorchRunner", "OrtRunner", "OpenVinoRunner", "OPENVINO_PRECISIONS", "ort_session_options",
+           "openvino_capabilities", "openvino_supports"]
 
 OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 """Inference precisions `OpenVinoRunner` offers (OpenVINO's INFERENCE_PRECISION_HINT values), each with
 the name the reports use (the keys of `natsdeploy.verify.parity.DEFAULT_TOLERANCE`)."""
+
+_CAPABILITY = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+
+
+def openvino_capabilities(device: str = "CPU") -> frozenset[str]:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES for `device` (e.g. BF16 only on CPUs with AVX-512 bf16/AMX)."""
+    import openvino as ov
+
+    return frozenset(str(c) for c in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+
+
+def openvino_supports(precision: str, device: str = "CPU") -> bool:
+    """Whether OpenVINO's `device` computes natively at `precision` (f32, bf16 or f16).
+
+    Where it does not (bf16 on an AVX2-only CPU), a request for it runs f32: `OpenVinoRunner` records both.
+    """
+    if precision not in _CAPABILITY:
+        raise ValueError(f"precision: got {precision!r}, expected one of {list(OPENVINO_PRECISIONS)}")
+    return _CAPABILITY[precision] in openvino_capabilities(device)
 
 
 class Runner(Protocol):
@@ -118,7 +138,9 @@ class OpenVinoRunner:
 
     OpenVINO's CPU plugin picks bf16 by itself on CPUs with AMX/AVX-512 bf16 (relative error about
     1e-2 against PyTorch fp32), so the precision is always set: `f32` by default, `bf16` or `f16` on
-    request; the precision the compiled model reports is kept in `precision` and in `name`.
+    request. What ran is the precision the compiled model reports, kept in `precision` and in `name`;
+    what was asked for is `requested`. They differ where the CPU lacks the format (bf16 on AVX2 runs
+    f32), and `fallback_note` then says so in one line.
     OpenVINO cannot read ONNX model-local functions (the ``function`` export form): they are
     inlined in memory first. `threads` sets INFERENCE_NUM_THREADS; the performance hint is LATENCY.
     """
@@ -139,11 +161,24 @@ class OpenVinoRunner:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(core.read_model(inline_functions(proto).SerializeToString()), device, config)
         self.request = self.compiled.create_infer_request()
+        self.requested = precision
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self.version = ov.__version__.split("-")[0]
         self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
         self.name = f"openvino-{device.lower()}-{self.precision}"
+
+    @property
+    def fallback_note(self) -> str | None:
+        """One line when the precision that ran is not the one requested (None when they agree)."""
+        if self.precision == self.requested:
+            return None
+        return (f"OpenVINO: {self.requested} was asked for and {self.precision} ran (this CPU's "
+                f"OPTIMIZATION_CAPABILITIES lack {_CAPABILITY[self.requested]})")
+
+    def precision_record(self) -> dict[str, str]:
+        """`{"requested": ..., "ran": ...}` for reports (OpenVINO's names: f32, bf16, f16)."""
+        return {"requested": self.requested, "ran": self.precision}
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(next(iter(feed.values())), dtype=np.float32)

@@ -207,6 +207,21 @@ def _channel_of(ct: ConvTransform | None, f: int) -> int:
     return ct.perm().index(f) if ct is not None else f
 
 
+def _same_function_bound(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per filter, the most two fp32 evaluations of the same conv output can differ (any summation order).
+
+    Each output is a dot product of K = C_in/G * kh * kw terms. In fp32 (u = 2^-24) any order of
+    summation is within gamma_K * sum|w_i x_i| of the exact value, gamma_K = K u / (1 - K u) (Higham,
+    Accuracy and Stability of Numerical Algorithms, 3.1), so two orders differ by at most twice that,
+    and sum|w_i x_i| <= ||w_f||_1 * max|x|. Kernels pick the order by branch width and ISA (AVX2 and
+    AVX-512 block channels differently), so "computes the same channel" can only mean this bound.
+    """
+    k = weight[0].numel()
+    u = 2.0 ** -24
+    gamma = k * u / (1 - k * u)
+    return 2 * gamma * weight.abs().flatten(1).sum(1) * x.abs().max()
+
+
 SMALL_CASES = [("resnet18", "layer1.0.conv1", [20, 4, 20, 20], 16), ("resnet18", "layer1.0.conv1", [12, 12, 28, 12], 16),
                ("resnet18", "layer1.1.conv2", [20, 24, 20], 16), ("resnet18", "layer1.0.conv1", [5, 7, 11, 41], 8),
                ("resnet18", "layer1.0.conv1", [24, 8, 24, 8], 16), ("resnet18", "layer1.1.conv2", [3, 9, 17, 35], 16)]
@@ -232,9 +247,14 @@ def test_fewest_filters_change_dilation_and_kept_filters_compute_the_same(backbo
     with torch.no_grad():
         y0 = build_backbone(arch, sd).get_submodule(name)(x)
         y1 = build_backbone(aligned, sd).get_submodule(name)(x)
-    same = [torch.allclose(y0[0, _channel_of(before, f)], y1[0, _channel_of(after, f)], atol=1e-6, rtol=0)
-            for f in range(info.out_channels)]
-    assert same.count(False) == report.changed > 0
+    w = sd[f"{name}.weight"]
+    bound = _same_function_bound(w, x)
+    diff = torch.stack([(y0[0, _channel_of(before, f)] - y1[0, _channel_of(after, f)]).abs().max()
+                        for f in range(info.out_channels)])
+    same = diff <= bound
+    assert int((~same).sum()) == report.changed > 0, (diff / bound).tolist()
+    # a filter that changed dilation computes another function: far outside the accumulation bound
+    assert (diff[~same] > 100 * bound[~same]).all(), (diff / bound)[~same].tolist()
 
 
 def test_report_lists_widths_changes_total_and_the_retraining_note():

@@ -10,7 +10,8 @@ from natsdeploy import build_backbone
 from natsdeploy.arch import load_arch
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation
 from natsdeploy.export.onnx import FORMS, save_onnx, trunk_to_onnx
-from natsdeploy.runners import OpenVinoRunner, OrtRunner, TorchRunner
+from natsdeploy.runners import OpenVinoRunner, OrtRunner, TorchRunner, openvino_capabilities, openvino_supports
+from natsdeploy.targets import cpu_flags
 from natsdeploy.verify.parity import DEFAULT_TOLERANCE
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_features_close, reference_features, seeded_state_dict
@@ -76,13 +77,26 @@ def test_openvino_reads_a_dynamic_function_model_in_memory(net):
 
 
 def test_openvino_bf16_is_recorded_and_bounded(net):
+    """bf16 runs where OpenVINO's OPTIMIZATION_CAPABILITIES list BF16; elsewhere f32 runs and is recorded."""
     path, x = net["files"]["function"], {"images": net["x"]}
     f32 = _rel_err(OpenVinoRunner(path).run(x), net["ref"])
     bf16 = OpenVinoRunner(path, precision="bf16")
-    assert bf16.precision == "bf16" and bf16.name == "openvino-cpu-bf16"
     err = _rel_err(bf16.run(x), net["ref"])
-    # bf16 keeps 8 significant bits: far above fp32 rounding, within the bf16 bound
-    assert f32 < REL and 10 * f32 < err < DEFAULT_TOLERANCE["bf16"], (f32, err)
+    assert bf16.requested == "bf16" and bf16.precision_record()["requested"] == "bf16"
+    if openvino_supports("bf16"):
+        assert bf16.precision == "bf16" and bf16.name == "openvino-cpu-bf16" and bf16.fallback_note is None
+        # bf16 keeps 8 significant bits: far above fp32 rounding, within the bf16 bound
+        assert f32 < REL and 10 * f32 < err < DEFAULT_TOLERANCE["bf16"], (f32, err)
+    else:  # no bf16 on this CPU (AVX2): OpenVINO ran f32, and the runner says so
+        assert bf16.precision == "f32" and bf16.name == "openvino-cpu-f32"
+        assert "bf16 was asked for and f32 ran" in bf16.fallback_note and err < REL, err
+
+
+def test_openvino_capabilities_follow_the_cpu_flags():
+    """OpenVINO lists BF16 exactly where the CPU has bf16 arithmetic (AVX-512 bf16, AMX bf16 or AVX-NE-CONVERT)."""
+    flags = cpu_flags()
+    assert "FP32" in openvino_capabilities()
+    assert openvino_supports("bf16") == bool({"avx512_bf16", "amx_bf16", "avx_ne_convert"} & flags)
 
 
 def test_openvino_rejects_an_unknown_precision(net):

@@ -32,10 +32,13 @@ class BenchCase:
     input_shape: tuple[int, ...]
     timing: PairedTiming
     notes: tuple[str, ...] = ()
+    inference_precision: dict[str, str] | None = None
+    """OpenVINO: {"requested": ..., "ran": ...} (they differ where the CPU lacks the format); else None."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "device": self.device, "precision": self.precision,
-                "input_shape": list(self.input_shape), "notes": list(self.notes), **self.timing.to_dict()}
+                "inference_precision": self.inference_precision, "input_shape": list(self.input_shape),
+                "notes": list(self.notes), **self.timing.to_dict()}
 
 
 def _torch_pair(arch: Arch, weights: Any, device: str, fp16: bool, seed: int):
@@ -141,7 +144,7 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
             for shape in shapes:
                 x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
                 feed = {"images": x}
-                sync, notes = None, []
+                sync, notes, asked = None, [], None
                 if backend == "torch":
                     assert arch is not None
                     runners, sync, notes = _torch_pair(arch, weights, device, fp16, seed)
@@ -161,6 +164,10 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
                         precision = OPENVINO_PRECISIONS[runners[0].precision]
                         notes = [f"OpenVINO {runners[0].version}, {runners[0].threads} threads, LATENCY hint, "
                                  f"INFERENCE_PRECISION_HINT={runners[0].precision}"]
+                        asked = runners[0].precision_record()
+                        if runners[0].fallback_note:
+                            log(runners[0].fallback_note)
+                            notes.append(runners[0].fallback_note)
                     else:
                         runners = _trt_pair(files, [Path(e) for e in engines] if engines else None, fp16, shape)
                         precision = "fp16" if fp16 else "fp32"
@@ -168,7 +175,7 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
                 b, t = runners
                 timing = time_interleaved(lambda: b.run(feed), lambda: t.run(feed), pairs=runs, warmup_s=warmup_s,
                                           duration_s=duration_s, sync=sync)
-                cases.append(BenchCase(backend, device, precision, shape, timing, tuple(notes)))
+                cases.append(BenchCase(backend, device, precision, shape, timing, tuple(notes), asked))
     return {
         "schema": SCHEMA,
         "arch": None if arch is None else {"backbone": arch.backbone, "transformed_convs": len(arch.convs)},

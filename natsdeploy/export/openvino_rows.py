@@ -21,7 +21,9 @@ def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, 
                      log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Parity entry (`model`/`baseline` against `refs`) and latency entry (None if `latency_pairs` is 0).
 
-    `tolerance` applies at f32; bf16 and f16 use their defaults from `DEFAULT_TOLERANCE`.
+    `tolerance` applies where f32 ran; bf16 and f16 use their defaults from `DEFAULT_TOLERANCE`. The
+    entries keep the precision that ran (`precision`) and `inference_precision` {requested, ran}: where
+    the CPU lacks the requested format (bf16 on AVX2) OpenVINO runs f32, and one line is logged.
     """
     from natsdeploy.timing.latency import time_interleaved
     from natsdeploy.runners import OPENVINO_PRECISIONS, OpenVinoRunner
@@ -30,11 +32,14 @@ def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, 
     runners = {k: OpenVinoRunner(p, threads=threads, precision=precision) for k, p in protos.items()}
     first = next(iter(runners.values()))
     runtime = f"OpenVINO {first.version} CPU"
-    tol = tolerance if precision == "f32" else DEFAULT_TOLERANCE[OPENVINO_PRECISIONS[precision]]
+    if first.fallback_note:
+        log(first.fallback_note)
+    tol = tolerance if first.precision == "f32" else DEFAULT_TOLERANCE[OPENVINO_PRECISIONS[first.precision]]
     feed = {"images": x}
     results = {k: compare({n: v for n, v in runners[k].run(feed).items() if n in refs[k]}, refs[k], tolerance=tol)
                for k in refs}
-    parity = {"runtime": runtime, "precision": first.precision, "passed": all(r.passed for r in results.values()),
+    parity = {"runtime": runtime, "precision": first.precision, "inference_precision": first.precision_record(),
+              "passed": all(r.passed for r in results.values()),
               **{k: r.to_dict() for k, r in results.items()}}
     if latency_pairs <= 0:
         return parity, None
@@ -42,7 +47,8 @@ def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, 
         f"{warmup_s:g}s warm-up")
     timing = time_interleaved(lambda: runners["baseline"].run(feed), lambda: runners["model"].run(feed),
                               pairs=latency_pairs, warmup_s=warmup_s)
-    latency = {**timing.to_dict(), "runtime": runtime, "precision": first.precision, "threads": first.threads,
+    latency = {**timing.to_dict(), "runtime": runtime, "precision": first.precision,
+               "inference_precision": first.precision_record(), "threads": first.threads,
                "performance_hint": "LATENCY", "input_shape": list(x.shape)}
     return parity, latency
 
@@ -50,6 +56,9 @@ def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, 
 def format_openvino_parity(entry: Mapping[str, Any]) -> list[str]:
     """Report lines for the OpenVINO parity entry."""
     lines = [f"  parity vs PyTorch ({entry['runtime']}, {entry['precision']}), max|err| / max|ref|:"]
+    asked = entry.get("inference_precision") or {}
+    if asked.get("requested", entry["precision"]) != entry["precision"]:
+        lines.append(f"  ({asked['requested']} was asked for and {entry['precision']} ran: this CPU lacks it)")
     for key in ("model", "baseline"):
         outs = entry[key]["outputs"]
         cells = "  ".join(f"{n} {o['rel_err']:.1e}" for n, o in outs.items())

@@ -330,6 +330,10 @@ def format_detection_parity(r: DetectionParityResult) -> str:
     lines.append(f"detections: {m.reference} PyTorch, {m.runtime} runtime; matched by a same-class runtime detection "
                  f"at IoU >= {m.iou:g}: {m.matched}/{m.reference} = {100 * m.share:.2f}%; max |score diff| over "
                  f"matches {m.max_score_diff:.2e}")
+    if m.ties:
+        lines.append(f"NMS ties (unmatched pairs of one class at IoU >= {m.tie_iou:g}, scores within {m.tie_score:g}; "
+                     f"fp32 rounding chose the survivor): {m.ties}; matched share of the rest "
+                     f"{100 * m.decided_share:.2f}%")
     deltas = list(r.delta.values()) + list((r.segm_delta or {}).values())
     worst = max(abs(d) for d in deltas)
     scope = "each of the six box and six mask metrics" if r.segm_delta is not None else "each of the six metrics"

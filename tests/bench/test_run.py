@@ -7,6 +7,7 @@ import json
 import pytest
 
 from natsdeploy.cli import main
+from natsdeploy.runners import OPENVINO_PRECISIONS, openvino_supports
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_exit_2
 
@@ -14,7 +15,7 @@ EX = str(EXAMPLES / "resnet18_nats_c.json")
 TINY = ["--input-shape", "1x3x64x96", "--runs", "3", "--warmup-s", "0"]
 
 TOP_KEYS = {"schema", "arch", "settings", "machine", "results"}
-RESULT_KEYS = {"backend", "device", "precision", "input_shape", "notes", "baseline_ms", "transformed_ms",
+RESULT_KEYS = {"backend", "device", "precision", "inference_precision", "input_shape", "notes", "baseline_ms", "transformed_ms",
                "ratio_transformed_over_baseline", "verdict", "pairs", "warmup_runs", "raw"}
 STAT_KEYS = {"n", "p50", "p90", "p99", "mean", "cv"}
 
@@ -66,15 +67,20 @@ def test_trt_backend_without_tensorrt(capsys):
 
 
 def test_bench_openvino_records_its_precision(tmp_path, capsys):
+    """bf16 where OpenVINO computes it (AVX-512 bf16/AMX); elsewhere f32 ran, said in one line, both kept."""
     js = tmp_path / "b.json"
     assert main(["bench", EX, "--backend", "openvino", *TINY, "--precision", "bf16", "--json", str(js)]) == 0
     out = capsys.readouterr().out
     rep = json.loads(js.read_text())
     assert rep["settings"]["openvino_precision"] == "bf16"
     (r,) = rep["results"]
-    assert set(r) == RESULT_KEYS and (r["backend"], r["device"], r["precision"]) == ("openvino", "cpu", "bf16")
-    assert "INFERENCE_PRECISION_HINT=bf16" in r["notes"][0] and r["pairs"] == 3
-    assert "openvino cpu bf16" in out
+    ran = "bf16" if openvino_supports("bf16") else "f32"
+    assert set(r) == RESULT_KEYS and (r["backend"], r["device"]) == ("openvino", "cpu")
+    assert r["precision"] == OPENVINO_PRECISIONS[ran] and r["inference_precision"] == {"requested": "bf16", "ran": ran}
+    assert f"INFERENCE_PRECISION_HINT={ran}" in r["notes"][0] and r["pairs"] == 3
+    assert f"openvino cpu {OPENVINO_PRECISIONS[ran]}" in out
+    fallback = "bf16 was asked for and f32 ran"
+    assert (fallback in out) == (ran == "f32") and (fallback in " ".join(r["notes"])) == (ran == "f32")
 
 
 def test_bench_openvino_from_exported_function_form(tmp_path, capsys):

@@ -102,6 +102,23 @@ def test_match_detections_needs_same_class_and_iou():
     assert match_detections(empty, empty).share == 1.0 and match_detections(empty, ref).share == 0.0
 
 
+def test_an_nms_tie_is_counted_apart_from_matches():
+    """Two overlapping candidates with near-equal scores: each side kept the other one. A tie, not a match;
+    a real score difference or a box elsewhere stays unmatched."""
+    a, b = torch.tensor([[10.0, 10.0, 50.0, 60.0]]), torch.tensor([[14.0, 10.0, 54.0, 60.0]])  # IoU 0.82
+    far = torch.tensor([[60.0, 60.0, 90.0, 90.0]])
+    ref = [{"boxes": a, "labels": torch.tensor([1]), "scores": torch.tensor([0.0101770])}]
+
+    def rt(box, score):
+        return [{"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([score])}]
+
+    m = match_detections(ref, rt(b, 0.0101775))
+    assert (m.matched, m.ties, m.share, m.decided_share) == (0, 1, 0.0, 1.0)
+    assert match_detections(ref, rt(b, 0.0102)).ties == 0  # 2.3e-5 apart: a real difference
+    assert match_detections(ref, rt(far, 0.0101775)).ties == 0  # not competing in NMS
+    assert match_detections(ref, rt(b, 0.0101775), tie_score=0.0).ties == 0
+
+
 def test_checkpoint_of_another_arch_exits_2(trained, tmp_path, capsys):
     baseline = Arch(backbone="resnet18").save(tmp_path / "baseline.json")
     err = assert_exit_2(["parity", str(baseline), "--checkpoint", trained["checkpoint"],
@@ -218,7 +235,11 @@ def test_whole_detector_on_ort_matches_pytorch(trained_kind, tmp_path, capsys, m
     r = json.loads(out.read_text())
     assert r["mode"] == "whole detector" and r["runtime_calls"] == 3 and r["passed"]
     assert all(abs(r["delta"][k]) <= 0.1 for k in METRICS)
-    assert r["matching"]["reference_detections"] > 0 and r["matching"]["matched_share"] >= 0.99
+    # parity as README defines it: every detection no NMS tie decided has its match (so briefly trained,
+    # RetinaNet scores all sit within 2e-4 of its 0.01 prior: fp32 rounding flips near-tied NMS survivors)
+    m = r["matching"]
+    assert m["reference_detections"] > 0 and m["decided_share"] >= 0.99 and m["max_score_diff"] < 1e-6, m
+    assert m["matched"] + m["nms_ties"] <= m["reference_detections"]
     assert "whole detector in one graph" in printed and "detector calls on it: 3" in printed
     if detector == "mask_rcnn":  # the graph's masks output, pasted in the graph, scores like PyTorch's
         assert r["segm"]["pytorch"]["AP"] >= 0 and all(abs(r["segm"]["delta"][k]) <= 0.1 for k in METRICS)
