@@ -1,5 +1,6 @@
 """Transforms of finished ONNX models that several stages need: inlining model-local functions
-(for runtimes and graph walkers that cannot read them) and a weightless copy for shape inference.
+(for runtimes and graph walkers that cannot read them), a weightless copy for shape inference, and
+the fp16 copy `export --precision fp16` writes.
 
 Base layer: numpy at import, onnx on first use, no other natsdeploy module.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["inline_functions", "shape_skeleton"]
+__all__ = ["inline_functions", "shape_skeleton", "to_fp16", "is_fp16"]
 
 
 def inline_functions(model):
@@ -67,3 +68,56 @@ def _copy_field(dst, name: str, value) -> None:
         target.CopyFrom(value)
     else:
         setattr(dst, name, value)
+
+
+def to_fp16(model):
+    """An fp16 copy of an fp32 `model` whose inputs and outputs stay fp32 behind `Cast` nodes.
+
+    Every float initializer (and float `Constant`, in the graph and in model-local functions) becomes
+    float16, so every op between the casts runs in fp16 (what a strongly typed TensorRT network
+    builds). Each fp32 graph input gets a `Cast` to fp16 right after it (`<name>:fp16`) and each fp32
+    output is the `Cast` back of the fp16 tensor (renamed `<name>:fp16`): callers feed and read fp32
+    arrays as before. Element counts, so params, are unchanged.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = type(model)()
+    out.CopyFrom(model)
+    g = out.graph
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+
+    def half(t):
+        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+
+    for i, t in enumerate(g.initializer):
+        if t.data_type == f32:
+            g.initializer[i].CopyFrom(half(t))
+    for nodes in [g.node, *[f.node for f in out.functions]]:
+        for n in nodes:
+            for a in n.attribute:
+                if n.op_type == "Constant" and a.name == "value" and a.t.data_type == f32:
+                    a.t.CopyFrom(half(a.t))
+    inputs = {i.name for i in g.input if i.type.tensor_type.elem_type == f32} - {t.name for t in g.initializer}
+    outputs = {o.name for o in g.output if o.type.tensor_type.elem_type == f32}
+    rename = {name: f"{name}:fp16" for name in inputs | outputs}
+    for n in g.node:
+        n.input[:] = [rename.get(x, x) if x in inputs else x for x in n.input]
+        n.output[:] = [rename[x] if x in outputs else x for x in n.output]
+        for j, x in enumerate(n.input):
+            if x in outputs:  # an output read again downstream (none in natsdeploy's graphs, but keep it right)
+                n.input[j] = rename[x]
+    casts_in = [helper.make_node("Cast", [x], [rename[x]], name=f"{x}/to_fp16", to=f16) for x in sorted(inputs)]
+    casts_out = [helper.make_node("Cast", [rename[x]], [x], name=f"{x}/to_fp32", to=f32) for x in sorted(outputs)]
+    nodes = casts_in + list(g.node) + casts_out
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]  # intermediate types changed; shape inference recomputes them
+    return out
+
+
+def is_fp16(model) -> bool:
+    """True when `model`'s float weights are float16 (written by `to_fp16`)."""
+    from onnx import TensorProto
+
+    kinds = {t.data_type for t in model.graph.initializer} & {TensorProto.FLOAT, TensorProto.FLOAT16}
+    return kinds == {TensorProto.FLOAT16}

@@ -45,33 +45,36 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
            input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False, opset: int | None = None,
            form: Form = DEFAULT_FORM, logits: bool = False, tolerance: float | None = None,
            latency_pairs: int = 20, warmup_s: float = 2.0, threads: int | None = None, seed: int = 0,
-           engine: bool = False, fp16: bool = False, target: Any = None, openvino: str | None = "f32",
-           log=print) -> ExportResult:
+           engine: bool = False, precision: str = "fp32", trt: str = "auto", trt_aux_streams: int | None = None,
+           target: Any = None, openvino: str | None = "f32", log=print) -> ExportResult:
     """Export `arch` (and its baseline) to ONNX in `out_dir` and verify cost, numerics and latency.
 
     `target` (a `natsdeploy.targets.Target` or its name; default: this machine's CPU) decides the
     channel block that the report's `alignment` entry checks branch widths against.
-    `openvino` (f32, bf16 or f16; None skips) adds OpenVINO CPU rows to parity and latency at that precision."""
+    `openvino` (f32, bf16 or f16; None skips) adds OpenVINO CPU rows to parity and latency at that precision.
+    `precision` fp16 writes fp16 graphs with fp32 inputs/outputs behind casts (`onnx_utils.to_fp16`);
+    `engine` builds TensorRT engines with the API `trt` names (`natsdeploy.export.tensorrt_export`)."""
     import onnxruntime as ort
 
     from natsdeploy.export.fold import fold_trunk, iter_splits, rewrite
     from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
     from natsdeploy.models.build import build_trunks
-    from natsdeploy.onnx_utils import inline_functions
+    from natsdeploy.onnx_utils import inline_functions, to_fp16
     from natsdeploy.runners import TorchRunner, ort_session_options
     from natsdeploy.timing.latency import time_interleaved
     from natsdeploy.timing.machine import machine_info
     from natsdeploy.verify.count import count_onnx
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
 
-    if engine:
-        from natsdeploy.export.tensorrt import require_tensorrt
+    trt_api = None
+    if engine:  # refuse rows/auto and a missing TensorRT before any work
+        from natsdeploy.export.tensorrt_export import check_engine_request
 
-        require_tensorrt()
+        trt_api = check_engine_request(form, trt, trt_aux_streams)
     shape = tuple(int(d) for d in input_shape)
     opset = int(opset) if opset is not None else (18 if form in ("rows", "auto") else 17)
     threads = int(threads or os.cpu_count() or 1)
-    tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE["fp32"])
+    tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE[precision])
     out_names = FEATURE_OUTPUTS + (("logits",) if logits else ())
 
     transformed, baseline, weight_source = build_trunks(arch, weights, seed)
@@ -85,6 +88,8 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
         emit_form = "rows"
     protos = {k: trunk_to_onnx(t, input_shape=shape, dynamic=dynamic, opset=opset, form=emit_form, logits=logits,
                                graph_name=f"{arch.backbone}-{k}", rows_only=rows_only) for k, t in trunks.items()}
+    if precision == "fp16":
+        protos = {k: to_fp16(p) for k, p in protos.items()}
     for p in protos.values():
         check_onnx(p)
     blobs = {k: p.SerializeToString(deterministic=True) for k, p in protos.items()}
@@ -125,7 +130,8 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
         "arch": {"backbone": arch.backbone, "transformed_convs": len(arch.convs),
                  "provenance": arch.provenance},
         "weights": weight_source,
-        "export": {"form": form, "opset": opset, "dynamic": dynamic, "input_shape": list(shape),
+        "export": {"form": form, "precision": precision, "opset": opset, "dynamic": dynamic, "input_shape": list(shape),
+                   "io_dtype": "float32" + (" (Cast to/from float16 in the graph)" if precision == "fp16" else ""),
                    "outputs": list(out_names),
                    "rewrites": ["fold BatchNorm into conv (per branch)", "ReLU into branches",
                                 "permutation folded into weights", "merge branches sharing a dilation"],
@@ -151,10 +157,12 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
     files = _write_outputs(Path(out_dir), blobs, report)
     result = ExportResult(Path(out_dir), files, report)
     if engine:
-        from natsdeploy.export.tensorrt import build_engines_for_export
+        from natsdeploy.export.tensorrt_export import build_engines_for_export
 
-        report["tensorrt"] = build_engines_for_export(result, fp16=fp16, dynamic=dynamic, input_shape=shape,
-                                                      split_names=[s.name for s in splits])
+        report["tensorrt"] = build_engines_for_export(result.out_dir, trt_api, precision=precision, dynamic=dynamic,
+                                                      input_shape=shape, aux_streams=trt_aux_streams,
+                                                      split_names=[s.name for s in splits if len(s.branches) > 1])
+        files.update({f"{k}_engine": Path(report["tensorrt"][k]["engine"]) for k in ("model", "baseline")})
         atomic_write_text(files["report"], json.dumps(report, indent=2, default=_json_default) + "\n")
     return result
 
@@ -199,7 +207,7 @@ def format_report(report: dict) -> str:
     lines = [f"natsdeploy export: {report['arch']['backbone']} ({report['arch']['transformed_convs']} transformed convs, "
              f"{e['branches_in_graph']} branches after merging, {e['conv_nodes']['model']} Conv nodes"
              f"{', %d MixedDilationConv nodes' % e['function_nodes'] if e.get('function_nodes') else ''}), "
-             f"form={e['form']}, opset {e['opset']}, "
+             f"form={e['form']}, {e.get('precision', 'fp32')}, opset {e['opset']}, "
              f"input {format_shape(tuple(e['input_shape']))}{' (dynamic)' if e['dynamic'] else ''}",
              f"weights: {report['weights']}", "",
              f"  {'':<22}{'model.onnx':>18}{'baseline.onnx':>18}  verdict"]
@@ -242,6 +250,10 @@ def format_report(report: dict) -> str:
             from natsdeploy.export.openvino_rows import format_openvino_latency
 
             lines += format_openvino_latency(lat["openvino"])
+    if report.get("tensorrt"):
+        from natsdeploy.export.tensorrt_export import format_tensorrt
+
+        lines += format_tensorrt(report["tensorrt"])
     lines.append("")
     v = report["verdict"]
     lines.append("verdict: PASS (cost equal, numerics within tolerance)" if v["passed"] else
@@ -263,8 +275,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-s", default="2", help="warm-up seconds before timing")
     p.add_argument("--threads", default=None, help="ORT intra-op threads (default: all logical CPUs)")
     p.add_argument("--seed", default="0", help="seed for the init (without --weights) and the parity input")
-    p.add_argument("--engine", action="store_true", help="also build TensorRT engines (extra 'trt')")
-    p.add_argument("--fp16", action="store_true", help="fp16 TensorRT engines (with --engine)")
+    p.add_argument("--precision", default=None, help="fp32 (default) or fp16: fp16 graphs (fp32 inputs/outputs "
+                   "behind casts) and, with --engine, fp16 engines")
+    p.add_argument("--fp16", action="store_true", help="alias of --precision fp16")
+    p.add_argument("--engine", action="store_true", help="also build and audit TensorRT engines (extras trt-rtx, trt)")
+    p.add_argument("--trt", default="auto", help="TensorRT API for --engine: auto (default), tensorrt or rtx")
+    p.add_argument("--trt-aux-streams", default=None, help="TensorRT max_aux_streams (0: no auxiliary streams)")
     p.add_argument("--openvino", default="f32", help="OpenVINO CPU rows in parity and latency at this precision: "
                    "f32 (default), bf16, f16, or off")
     p.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, cuda-fp16 or cuda-int8: report branches "
@@ -285,8 +301,14 @@ def export_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--opset: got {opset}, expected 18 or newer for form 'rows' (Col2Im)")
     if args.outputs not in ("features", "logits"):
         raise UsageError(f"--outputs: got {args.outputs!r}, expected 'features' or 'logits'")
-    if args.fp16 and not args.engine:
-        raise UsageError("--fp16: got it without --engine, expected --engine (fp16 applies to TensorRT engines)")
+    precision = args.precision or ("fp16" if args.fp16 else "fp32")
+    if precision not in ("fp32", "fp16") or (args.fp16 and precision != "fp16"):
+        raise UsageError(f"--precision: got {args.precision!r}{' with --fp16' if args.fp16 else ''}, expected fp32 or fp16")
+    aux = parse_int("--trt-aux-streams", args.trt_aux_streams, 0) if args.trt_aux_streams is not None else None
+    if args.engine:  # before any work: rows/auto, a missing TensorRT
+        from natsdeploy.export.tensorrt_export import check_engine_request
+
+        check_engine_request(args.form, args.trt, aux)
     tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
     pairs = parse_int("--latency-pairs", args.latency_pairs, 0)
     warm = parse_float("--warmup-s", args.warmup_s, 0.0)
@@ -307,7 +329,8 @@ def export_cli(args: argparse.Namespace) -> int:
         resolve_weights(weights, arch.spec)  # fail before any work or output
     result = export_arch(arch, weights=weights, out_dir=out, input_shape=shape, dynamic=args.dynamic, opset=opset,
                     form=args.form, logits=args.outputs == "logits", tolerance=tol, latency_pairs=pairs,
-                    warmup_s=warm, threads=threads, seed=seed, engine=args.engine, fp16=args.fp16, target=target,
+                    warmup_s=warm, threads=threads, seed=seed, engine=args.engine, precision=precision, trt=args.trt,
+                    trt_aux_streams=aux, target=target,
                     openvino=None if args.openvino == "off" else args.openvino)
     print(format_report(result.report))
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")

@@ -225,3 +225,15 @@ def assert_exit_2(argv: list[str], capsys=None, *, contains: str | list[str] = (
     if before is not None:
         assert tree_snapshot(unchanged) == before, f"files under {unchanged} changed"
     return err.rstrip("\n")
+
+
+def torch_cuda() -> bool:
+    """True where torch sees a CUDA GPU (TensorRT engines and CUDA timings can run)."""
+    return torch.cuda.is_available()
+
+
+def trt_importable() -> bool:
+    """True where some TensorRT Python API (tensorrt or tensorrt_rtx) is installed."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))

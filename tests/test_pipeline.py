@@ -71,7 +71,8 @@ def test_parity_failure_exits_1(tmp_path, capsys):
     (["EX", "--weights", "NOFILE"], "existing .pth"),
     (["EX", "--opset", "9"], "--opset"),
     (["EX", "--form", "fancy"], "--form"),
-    (["EX", "--fp16"], "--engine"),
+    (["EX", "--precision", "fp8"], "--precision"),
+    (["EX", "--fp16", "--precision", "fp32"], "--precision"),
     (["EX", "--latency-pairs", "-1"], "--latency-pairs"),
 ])
 def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, args, expected):
@@ -92,7 +93,8 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, args, expected):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
                     reason="TensorRT is installed here; the missing-TensorRT message cannot be shown")
 def test_engine_without_tensorrt_is_a_clear_error(tmp_path, capsys):
-    code, _, err = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--engine", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--engine", "--trt", "tensorrt", "--out",
+                         str(tmp_path / "o")], capsys)
     assert code == 2 and "TensorRT is not importable" in err and not (tmp_path / "o").exists()
 
 

@@ -100,9 +100,9 @@ def _openvino_pair(files, threads: int | None, precision: str):
 
 
 def _trt_pair(files, engines: Sequence[Path] | None, fp16: bool, shape):
-    from natsdeploy.export.tensorrt import TrtRunner, build_engine, require_tensorrt
+    from natsdeploy.export.tensorrt import TrtRunner, build_engine, require_trt_runtime
 
-    require_tensorrt()
+    require_trt_runtime()
     if engines is None:
         prec = "fp16" if fp16 else "fp32"
         engines = [build_engine(f, f.with_suffix(f".{prec}.engine"), fp16=fp16, dynamic=True, input_shape=shape)

@@ -17,12 +17,22 @@ describe the same conv for a plugin:
 - ``kernel_shape`` [kh, kw], ``strides`` [s, s], ``group`` (the whole conv's groups G; branch b has
   G * widths[b] / C_out of them and reads the matching slice of X), ``relu`` (0 or 1).
 
-Each node has its own function, told apart by the ONNX ``overload`` field (IR 10): op type, domain and
-name stay `MixedDilationConv` / `natsdeploy`, the overload is the conv's name. Functions come in graph
-order, so the bytes are deterministic. A transformed conv with a single branch (one dilation after
-`merge_same_dilation`) stays a plain `Conv`. ONNX Runtime and `onnx.inliner` resolve overloads;
-TensorRT's parser keeps local functions by name only, so `natsdeploy.export.tensorrt` parses the
-inlined model (a plugin needs no body: the node's attributes describe the conv).
+Each node has its own function, and TensorRT tells them apart only by name: its ONNX parser keys
+model-local functions by the node's op type, ignoring domain and ``overload`` (measured with
+TensorRT-RTX 1.7: with one name every node got the first conv's body; a domain per conv or a
+function that takes its body as a graph attribute, through `If` and an attribute reference, fails the
+same way or is rejected). So each node's op type is ``MixedDilationConv.<conv name>`` (`op_type`), in
+domain `natsdeploy`, and names its own function; every one starts with ``MixedDilationConv.``
+(`is_call`). Functions come in graph order, so the bytes are deterministic. A transformed conv with a
+single branch (one dilation after `merge_same_dilation`) stays a plain `Conv`. ONNX Runtime,
+`onnx.inliner` and TensorRT's parser all read the file as written.
+
+Binding a plugin: TensorRT (>= 10.7) uses a registered plugin instead of a local function of the
+same name, looked up by the node's op type (and optional ``plugin_version`` / ``plugin_namespace``
+node attributes). Either write ``plugin_model(model)`` (every call becomes op type
+``MixedDilationConv`` with the same inputs and attributes, functions dropped) and register one
+plugin creator named ``MixedDilationConv``; or register the same creator under each op type that
+`plugin_op_types(model)` lists. The plugin reads X, W, B and the attributes above.
 """
 
 from __future__ import annotations
@@ -34,11 +44,40 @@ import numpy as np
 from natsdeploy.export.fold import Block, SplitConv
 from natsdeploy.export.graph import GraphBuilder, conv_attributes, emit_conv, emit_residual
 
-__all__ = ["DOMAIN", "OP_TYPE", "ATTRIBUTES", "node_attributes", "function_proto", "emit_split", "emit_block"]
+__all__ = ["DOMAIN", "OP_TYPE", "ATTRIBUTES", "op_type", "is_call", "plugin_op_types", "plugin_model",
+           "node_attributes", "function_proto", "emit_split", "emit_block"]
 
 DOMAIN = "natsdeploy"
 OP_TYPE = "MixedDilationConv"
 ATTRIBUTES = ("dilations", "group", "kernel_shape", "pads", "relu", "strides", "widths")
+
+
+def op_type(conv_name: str) -> str:
+    """The op type (and function name) of `conv_name`'s node: unique, so TensorRT finds its own body."""
+    return f"{OP_TYPE}.{conv_name}"
+
+
+def is_call(node) -> bool:
+    """True for a node (or function) of this form: domain `natsdeploy`, op type ``MixedDilationConv.*``."""
+    name = getattr(node, "op_type", None) or getattr(node, "name", "")
+    return node.domain == DOMAIN and name.startswith(OP_TYPE + ".")
+
+
+def plugin_op_types(model) -> list[str]:
+    """The op types a plugin creator must answer to in `model` as written, in graph order."""
+    return [n.op_type for n in model.graph.node if is_call(n)]
+
+
+def plugin_model(model):
+    """A copy of `model` for a registered ``MixedDilationConv`` plugin: every call is op type
+    `OP_TYPE` (inputs and attributes unchanged) and the model-local functions are gone."""
+    out = type(model)()
+    out.CopyFrom(model)
+    for n in out.graph.node:
+        if is_call(n):
+            n.op_type = OP_TYPE
+    del out.functions[:]
+    return out
 
 
 def _check(split: SplitConv) -> None:
@@ -89,11 +128,10 @@ def function_proto(split: SplitConv, opset: int):
             y = f"{b.name}:relu"
         ys.append(y)
     nodes.append(helper.make_node("Concat", ys, ["Y"], name=f"{name}/concat", axis=1))
-    f = helper.make_function(DOMAIN, OP_TYPE, ["X", "W", "B"], ["Y"], nodes, [helper.make_opsetid("", opset)],
+    f = helper.make_function(DOMAIN, op_type(name), ["X", "W", "B"], ["Y"], nodes, [helper.make_opsetid("", opset)],
                              attributes=list(ATTRIBUTES),
                              doc_string="Parallel dilated convs on split weights, concatenated on channels; "
-                                        "a runtime plugin named MixedDilationConv may replace this body.")
-    f.overload = name
+                                        "a runtime plugin may replace this body (see natsdeploy.export.function).")
     return f
 
 
@@ -107,9 +145,8 @@ def emit_split(g: GraphBuilder, x: str, split: SplitConv) -> str:
     w = g.init(f"{split.name}.weight", np.concatenate([b.weight for b in split.branches]))
     b = g.init(f"{split.name}.bias", np.concatenate([b.bias for b in split.branches]))
     g.functions.append(function_proto(split, g.opset))
-    node = helper.make_node(OP_TYPE, [x, w, b], [f"{split.name}:out"], name=split.name, domain=DOMAIN, **attrs)
-    node.overload = split.name
-    g.nodes.append(node)
+    g.nodes.append(helper.make_node(op_type(split.name), [x, w, b], [f"{split.name}:out"], name=split.name,
+                                    domain=DOMAIN, **attrs))
     return f"{split.name}:out"
 
 

@@ -11,7 +11,7 @@ Forms of a transformed conv:
   [1, 3] "rows" conv per horizontal dilation and a Col2Im shift-and-add (opset 18 or newer). Same
   parameters and MACs; see `natsdeploy.export.rows`.
 - ``function``: each transformed conv with more than one branch (after merging: more than one
-  dilation) is one `natsdeploy.MixedDilationConv` node defined by a model-local function whose body
+  dilation) is one `natsdeploy.MixedDilationConv.<conv>` node defined by a model-local function whose body
   is the ``branches`` form; see `natsdeploy.export.function`.
 
 The graph builder and the branch-form emitters every form shares are in `natsdeploy.export.graph`.
@@ -121,7 +121,7 @@ def trunk_to_onnx(trunk: Trunk, *, input_shape: Sequence[int] = (1, 3, 800, 1216
         dims = ["batch", 3, "height", "width"]
     model = g.model([(INPUT_NAME, dims)], outputs, name=graph_name, producer_name="natsdeploy",
                     producer_version=_version())
-    model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime >= 1.17; 10 has function overloads
+    model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime >= 1.17
     inferred = shape_inference.infer_shapes(shape_skeleton(model), strict_mode=True)
     shapes = {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
     for o in model.graph.output:

@@ -1,172 +1,258 @@
-"""TensorRT engines from the exported ONNX (extra 'trt'), a runner, and a layer audit.
+"""TensorRT: pick the API, parse the exported ONNX, build an engine, run it.
 
-Written against TensorRT's documented Python API (10.x): `trt.Builder`, `OnnxParser`,
-`IBuilderConfig` (fp16 flag, optimisation profile, timing cache), `IEngineInspector`. TensorRT is
-imported lazily; without it every entry point raises `TensorRTMissing` with an install hint.
-NOT RUN in this project's CI or development machines (no TensorRT available there).
+Three Python APIs, chosen by what is importable (`require_tensorrt`, ``--trt auto|tensorrt|rtx``):
+
+- ``tensorrt`` 10.x (extra ``trt``): weakly typed networks; fp16 is ``BuilderFlag.FP16``;
+- ``tensorrt`` 11.x: strongly typed (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``): each tensor
+  keeps the type the ONNX gives it, so fp16 comes from an fp16 model (`natsdeploy.onnx_utils.to_fp16`);
+- ``tensorrt_rtx`` (TensorRT for RTX, extra ``trt-rtx``): strongly typed too, and its builder
+  compiles ahead of time on the CPU by default, so it parses and builds **without a GPU**. No
+  timing cache is set for it (a timing cache makes it query a GPU). Its engines run on RTX GPUs
+  (Ampere and later).
+
+``auto`` prefers ``tensorrt`` (the engines run on any NVIDIA GPU) and falls back to ``tensorrt_rtx``.
+The builder runs with ``ProfilingVerbosity.DETAILED`` and a verbose logger, so its log lists the
+engine's layers without deserialising the engine (that needs CUDA); `natsdeploy.export.tensorrt_audit`
+reads it. The function form is parsed as written: each `MixedDilationConv.<conv>` node finds its own
+model-local function (`natsdeploy.export.function`). Running an engine (`TrtRunner`) needs a CUDA GPU
+and torch CUDA buffers; it uses ``execute_async_v3`` and tensor addresses, which all three APIs share.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TensorRTMissing", "require_tensorrt", "build_engine", "TrtRunner", "audit_concats",
-           "build_engines_for_export"]
+__all__ = ["TRT_CHOICES", "TrtApi", "BuildResult", "require_tensorrt", "parse_onnx", "build", "build_engine",
+           "TrtRunner", "gpu_available", "require_trt_runtime"]
+
+TRT_CHOICES = ("auto", "tensorrt", "rtx")
+_MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
+_INSTALL = {"tensorrt": "pip install 'natsdeploy[trt]' (TensorRT; on a machine with an NVIDIA GPU)",
+            "rtx": "pip install 'natsdeploy[trt-rtx]' (TensorRT-RTX; builds on the CPU)"}
 
 
-class TensorRTMissing(RuntimeError):
-    """TensorRT (and a CUDA GPU) is needed for this step."""
+@dataclass(frozen=True)
+class TrtApi:
+    """One importable TensorRT: the module, which flavour it is and its version."""
+
+    trt: Any
+    flavour: str  # "tensorrt" or "rtx"
+    version: str
+
+    @property
+    def strongly_typed(self) -> bool:
+        return self.flavour == "rtx" or int(self.version.split(".")[0]) >= 11
+
+    def describe(self) -> dict[str, Any]:
+        return {"flavour": "tensorrt-rtx" if self.flavour == "rtx" else "tensorrt", "module": self.trt.__name__,
+                "version": self.version, "typing": "strong" if self.strongly_typed else "weak"}
 
 
-def require_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-    except Exception as e:  # ImportError, or a stub package that fails on import
-        from natsdeploy.shapes import UsageError
+def require_tensorrt(choice: str = "auto", *, field: str = "--engine") -> TrtApi:
+    """The TensorRT API for `choice` (auto, tensorrt or rtx), or a one-line `UsageError` with the install command."""
+    from natsdeploy.shapes import UsageError
 
-        raise UsageError(f"--engine: TensorRT is not importable here ({type(e).__name__}); install it on a machine "
-                         "with an NVIDIA GPU: pip install 'natsdeploy[trt]'") from None
-    return trt
+    if choice not in TRT_CHOICES:
+        raise UsageError(f"--trt: got {choice!r}, expected one of {list(TRT_CHOICES)}")
+    tried = ["tensorrt", "rtx"] if choice == "auto" else [choice]
+    why = []
+    for flavour in tried:
+        try:
+            trt = importlib.import_module(_MODULES[flavour])
+            return TrtApi(trt, flavour, str(trt.__version__))
+        except Exception as e:  # ImportError, or a stub package that fails on import
+            why.append(f"{_MODULES[flavour]}: {type(e).__name__}")
+    install = " or ".join(_INSTALL[f] for f in (["rtx", "tensorrt"] if choice == "auto" else tried))
+    raise UsageError(f"{field}: TensorRT is not importable here ({', '.join(why)}); install it: {install}")
+
+
+class VerboseLog:
+    """A TensorRT logger that keeps every message (the builder's layer list is among them)."""
+
+    def __new__(cls, trt):
+        class _Log(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.messages: list[tuple[str, str]] = []
+
+            def log(self, severity, msg) -> None:
+                self.messages.append((str(severity).rsplit(".", 1)[-1], str(msg)))
+
+            def errors(self) -> list[str]:
+                return [m for s, m in self.messages if s in ("ERROR", "INTERNAL_ERROR")]
+
+        return _Log()
+
+
+@dataclass
+class Parsed:
+    """A parsed network with what keeps it alive (TensorRT objects must outlive their network)."""
+
+    api: TrtApi
+    builder: Any
+    network: Any
+    parser: Any
+    log: Any
+    ok: bool
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_onnx(api: TrtApi, onnx_path: str | os.PathLike[str] | None = None, *, model_bytes: bytes | None = None,
+               weakly_typed: bool = False) -> Parsed:
+    """Parse an ONNX file (or serialised model) as written into a new network; `ok` False lists the errors."""
+    trt = api.trt
+    log = VerboseLog(trt)
+    builder = trt.Builder(log)
+    flags = 0
+    strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strong is not None and api.strongly_typed and not weakly_typed:
+        flags = 1 << int(strong)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, log)
+    if model_bytes is not None:
+        ok = parser.parse(model_bytes, str(onnx_path or ""))
+    else:
+        ok = parser.parse_from_file(str(onnx_path))
+    errors = [str(parser.get_error(i)).splitlines()[0] for i in range(parser.num_errors)]
+    return Parsed(api, builder, network, parser, log, bool(ok), errors)
+
+
+@dataclass
+class BuildResult:
+    engine: Path
+    seconds: float
+    nbytes: int
+    log: list[tuple[str, str]]
+    api: TrtApi
+    typing: str  # "strong (fp16 model)", "weak, FP16 flag", ...
+
+
+def build(api: TrtApi, onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], *,
+          fp16: bool = False, dynamic: bool = False, input_shape: Sequence[int] = (1, 3, 800, 1216),
+          max_shape: Sequence[int] | None = None, aux_streams: int | None = None,
+          workspace_gib: float = 4.0) -> BuildResult:
+    """Parse `onnx_path` as written, build and atomically write the serialised engine.
+
+    Strongly typed APIs take the model's types: with `fp16` and an fp32 file, the fp16 copy
+    (`to_fp16`) is parsed instead. TensorRT 10 builds weakly typed, with the FP16 flag for `fp16`.
+    """
+    import onnx
+
+    from natsdeploy.files import atomic_write_bytes
+    from natsdeploy.onnx_utils import is_fp16, to_fp16
+
+    trt = api.trt
+    model_bytes, typing = None, "strong" if api.strongly_typed else "weak"
+    if api.strongly_typed and fp16:
+        model = onnx.load(str(onnx_path))
+        if not is_fp16(model):
+            model_bytes = to_fp16(model).SerializeToString()
+        typing += " (fp16 model)"
+    parsed = parse_onnx(api, onnx_path, model_bytes=model_bytes)
+    if not parsed.ok:
+        raise RuntimeError(f"TensorRT ({api.trt.__name__} {api.version}) could not parse {onnx_path}: "
+                           + "; ".join(parsed.errors))
+    config = parsed.builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the layer list in the build log
+    if fp16 and not api.strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+        typing += ", FP16 flag"
+    if aux_streams is not None:
+        config.max_aux_streams = int(aux_streams)
+    if dynamic:
+        shape = tuple(int(d) for d in input_shape)
+        hi = tuple(int(d) for d in (max_shape or (shape[0] * 2, 3, shape[2] * 2, shape[3] * 2)))
+        profile = parsed.builder.create_optimization_profile()
+        profile.set_shape(parsed.network.get_input(0).name, (1, 3, 64, 64), shape, hi)
+        config.add_optimization_profile(profile)
+    t0 = time.perf_counter()
+    serialized = parsed.builder.build_serialized_network(parsed.network, config)
+    seconds = time.perf_counter() - t0
+    if serialized is None:
+        raise RuntimeError(f"TensorRT ({api.trt.__name__} {api.version}) failed to build an engine from {onnx_path}: "
+                           + "; ".join(parsed.log.errors()[-3:]))
+    data = bytes(serialized)
+    path = atomic_write_bytes(Path(engine_path), data)
+    return BuildResult(path, seconds, len(data), list(parsed.log.messages), api, typing)
 
 
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], *, fp16: bool = False,
                  dynamic: bool = False, input_shape: Sequence[int] = (1, 3, 800, 1216),
-                 max_shape: Sequence[int] | None = None, timing_cache: str | os.PathLike[str] | None = None,
+                 max_shape: Sequence[int] | None = None, trt: str = "auto", aux_streams: int | None = None,
                  workspace_gib: float = 4.0) -> Path:
-    """Parse the ONNX file, build and serialise an engine next to it (atomic write)."""
-    trt = require_tensorrt()
-    from natsdeploy.files import atomic_write_bytes
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not _parse(parser, Path(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info for the audit
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if dynamic:
-        shape = tuple(int(d) for d in input_shape)
-        hi = tuple(int(d) for d in (max_shape or (shape[0] * 2, 3, shape[2] * 2, shape[3] * 2)))
-        lo = (1, 3, 64, 64)
-        profile = builder.create_optimization_profile()
-        profile.set_shape(network.get_input(0).name, lo, shape, hi)
-        config.add_optimization_profile(profile)
-    cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.exists() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
-    if cache_path:
-        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    return atomic_write_bytes(Path(engine_path), bytes(serialized))
+    """`build` with the API chosen by `trt` (auto, tensorrt or rtx); returns the engine's path."""
+    return build(require_tensorrt(trt), onnx_path, engine_path, fp16=fp16, dynamic=dynamic, input_shape=input_shape,
+                 max_shape=max_shape, aux_streams=aux_streams, workspace_gib=workspace_gib).engine
 
 
-def _parse(parser, onnx_path: Path) -> bool:
-    """Parse the file; a model with model-local functions (``--form function``) is parsed inlined.
+def gpu_available() -> bool:
+    """True when torch sees a CUDA device (what `TrtRunner` needs)."""
+    import torch
 
-    TensorRT's ONNX parser keeps local functions by name only, so the per-conv overloads of
-    `MixedDilationConv` would all get the first one's body. Inlined, the engine runs the branch form;
-    a MixedDilationConv plugin instead reads model.onnx as written (each node's attributes describe it).
-    """
-    import onnx
+    return bool(torch.cuda.is_available())
 
-    from natsdeploy.onnx_utils import inline_functions
 
-    model = onnx.load(str(onnx_path))
-    if not len(model.functions):
-        return parser.parse_from_file(str(onnx_path))
-    return parser.parse(inline_functions(model).SerializeToString(), str(onnx_path))
+def require_trt_runtime(choice: str = "auto", *, field: str = "--backend trt") -> TrtApi:
+    """`require_tensorrt`, and a CUDA GPU to run its engines on, or a one-line `UsageError` naming what is missing."""
+    from natsdeploy.shapes import UsageError
+
+    api = require_tensorrt(choice, field=field)
+    if not gpu_available():
+        raise UsageError(f"{field}: got {api.trt.__name__} {api.version} and no CUDA GPU (torch sees none), expected "
+                         "an NVIDIA GPU to run engines on; without one, `natsdeploy export --engine` builds and "
+                         "audits them")
+    return api
 
 
 class TrtRunner:
-    """Runs a serialised engine with torch CUDA tensors as device buffers (no pycuda needed)."""
+    """Runs a serialised engine with torch CUDA tensors as device buffers (``execute_async_v3``)."""
 
-    def __init__(self, engine_path: str | os.PathLike[str], *, device: str = "cuda") -> None:
-        trt = require_tensorrt()
+    def __init__(self, engine_path: str | os.PathLike[str], *, device: str = "cuda", trt: str = "auto") -> None:
+        api = require_tensorrt(trt)
         import torch
 
-        self.torch = torch
+        if not torch.cuda.is_available():
+            raise RuntimeError("TrtRunner: torch sees no CUDA device; a TensorRT engine runs only on an NVIDIA GPU")
+        self.torch, self.api = torch, api
         self.device = torch.device(device)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.runtime = api.trt.Runtime(VerboseLog(api.trt))
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{api.trt.__name__} {api.version} could not deserialise {engine_path}")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = tuple(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.name = "tensorrt"
+        mode = api.trt.TensorIOMode
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == mode.INPUT]
+        self.output_names = tuple(n for n in names if self.engine.get_tensor_mode(n) == mode.OUTPUT)
+        self.name = api.describe()["flavour"]
         self.stream = torch.cuda.Stream(device=self.device)
+
+    def _dtype(self, name: str):
+        t = self.api.trt.DataType
+        return {t.FLOAT: self.torch.float32, t.HALF: self.torch.float16}[self.engine.get_tensor_dtype(name)]
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(next(iter(feed.values())), dtype=np.float32)).to(self.device)
         name = self.input_names[0]
+        x = torch.from_numpy(np.ascontiguousarray(next(iter(feed.values())))).to(self.device, self._dtype(name))
         self.context.set_input_shape(name, tuple(x.shape))
         self.context.set_tensor_address(name, x.data_ptr())
         outs = {}
         for o in self.output_names:
             shape = tuple(self.context.get_tensor_shape(o))
-            outs[o] = torch.empty(shape, dtype=torch.float32, device=self.device)
+            outs[o] = torch.empty(shape, dtype=self._dtype(o), device=self.device)
             self.context.set_tensor_address(o, outs[o].data_ptr())
         with torch.cuda.stream(self.stream):
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
         self.stream.synchronize()
-        return {k: v.cpu().numpy() for k, v in outs.items()}
-
-    def layer_info(self) -> dict:
-        trt = require_tensorrt()
-        inspector = self.engine.create_engine_inspector()
-        return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-
-
-def audit_concats(layer_info: Mapping[str, Any], split_names: Sequence[str]) -> dict[str, bool]:
-    """For each transformed conv, True when no engine layer is a Concatenation named after it.
-
-    TensorRT eliminates a Concat by having its producers write into one buffer; a surviving
-    layer of type Concatenation (or a copy/reformat named after the Concat) means extra traffic.
-    """
-    layers = layer_info.get("Layers", [])
-    out = {}
-    for name in split_names:
-        concat_node = f"{name}/concat"
-        surviving = [l for l in layers if isinstance(l, Mapping) and concat_node in str(l.get("Name", ""))
-                     and str(l.get("LayerType", "")).lower() in ("concatenation", "reformat", "copy")]
-        out[name] = not surviving
-    return out
-
-
-def build_engines_for_export(result, *, fp16: bool, dynamic: bool, input_shape: Sequence[int],
-                             split_names: Sequence[str]) -> dict:
-    """Engines for model.onnx and baseline.onnx, with a parity check and the Concat audit."""
-    from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
-    from natsdeploy.runners import OrtRunner
-
-    out_dir = result.out_dir
-    cache = out_dir / "timing.cache"
-    suffix = "fp16" if fp16 else "fp32"
-    report: dict[str, Any] = {"precision": suffix}
-    x = np.random.default_rng(0).standard_normal(tuple(input_shape), dtype=np.float32)
-    for key in ("model", "baseline"):
-        engine = build_engine(out_dir / f"{key}.onnx", out_dir / f"{key}.{suffix}.engine", fp16=fp16,
-                              dynamic=dynamic, input_shape=input_shape, timing_cache=cache)
-        runner = TrtRunner(engine)
-        ref = OrtRunner(out_dir / f"{key}.onnx").run({"images": x})
-        parity = compare(runner.run({"images": x}), ref, tolerance=DEFAULT_TOLERANCE[suffix])
-        entry = {"engine": str(engine), "parity_vs_ort": parity.to_dict()}
-        if key == "model":
-            entry["concat_eliminated"] = audit_concats(runner.layer_info(), split_names)
-        report[key] = entry
-    return report
+        return {k: v.float().cpu().numpy() for k, v in outs.items()}

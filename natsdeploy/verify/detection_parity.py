@@ -136,15 +136,9 @@ def _check_same_arch(ck_arch: Mapping, arch, checkpoint: str) -> None:
 
 
 def _tensorrt_or_exit():
-    from natsdeploy.export.tensorrt import require_tensorrt
+    from natsdeploy.export.tensorrt import require_trt_runtime
 
-    try:
-        return require_tensorrt()
-    except UsageError as e:
-        msg = str(e)
-        if msg.startswith("--engine:"):
-            msg = "--backend trt:" + msg[len("--engine:"):]
-        raise UsageError(msg) from None
+    return require_trt_runtime(field="--backend trt")
 
 
 def _check_options(backend: str, fp16: bool, whole: bool) -> None:

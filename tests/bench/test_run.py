@@ -9,7 +9,7 @@ import pytest
 from natsdeploy.cli import main
 from natsdeploy.runners import OPENVINO_PRECISIONS, openvino_supports
 from tests.conftest import EXAMPLES
-from tests.helpers import assert_exit_2
+from tests.helpers import assert_exit_2, torch_cuda, trt_importable
 
 EX = str(EXAMPLES / "resnet18_nats_c.json")
 TINY = ["--input-shape", "1x3x64x96", "--runs", "3", "--warmup-s", "0"]
@@ -60,10 +60,11 @@ def test_bad_flags_exit_2(capsys, args, expected):
     assert_exit_2(["bench", *args], capsys, contains=expected)
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
-                    reason="TensorRT is installed here; the missing-TensorRT message cannot be shown")
-def test_trt_backend_without_tensorrt(capsys):
-    assert_exit_2(["bench", EX, "--backend", "trt"], capsys, contains="TensorRT is not importable")
+@pytest.mark.skipif(torch_cuda(), reason="a CUDA GPU is present: bench --backend trt may run here")
+def test_trt_backend_without_a_gpu_exits_2(capsys):
+    """No TensorRT: the install command. TensorRT(-RTX) but no GPU: one line saying engines need one."""
+    err = assert_exit_2(["bench", EX, "--backend", "trt"], capsys, contains="--backend trt")
+    assert ("no CUDA GPU" in err) if trt_importable() else ("TensorRT is not importable" in err and "pip install" in err)
 
 
 def test_bench_openvino_records_its_precision(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The ``function`` form: one `natsdeploy.MixedDilationConv` node per multi-dilation conv, run by ONNX Runtime as is."""
+"""The ``function`` form: one `natsdeploy.MixedDilationConv.<conv>` node per multi-dilation conv, run by ONNX Runtime as is."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from natsdeploy import build_backbone, build_baseline, count_onnx
 from natsdeploy.arch import Arch, Branch, ConvTransform, load_arch
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation
-from natsdeploy.export.function import DOMAIN, OP_TYPE
+from natsdeploy.export.function import DOMAIN, OP_TYPE, is_call, op_type, plugin_model, plugin_op_types
 from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
 from natsdeploy.onnx_utils import inline_functions
 from tests.conftest import EXAMPLES
@@ -57,11 +57,12 @@ def hand():
 
 def test_one_node_per_multi_dilation_conv_with_its_attributes(hand):
     m, proto, sd = hand
-    calls = [n for n in proto.graph.node if n.op_type == OP_TYPE]
-    assert [(n.name, n.domain, n.overload) for n in calls] == [(k, DOMAIN, k) for k in EXPECTED]
+    calls = [n for n in proto.graph.node if is_call(n)]
+    assert [(n.name, n.domain, n.op_type) for n in calls] == [(k, DOMAIN, f"MixedDilationConv.{k}") for k in EXPECTED]
     assert {n.name: _attrs(n) for n in calls} == EXPECTED
     # one function per node, in graph order; the body is the branches form
-    assert [(f.domain, f.name, f.overload) for f in proto.functions] == [(DOMAIN, OP_TYPE, k) for k in EXPECTED]
+    # (TensorRT's parser keys functions by op type alone: a unique name per conv, no overloads)
+    assert [(f.domain, f.name, f.overload) for f in proto.functions] == [(DOMAIN, op_type(k), "") for k in EXPECTED]
     body = Counter(n.op_type for n in proto.functions[1].node)
     assert body == Counter({"Constant": 2, "Split": 2, "Conv": 3, "Concat": 1})
     assert Counter(n.op_type for n in proto.functions[0].node)["Relu"] == 2
@@ -79,7 +80,7 @@ def test_ort_parity_and_body_equals_inlined(hand):
     m, proto, _ = hand
     assert_ort_parity(m, proto, SHAPE)
     flat = inline_functions(proto)
-    assert not flat.functions and OP_TYPE not in {n.op_type for n in flat.graph.node}
+    assert not flat.functions and not any(is_call(n) for n in flat.graph.node)
     x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
     a, b = (ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})
             for p in (proto, flat))
@@ -90,7 +91,7 @@ def test_ort_parity_and_body_equals_inlined(hand):
 def test_example_arch_static_and_dynamic_parity():
     arch = load_arch(EXAMPLES / "resnet18_nats_c.json")
     m, proto = _export(arch, seeded_state_dict("resnet18", seed=2), dynamic=True)
-    assert sum(n.op_type == OP_TYPE for n in proto.graph.node) == len(arch.convs)
+    assert sum(is_call(n) for n in proto.graph.node) == len(arch.convs)
     for shape in [(1, 3, 64, 96), (2, 3, 45, 70)]:
         assert_ort_parity(m, proto, shape)
 
@@ -99,7 +100,7 @@ def test_grouped_conv():
     arch = Arch(backbone="resnext101_32x4d", convs={
         "layer1.0.conv2": ConvTransform((Branch((1, 1), 64), Branch((2, 2), 32), Branch((3, 3), 32)))})
     m, proto = _export(arch, seeded_state_dict("resnext101_32x4d", seed=1), input_shape=(1, 3, 64, 64))
-    (call,) = [n for n in proto.graph.node if n.op_type == OP_TYPE]
+    (call,) = [n for n in proto.graph.node if is_call(n)]
     assert _attrs(call)["group"] == 32 and _attrs(call)["widths"] == [64, 32, 32]
     body = proto.functions[0].node
     assert [n.input[0] for n in body if n.op_type == "Split"] == ["X", "W", "B"]
@@ -143,3 +144,15 @@ def test_cli_export_function_form(tmp_path, capsys):
     x = torch.randn(1, 3, 64, 96).numpy()
     s = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.shape for o in s.run(None, {"images": x})][0] == (1, 64, 16, 24)
+
+
+def test_plugin_model_gives_every_call_one_op_type(hand):
+    """For a registered MixedDilationConv plugin: one op type, same inputs and attributes, no bodies."""
+    _, proto, _ = hand
+    assert plugin_op_types(proto) == [op_type(k) for k in EXPECTED]
+    flat = plugin_model(proto)
+    calls = [n for n in flat.graph.node if n.domain == DOMAIN]
+    assert not flat.functions and [n.op_type for n in calls] == [OP_TYPE] * len(EXPECTED)
+    assert [(list(n.input), _attrs(n)) for n in calls] == [
+        (list(n.input), _attrs(n)) for n in proto.graph.node if is_call(n)]
+    assert len(proto.functions) == len(EXPECTED)  # the original is untouched
