@@ -8,7 +8,7 @@ optimiser and scheduler states, RNG states, the epoch, and the alpha history.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,8 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
                 "they start afresh, so this run is not bit-identical to an uninterrupted one")
         load_credit_state(model, ck.get("credit", {}), where=f"--resume: {ckpt_path}")
     start = ck["epoch"] if ck else 0
+    # the decode after the last finished epoch (on resume: the checkpoint's alphas), for the per-epoch diff
+    previous = decode_supernet(supernet_alphas(model), cfg.backbone, cfg.preset, align=cfg.align) if ck else None
 
     for epoch in range(start, cfg.epochs):
         bar = run.begin_epoch(epoch, cfg.epochs, net=net, samplers=[sampler_w, sampler_a], steps=steps,
@@ -220,11 +222,19 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
         history.append({"epoch": epoch + 1, "loss_w": sums["loss_w"] / max(steps, 1),
                         "loss_a": sums["loss_a"] / max(steps, 1) if search_alpha else None,
                         "alpha_softmax": alpha_summary(model), "sampling": cfg.sampling, "tau": tau})
+        decoded = decode_supernet(supernet_alphas(model), cfg.backbone, cfg.preset, align=cfg.align,
+                                  extra={"epoch": epoch + 1})
+        history[-1].update(decode_change(previous, decoded, stages=cfg.stages))
+        previous = decoded
 
         def write() -> None:
+            decoded.save(out / f"arch_epoch_{epoch + 1}.json")
             _save_checkpoint(ckpt_path, model, opt_w, opt_a, sched, scaler, epoch + 1, history, cfg)
+            changed = history[-1]["changed_filters"]
             log(f"epoch {epoch + 1}: loss_w {history[-1]['loss_w']:.4f}"
                 + (f", loss_a {history[-1]['loss_a']:.4f}" if search_alpha else " (alpha frozen)")
+                + ("" if changed is None else f"; decode: {changed} of {history[-1]['filters']} filters changed "
+                   "dilation since the last epoch")
                 + f"; checkpoint {ckpt_path}")
 
         run.commit(write)
@@ -249,6 +259,16 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> Sear
 
 
 
+def decode_change(previous: Arch | None, current: Arch, *, stages: Sequence[str]) -> dict[str, int | None]:
+    """`changed_filters`: filters whose decoded dilation differs from `previous` (None: no previous decode),
+    and `filters`, the 3x3 filters of the searched `stages`: the search's convergence signal, without alpha."""
+    from natsdeploy.align import align_report
+
+    filters = sum(info.out_channels for name, info in current.spec.convs.items() if name.split(".")[0] in stages)
+    changed = None if previous is None else align_report(previous, current).changed
+    return {"changed_filters": changed, "filters": filters}
+
+
 def _save_checkpoint(path: Path, model, opt_w, opt_a, sched, scaler, epoch: int, history, cfg: SearchConfig) -> None:
     from natsdeploy.search.supernet import credit_state
 
@@ -269,8 +289,16 @@ def plot_alpha_history(history: list[dict[str, Any]], path: Path, *, preset: str
     from natsdeploy.search.decode import genotypes
 
     stages = sorted(history[-1]["alpha_softmax"])
-    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.2), squeeze=False)
+    changes = [(h["epoch"], h["changed_filters"]) for h in history if h.get("changed_filters") is not None]
+    panels = len(stages) + bool(changes)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
     epochs = [h["epoch"] for h in history]
+    if changes:  # the convergence signal: the decode stops changing
+        ax = axes[0][-1]
+        ax.plot(*zip(*changes), marker="o", ms=3, color="k")
+        ax.set_title("decoded arch: filters that changed dilation", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"of {history[-1]['filters']} filters")
     for ax, stage in zip(axes[0], stages):
         vals = np.array([h["alpha_softmax"][stage] for h in history])
         for g, d in enumerate(genotypes(preset, stage)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -64,6 +65,18 @@ def test_short_search_gives_an_arch_check_and_export_accept(synth, tmp_path, cap
     ck = torch.load(out / "checkpoint.pth", weights_only=True)
     alphas = [v for k, v in ck["model"].items() if k.endswith(".alpha")]
     assert alphas and any(a.abs().sum() > 0 for a in alphas)  # alpha moved after warm-up
+
+    # the convergence signal: the decode after every epoch, and how many filters changed dilation since the last
+    from natsdeploy.align import align_report
+
+    e1, e2 = load_arch(out / "arch_epoch_1.json"), load_arch(out / "arch_epoch_2.json")
+    assert e2.convs == arch.convs and (e1.provenance["epoch"], e2.provenance["epoch"]) == (1, 2)
+    history = json.loads((out / "history.json").read_text())
+    filters = sum(arch.spec.convs[n].out_channels for n in arch.spec.convs if n.split(".")[0] in STAGES)
+    assert [h["filters"] for h in history] == [filters, filters] and history[0]["changed_filters"] is None
+    assert history[1]["changed_filters"] == align_report(e1, e2).changed
+    assert f"{history[1]['changed_filters']} of {filters} filters changed dilation since the last epoch" in \
+        capsys.readouterr().out
 
 
 def test_alpha_frozen_during_warmup(synth, tmp_path):
