@@ -22,7 +22,8 @@ from natsdeploy.targets import Target
 
 __all__ = ["round_shares", "check_multiple", "validate_multiple", "align_arch", "filter_dilations",
            "ConvAlignment", "AlignReport", "align_report", "format_align_report", "format_dilation",
-           "UnalignedBranch", "unaligned_branches", "AlignmentCheck", "check_alignment", "format_alignment"]
+           "UnalignedBranch", "unaligned_branches", "AlignmentCheck", "check_alignment", "alignment_entry",
+           "format_alignment"]
 
 RETRAIN_NOTE = ("note: the aligned arch is a different arch: retrain or fine-tune it like any decoded arch "
                 "(filters that changed dilation no longer see what they were trained on)")
@@ -277,6 +278,15 @@ def check_alignment(arch: Arch, target: Target, input_shape: Sequence[int], *,
     return AlignmentCheck(target, tuple(bad), macs, total, narrow=tuple(narrow),
                           narrow_macs=sum(per_channel[u.conv] * u.channels for u in narrow),
                           full_rate_alignable=alignable)
+
+
+def alignment_entry(arch: Arch, target: Any, shape: Sequence[int], total_macs: int) -> dict[str, Any]:
+    """The export report's `alignment` entry: branches that miss `target`'s channel block (a `Target`, its
+    name, or None for this machine's default) and their share of the graph's MACs."""
+    from natsdeploy.targets import detect_target, get_target
+
+    tgt = detect_target() if target is None else get_target(target) if isinstance(target, str) else target
+    return check_alignment(arch, tgt, tuple(shape), total_macs=total_macs).to_dict()
 
 
 def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> list[str]:

@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate an arch file and prove params/MACs equal the baseline's")
     c.add_argument("arch", help="arch.json")
     c.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
-    c.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, cuda-fp16 or cuda-int8: warn about branches "
-                   "that are not a multiple of its channel block (default: ort-cpu, block from this CPU)")
+    c.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, ort-cpu-int8, openvino-cpu-int8, cuda-fp16 "
+                   "or cuda-int8: warn about branches that are not a multiple of its channel block (default: ort-cpu, "
+                   "block from this CPU)")
     c.set_defaults(func=_cmd_check)
 
     a = sub.add_parser("align", help="round every branch to a multiple of N channels, moving the fewest filters")

@@ -46,16 +46,19 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
            form: Form = DEFAULT_FORM, logits: bool = False, tolerance: float | None = None,
            latency_pairs: int = 20, warmup_s: float = 2.0, threads: int | None = None, seed: int = 0,
            engine: bool = False, precision: str = "fp32", trt: str = "auto", trt_aux_streams: int | None = None,
-           target: Any = None, openvino: str | None = "f32", log=print) -> ExportResult:
+           target: Any = None, openvino: str | None = "f32", calibration: str | None = None,
+           calibration_images: int = 64, log=print) -> ExportResult:
     """Export `arch` (and its baseline) to ONNX in `out_dir` and verify cost, numerics and latency.
 
     `target` (a `natsdeploy.targets.Target` or its name; default: this machine's CPU) decides the
     channel block that the report's `alignment` entry checks branch widths against.
     `openvino` (f32, bf16 or f16; None skips) adds OpenVINO CPU rows to parity and latency at that precision.
     `precision` fp16 writes fp16 graphs with fp32 inputs/outputs behind casts (`onnx_utils.to_fp16`);
-    `engine` builds TensorRT engines with the API `trt` names (`natsdeploy.export.tensorrt_export`)."""
+    `engine` builds TensorRT engines with the API `trt` names (`natsdeploy.export.tensorrt_export`).
+    `precision` int8: QDQ graphs calibrated on `calibration` and the `int8` section (`export/int8_report.py`)."""
     import onnxruntime as ort
 
+    from natsdeploy.align import alignment_entry
     from natsdeploy.export.fold import fold_trunk, iter_splits, rewrite
     from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
     from natsdeploy.models.build import build_trunks
@@ -74,7 +77,7 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
     shape = tuple(int(d) for d in input_shape)
     opset = int(opset) if opset is not None else (18 if form in ("rows", "auto") else 17)
     threads = int(threads or os.cpu_count() or 1)
-    tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE[precision])
+    tol = float(tolerance if tolerance is not None else DEFAULT_TOLERANCE.get(precision, DEFAULT_TOLERANCE["fp32"]))
     out_names = FEATURE_OUTPUTS + (("logits",) if logits else ())
 
     transformed, baseline, weight_source = build_trunks(arch, weights, seed)
@@ -107,7 +110,7 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
         parity[key] = compare(got, ref, tolerance=tol)
 
     latency = None
-    if latency_pairs > 0:
+    if latency_pairs > 0 and precision != "int8":  # int8: the int8 section times int8 against fp32
         feed = {"images": x}
         log(f"timing ONNX Runtime CPU, {threads} threads: {latency_pairs} interleaved pairs after {warmup_s:g}s warm-up")
         timing = time_interleaved(lambda: sessions["baseline"].run(None, feed), lambda: sessions["model"].run(None, feed),
@@ -117,7 +120,7 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                         "intra_op_threads": threads, "inter_op_threads": 1, "allow_spinning": False,
                         "input_shape": list(shape)})
     ov_parity = None
-    if openvino is not None:
+    if openvino is not None and precision != "int8":
         from natsdeploy.export.openvino_rows import openvino_entries
 
         ov_parity, ov_latency = openvino_entries(protos, refs, x, precision=openvino, threads=threads, tolerance=tol,
@@ -147,13 +150,18 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                    "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
                    **{k: v.to_dict() for k, v in parity.items()}, "openvino": ov_parity},
         "latency": latency,
-        "alignment": _alignment(arch, target, shape, counts["model"].macs),
+        "alignment": alignment_entry(arch, target, shape, counts["model"].macs),
         "machine": machine_info(),
     }
     parity_passed = parity["model"].passed and parity["baseline"].passed and (ov_parity or {}).get("passed", True)
     report["verdict"] = {"passed": cost_equal and parity_passed, "cost_equal": cost_equal,
                          "parity_passed": parity_passed}
 
+    if precision == "int8":  # the files are the int8 graphs; the fp32 ones they come from passed parity above
+        from natsdeploy.export.int8_report import add_int8_section
+
+        blobs = add_int8_section(report, protos, calibration=calibration, calibration_images=calibration_images,
+                                 shape=shape, threads=threads, latency_pairs=latency_pairs, warmup_s=warmup_s, log=log)
     files = _write_outputs(Path(out_dir), blobs, report)
     result = ExportResult(Path(out_dir), files, report)
     if engine:
@@ -165,15 +173,6 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
         files.update({f"{k}_engine": Path(report["tensorrt"][k]["engine"]) for k in ("model", "baseline")})
         atomic_write_text(files["report"], json.dumps(report, indent=2, default=_json_default) + "\n")
     return result
-
-
-def _alignment(arch: Arch, target: Any, shape: tuple[int, ...], total_macs: int) -> dict[str, Any]:
-    """Branches that miss the target's channel block and their share of the graph's MACs."""
-    from natsdeploy.align import check_alignment
-    from natsdeploy.targets import detect_target, get_target
-
-    tgt = detect_target() if target is None else get_target(target) if isinstance(target, str) else target
-    return check_alignment(arch, tgt, shape, total_macs=total_macs).to_dict()
 
 
 def _json_default(o: Any) -> Any:
@@ -254,10 +253,15 @@ def format_report(report: dict) -> str:
         from natsdeploy.export.tensorrt_export import format_tensorrt
 
         lines += format_tensorrt(report["tensorrt"])
+    if report.get("int8"):
+        from natsdeploy.export.int8_report import format_int8
+
+        lines += format_int8(report["int8"])
     lines.append("")
     v = report["verdict"]
     lines.append("verdict: PASS (cost equal, numerics within tolerance)" if v["passed"] else
-                 f"verdict: FAIL (cost equal: {v['cost_equal']}, parity passed: {v['parity_passed']})")
+                 f"verdict: FAIL (cost equal: {v['cost_equal']}, parity passed: {v['parity_passed']}"
+                 f"{', int8 passed: %s' % v['int8_passed'] if 'int8_passed' in v else ''})")
     return "\n".join(lines)
 
 
@@ -275,16 +279,18 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-s", default="2", help="warm-up seconds before timing")
     p.add_argument("--threads", default=None, help="ORT intra-op threads (default: all logical CPUs)")
     p.add_argument("--seed", default="0", help="seed for the init (without --weights) and the parity input")
-    p.add_argument("--precision", default=None, help="fp32 (default) or fp16: fp16 graphs (fp32 inputs/outputs "
-                   "behind casts) and, with --engine, fp16 engines")
+    p.add_argument("--precision", default=None, help="fp32 (default), fp16: fp16 graphs (fp32 inputs/outputs "
+                   "behind casts) and, with --engine, fp16 engines, or int8: static QDQ graphs (needs --calibration)")
+    p.add_argument("--calibration", default=None, help="int8: COCO-format folder (train split) or 'synthetic'")
+    p.add_argument("--calibration-images", default=None, help="int8: images to calibrate on (default 64)")
     p.add_argument("--fp16", action="store_true", help="alias of --precision fp16")
     p.add_argument("--engine", action="store_true", help="also build and audit TensorRT engines (extras trt-rtx, trt)")
     p.add_argument("--trt", default="auto", help="TensorRT API for --engine: auto (default), tensorrt or rtx")
     p.add_argument("--trt-aux-streams", default=None, help="TensorRT max_aux_streams (0: no auxiliary streams)")
     p.add_argument("--openvino", default="f32", help="OpenVINO CPU rows in parity and latency at this precision: "
                    "f32 (default), bf16, f16, or off")
-    p.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, cuda-fp16 or cuda-int8: report branches "
-                   "that are not a multiple of its channel block (default: ort-cpu, block from this CPU)")
+    p.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, ort-cpu-int8, openvino-cpu-int8, cuda-fp16 "
+                   "or cuda-int8: report branches that are not a multiple of its channel block (default: ort-cpu)")
 
 
 def export_cli(args: argparse.Namespace) -> int:
@@ -302,8 +308,13 @@ def export_cli(args: argparse.Namespace) -> int:
     if args.outputs not in ("features", "logits"):
         raise UsageError(f"--outputs: got {args.outputs!r}, expected 'features' or 'logits'")
     precision = args.precision or ("fp16" if args.fp16 else "fp32")
-    if precision not in ("fp32", "fp16") or (args.fp16 and precision != "fp16"):
-        raise UsageError(f"--precision: got {args.precision!r}{' with --fp16' if args.fp16 else ''}, expected fp32 or fp16")
+    if precision not in ("fp32", "fp16", "int8") or (args.fp16 and precision != "fp16"):
+        raise UsageError(f"--precision: got {args.precision!r}{' with --fp16' if args.fp16 else ''}, expected fp32, "
+                         "fp16 or int8")
+    from natsdeploy.export.int8 import check_int8_request
+
+    n_calib = check_int8_request(precision, args.calibration, args.calibration_images, form=args.form,
+                                 dynamic=args.dynamic, engine=args.engine)
     aux = parse_int("--trt-aux-streams", args.trt_aux_streams, 0) if args.trt_aux_streams is not None else None
     if args.engine:  # before any work: rows/auto, a missing TensorRT
         from natsdeploy.export.tensorrt_export import check_engine_request
@@ -330,7 +341,7 @@ def export_cli(args: argparse.Namespace) -> int:
     result = export_arch(arch, weights=weights, out_dir=out, input_shape=shape, dynamic=args.dynamic, opset=opset,
                     form=args.form, logits=args.outputs == "logits", tolerance=tol, latency_pairs=pairs,
                     warmup_s=warm, threads=threads, seed=seed, engine=args.engine, precision=precision, trt=args.trt,
-                    trt_aux_streams=aux, target=target,
+                    trt_aux_streams=aux, target=target, calibration=args.calibration, calibration_images=n_calib,
                     openvino=None if args.openvino == "off" else args.openvino)
     print(format_report(result.report))
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")

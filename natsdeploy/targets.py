@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from natsdeploy.errors import UsageError
 
-__all__ = ["Target", "TARGET_NAMES", "cpu_flags", "cpu_block", "get_target", "detect_target"]
+__all__ = ["Target", "TARGET_NAMES", "cpu_flags", "cpu_block", "cpu_block_int8", "get_target", "detect_target"]
 
-TARGET_NAMES = ("ort-cpu", "openvino-cpu", "cuda-fp16", "cuda-int8")
+TARGET_NAMES = ("ort-cpu", "openvino-cpu", "ort-cpu-int8", "openvino-cpu-int8", "cuda-fp16", "cuda-int8")
 _GPU_BLOCKS = {"cuda-fp16": (8, "tensor cores, fp16: 8-channel blocks"),
                "cuda-int8": (32, "tensor cores, int8: 32-channel blocks")}
 
@@ -77,6 +77,31 @@ def cpu_block(flags: Iterable[str]) -> tuple[int, str]:
     return 8, "no AVX2/AVX-512 flag found: 8-channel blocks assumed"
 
 
+# INT8 CPU kernels (`export --precision int8` graphs): the block is the output channels one vector of int32
+# accumulators holds. Full-rate widths are NOT YET MEASURED (benchmarks/conv_width_int8.py measures them):
+# until then the full rate is the block itself.
+_INT8_NOT_MEASURED = ("not yet measured: full-rate int8 widths come from benchmarks/conv_width_int8.py, "
+                      "not run yet on this project's machines; the block alone is assumed")
+
+
+def cpu_block_int8(flags: Iterable[str]) -> tuple[int, str]:
+    """(block, reason) of int8 convolution kernels on this ISA: 16 output channels with AMX or AVX-512
+    (VNNI or not), 8 with AVX-VNNI/AVX2 (`vpmaddubsw`); not yet measured, see `_INT8_NOT_MEASURED`."""
+    flags = set(flags)
+    if "amx_int8" in flags:
+        return 16, ("AMX (amx_int8): tiles of 16 rows x 64 int8, 16-channel output blocks "
+                    "(from the ISA, not yet measured)")
+    if "avx512_vnni" in flags:
+        return 16, "AVX-512 VNNI (avx512_vnni, vpdpbusd): 16 int32 lanes, 16-channel blocks (from the ISA, not yet measured)"
+    if "avx512bw" in flags:
+        return 16, "AVX-512 BW without VNNI (vpmaddubsw): 16 int32 lanes, 16-channel blocks (from the ISA, not yet measured)"
+    if "avx_vnni" in flags:
+        return 8, "AVX-VNNI (avx_vnni): 8 int32 lanes, 8-channel blocks (from the ISA, not yet measured)"
+    if "avx2" in flags:
+        return 8, "AVX2 without VNNI (vpmaddubsw): 8 int32 lanes, 8-channel blocks (from the ISA, not yet measured)"
+    return 8, "no AVX2/AVX-512 flag found: 8-channel blocks assumed (not yet measured)"
+
+
 def get_target(name: str, *, flags: Iterable[str] | None = None, field: str = "target") -> Target:
     """The named target; CPU targets take their block from `flags` (default: this machine's)."""
     if name in _GPU_BLOCKS:
@@ -86,6 +111,9 @@ def get_target(name: str, *, flags: Iterable[str] | None = None, field: str = "t
         block, reason = cpu_block(cpu_flags() if flags is None else flags)
         blocks, why = _CPU_BLOCKS_PER_PASS[name]
         return Target(name, block, reason, full_rate=blocks * block, full_rate_reason=why.format(block=block))
+    if name in ("ort-cpu-int8", "openvino-cpu-int8"):
+        block, reason = cpu_block_int8(cpu_flags() if flags is None else flags)
+        return Target(name, block, reason, full_rate_reason=_INT8_NOT_MEASURED)
     raise UsageError(f"{field}: got {name!r}, expected one of {list(TARGET_NAMES)}")
 
 

@@ -37,7 +37,8 @@ def test_full_rate_must_be_a_positive_multiple_of_the_block(full_rate):
 def test_gpu_blocks_do_not_depend_on_the_cpu():
     assert get_target("cuda-fp16", flags=set()).block == 8
     assert get_target("cuda-int8", flags={"avx512f"}).block == 32
-    assert set(TARGET_NAMES) == {"ort-cpu", "openvino-cpu", "cuda-fp16", "cuda-int8"}
+    assert set(TARGET_NAMES) == {"ort-cpu", "openvino-cpu", "ort-cpu-int8", "openvino-cpu-int8", "cuda-fp16",
+                                 "cuda-int8"}
 
 
 def test_unknown_target_is_one_line():
@@ -61,3 +62,18 @@ def test_detect_target_is_this_machines_cpu():
 def test_importing_targets_does_not_import_torch():
     code = "import sys, natsdeploy.targets, natsdeploy.align; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_int8_cpu_targets_take_their_block_from_the_isa():
+    """int8 blocks: 16 with AMX or AVX-512 (VNNI or not), 8 with AVX-VNNI/AVX2; not yet measured, and the
+    reasons say so (benchmarks/conv_width_int8.py is to measure the full-rate widths)."""
+    cases = [({"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"}, 16, "AMX"),
+             ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, 16, "VNNI"),
+             ({"avx2", "avx512f", "avx512bw"}, 16, "vpmaddubsw"),
+             ({"avx2", "avx_vnni"}, 8, "AVX-VNNI"), ({"avx2", "fma"}, 8, "AVX2"), (set(), 8, "assumed")]
+    for name in ("ort-cpu-int8", "openvino-cpu-int8"):
+        assert name in TARGET_NAMES
+        for flags, block, word in cases:
+            t = get_target(name, flags=flags)
+            assert (t.block, t.full_rate) == (block, block) and word in t.reason, (name, flags, t)
+            assert "not yet measured" in t.reason and "not yet measured" in t.full_rate_reason

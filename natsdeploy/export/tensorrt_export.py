@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TRT_FORMS", "check_engine_request", "build_engines_for_export", "format_tensorrt"]
+__all__ = ["TRT_FORMS", "check_engine_request", "build_engines_for_export", "format_tensorrt", "int8_engine_check"]
 
 TRT_FORMS = ("branches", "sum", "function")
 NOT_RUN = "built, not run (no GPU)"
@@ -99,3 +99,34 @@ def format_tensorrt(t: dict[str, Any]) -> list[str]:
         for key, p in run["parity_vs_ort"].items():
             lines.append(f"  {key:<10}parity vs ONNX Runtime: {'pass' if p['passed'] else 'FAIL'}")
     return lines
+
+
+def int8_engine_check(api, onnx_path, engine_path) -> dict[str, Any]:
+    """What TensorRT makes of an int8 QDQ graph (`export --precision int8`): parse as written, then build.
+
+    A build that fails is one line in `build`, not an exception; `conv_inputs` counts the engine's
+    convolution layers by the data type of their first input, read from the builder's layer list
+    (``Datatype: Int8`` where the conv runs in int8)."""
+    import re
+    from collections import Counter
+
+    from natsdeploy.export.tensorrt import build, parse_onnx
+
+    parsed = parse_onnx(api, onnx_path)
+    out: dict[str, Any] = {**api.describe(), "parse": "ok (as written)" if parsed.ok else
+                           "failed: " + "; ".join(parsed.errors[:2]), "build": "not attempted", "conv_inputs": {}}
+    if not parsed.ok:
+        return out
+    try:
+        r = build(api, onnx_path, engine_path)
+    except RuntimeError as e:
+        out["build"] = "not built: " + (str(e).splitlines() or [""])[0][:300]
+        return out
+    types: Counter = Counter()
+    for _, msg in r.log:
+        for line in msg.splitlines():
+            if "LayerType: correlation" in line or "LayerType: Convolution" in line:
+                m = re.search(r"Inputs: \[ \{.*?Datatype: (\w+)", line)
+                types[m.group(1) if m else "unknown"] += 1
+    out.update(build=f"ok ({r.nbytes} bytes, {r.seconds:.1f} s)", engine=str(r.engine), conv_inputs=dict(types))
+    return out

@@ -95,6 +95,9 @@ def count(model: Any, input_shape: Sequence[int]) -> Counts:
 def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] | None = None) -> Counts:
     """Count an ONNX graph: params = initializer elements, MACs of Conv/Gemm/MatMul from inferred shapes.
 
+    In a QDQ graph each quantized weight counts once (the `DequantizeLinear` input); Q/DQ scales and
+    zero points are not counted.
+
     `input_shape` fixes the first graph input's dims (needed for dynamic-shape models). Model-local
     functions (the ``function`` export form) are seen through: their bodies are inlined first, so each
     conv inside counts with its own shapes, and per-node params include weights split from initializers.
@@ -127,9 +130,14 @@ def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] |
         shapes[init.name] = list(init.dims)
 
     per_node: dict[str, tuple[int, int]] = {}
+    # QDQ graphs (export --precision int8): a quantized weight counts once, as the DequantizeLinear input it
+    # is; the scales and zero points of QuantizeLinear/DequantizeLinear are quantization parameters, not weights
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    quantized = {n.input[0] for n in qdq if n.op_type == "DequantizeLinear"}
+    qparams = {x for n in qdq for x in n.input[1:]}
     total_params = sum(math.prod(i.dims) for i in m.graph.initializer
-                       if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                                          onnx.TensorProto.DOUBLE))
+                       if i.name in quantized or (i.data_type in floats and i.name not in qparams))
     total = 0
     const = set(init_names)  # tensors computed from initializers and constants only (e.g. split weights)
     for idx, node in enumerate(m.graph.node):

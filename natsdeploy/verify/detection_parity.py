@@ -38,7 +38,8 @@ import numpy as np
 from natsdeploy.data.evaluate import DetectionMatch, match_detections
 from natsdeploy.shapes import UsageError
 
-__all__ = ["DEFAULT_AP_TOLERANCE", "DetectionParityResult", "detection_parity", "format_detection_parity"]
+__all__ = ["DEFAULT_AP_TOLERANCE", "DetectionParityResult", "detection_parity", "format_detection_parity",
+           "check_same_arch"]
 
 DEFAULT_AP_TOLERANCE = {"fp32": 0.1, "fp16": 0.5}
 """Default bound on |runtime AP - PyTorch AP| in AP points (0-100 scale), per metric, by precision."""
@@ -120,7 +121,8 @@ def _lookup(d: Any, path: str) -> Any:
     return cur
 
 
-def _check_same_arch(ck_arch: Mapping, arch, checkpoint: str) -> None:
+def check_same_arch(ck_arch: Mapping, arch, checkpoint: str) -> None:
+    """A one-line `UsageError` naming the first field where the checkpoint's arch differs from `arch`."""
     want = {k: v for k, v in arch.to_dict().items() if k != "provenance"}
     got = {k: v for k, v in ck_arch.items() if k != "provenance"}
     diff = _first_difference(got, want)
@@ -218,7 +220,7 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
 
     checkpoint = str(checkpoint)
     ck = read_checkpoint(checkpoint)
-    _check_same_arch(ck["arch"], arch, checkpoint)
+    check_same_arch(ck["arch"], arch, checkpoint)
     seed = int((ck.get("config") or {}).get("seed", 0) or 0)  # `synthetic` means the set the run trained on
     dataset = load_dataset(data, "val", seed=seed)
     want = {int(k): int(v) for k, v in ck["label_to_cat_id"].items()}

@@ -26,6 +26,9 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", default=None, help="ONNX Runtime intra-op threads (default: all logical CPUs)")
     p.add_argument("--whole", action="store_true",
                    help="run the whole detector exported as one ONNX graph on ONNX Runtime (not only the backbone)")
+    p.add_argument("--precision", default="fp32", help="fp32 (default) or int8: the detector with int8 QDQ backbones "
+                   "(transformed and baseline) against fp32 ones on ONNX Runtime, both ΔAP rows")
+    p.add_argument("--calibration-images", default=None, help="int8: first N train images to calibrate on (default 64)")
     p.add_argument("--json", default=None, help="write the result as JSON here")
 
 
@@ -41,9 +44,37 @@ def parity_cli(args: argparse.Namespace) -> int:
     limit = parse_int("--limit", args.limit, 1) if args.limit is not None else None
     tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
     threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None
+    if args.precision not in ("fp32", "int8"):
+        raise UsageError(f"--precision: got {args.precision!r}, expected fp32 or int8")
+    if args.precision == "int8":
+        return _int8(args, arch, limit, tol, threads)
+    if args.calibration_images is not None:
+        raise UsageError(f"--calibration-images: got {args.calibration_images!r} with --precision fp32, expected it "
+                         "only with --precision int8")
     result = detection_parity(arch, args.checkpoint, args.data, backend=args.backend, fp16=args.fp16, limit=limit,
                               tolerance=tol, threads=threads, whole=args.whole)
     print(format_detection_parity(result))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if result.passed else 1
+
+
+def _int8(args: argparse.Namespace, arch, limit: int | None, tol: float | None, threads: int | None) -> int:
+    from natsdeploy.export.int8 import DEFAULT_CALIBRATION_IMAGES
+    from natsdeploy.files import atomic_write_text
+    from natsdeploy.verify.detection_int8 import detection_parity_int8, format_detection_int8
+
+    for bad, what in ((args.backend != "ort", f"--backend: got {args.backend!r} with --precision int8, expected ort"),
+                      (args.whole, "--whole: got it with --precision int8, expected the backbone mode"),
+                      (args.fp16, "--fp16: got it with --precision int8, expected one precision")):
+        if bad:
+            raise UsageError(what)
+    n = (parse_int("--calibration-images", args.calibration_images, 1) if args.calibration_images is not None
+         else DEFAULT_CALIBRATION_IMAGES)
+    result = detection_parity_int8(arch, args.checkpoint, args.data, calibration_images=n, limit=limit,
+                                   tolerance=tol, threads=threads)
+    print(format_detection_int8(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"wrote {args.json}")

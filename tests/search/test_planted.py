@@ -11,7 +11,8 @@ from natsdeploy.search.supernet import ChannelMixedConv
 
 # ResNet-18 at 128 px: layer4 maps are 4x4, where (4,4) and (5,5) are the same function, so a
 # group planted with one of them may decode to the other; the rest is identifiable.
-SETTINGS = dict(groups=8, input_size=128, steps=60, lr=0.1, batch_size=2, seed=0)
+# 40 steps (measured): softmax recovers 47/48 groups, layer2 and layer3 all, loss down to 0.3% of its start
+SETTINGS = dict(groups=8, input_size=128, steps=40, lr=0.1, batch_size=2, seed=0)
 
 
 def test_planted_arch_follows_the_decode_mapping():
@@ -31,7 +32,7 @@ def test_planted_arch_follows_the_decode_mapping():
 
 def test_softmax_supernet_recovers_a_planted_arch():
     r = recover_planted("resnet18", **SETTINGS)
-    assert r.n_groups == 48 and r.steps == 60
+    assert r.n_groups == 48 and r.steps == 40
     assert r.loss_last < 0.1 * r.loss_first
     assert r.recovery >= 0.9, r.to_dict()
     assert r.per_stage["layer2"] == 1.0 and r.per_stage["layer3"] == 1.0, r.per_stage

@@ -1,0 +1,203 @@
+"""INT8 quantization (`natsdeploy.export.int8`): shared branch scales, the dilation-1 invariant, QDQ structure,
+preprocessing, and what OpenVINO and TensorRT make of the QDQ graphs."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from onnx import numpy_helper
+
+from natsdeploy.arch import Arch, Branch, ConvTransform
+from natsdeploy.export.fold import fold_trunk, rewrite
+from natsdeploy.export.int8 import preprocess, qdq_audit, quantize_pair
+from natsdeploy.export.onnx import trunk_to_onnx
+from natsdeploy.models.build import build_backbone, build_baseline
+from natsdeploy.specs import BACKBONES
+from tests.conftest import EXAMPLES
+from tests.helpers import ort_outputs, seeded_state_dict, trt_importable
+
+SHAPE = (1, 3, 64, 96)
+
+
+def _inputs(n: int = 4) -> list[np.ndarray]:
+    return [np.random.default_rng(i).standard_normal(SHAPE, dtype=np.float32) for i in range(n)]
+
+
+def _dilation_one_arch(*, permute: bool, seed: int = 0) -> Arch:
+    """Every conv of ResNet-18 transformed into 3 dilation-1 branches (1/4, 1/4, 1/2), permuted where allowed."""
+    rng = random.Random(seed)
+    convs = {}
+    for name, info in BACKBONES["resnet18"].convs.items():
+        c = info.out_channels
+        perm = list(range(c))
+        rng.shuffle(perm)
+        convs[name] = ConvTransform(tuple(Branch((1, 1), w) for w in (c // 4, c // 4, c // 2)),
+                                    tuple(perm) if info.permutable and permute else None)
+    return Arch(backbone="resnet18", convs=convs)
+
+
+@pytest.fixture(scope="module")
+def d1():
+    """int8 graphs (calibrated on the same 4 inputs) of the all-dilation-1 arch, without and with permutations,
+    branches kept apart (one Concat per conv: `split`; with permutations also merged, as export emits it),
+    and of the baseline."""
+    sd = seeded_state_dict("resnet18")
+    fp32 = {"baseline": trunk_to_onnx(fold_trunk(build_baseline("resnet18", sd)), input_shape=SHAPE)}
+    for tag, permute in (("", False), ("perm_", True)):
+        model = build_backbone(_dilation_one_arch(permute=permute), sd)
+        fp32[f"{tag}split"] = trunk_to_onnx(rewrite(fold_trunk(model), merge=False), input_shape=SHAPE)
+    fp32["perm_merged"] = trunk_to_onnx(rewrite(fold_trunk(model)), input_shape=SHAPE)  # as export emits it
+    q = quantize_pair(fp32, lambda: iter(_inputs()))
+    q["split_unshared"] = quantize_pair({"s": fp32["split"]}, lambda: iter(_inputs()), shared_scales=False)["s"]
+    return {"fp32": fp32, "int8": q}
+
+
+def _rel(a: dict, b: dict) -> float:
+    return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(b[k]))) for k in b)
+
+
+def test_dilation_one_arch_quantizes_to_the_baseline_function(d1):
+    """The invariant: branches of dilation 1 are the baseline conv cut into pieces, so with one scale per
+    transformed conv the int8 graph computes the baseline's int8 function.
+
+    Bound 1e-5 of max|ref| per output, not bitwise: the int8 codes are equal, but the outputs are float
+    (DequantizeLinear, then Add/Relu that ORT fuses differently around a Concat), which leaves a few
+    fp32 ulps (measured <= 2e-7). One differing int8 code at an output is a step of max|ref|/127 =
+    7.9e-3 of max|ref| or more, so 1e-5 admits none."""
+    q = d1["int8"]
+    x = np.random.default_rng(9).standard_normal(SHAPE, dtype=np.float32)
+    ref = ort_outputs(q["baseline"], x)
+    assert _rel(ort_outputs(q["split"], x), ref) <= 1e-5
+    # without the shared scale each branch requantizes on its own range: int8 steps off
+    assert _rel(ort_outputs(q["split_unshared"], x), ref) > 1e-2
+
+
+def _act_scales(model) -> list[float]:
+    inits = _inits(model)
+    return [float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def _weight_codes(model) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per conv (in graph order, branches of one conv concatenated): sorted int8 codes and sorted scales."""
+    inits, out, by_conv = _inits(model), [], {}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            dq = producer[n.input[1]]
+            by_conv.setdefault(n.name.split("/")[0], []).append((inits[dq.input[0]], inits[dq.input[1]]))
+    for parts in by_conv.values():
+        out.append((np.sort(np.concatenate([w.ravel() for w, _ in parts])), np.sort(np.concatenate([s for _, s in parts]))))
+    return out
+
+
+def test_permuted_dilation_one_arch_has_the_baselines_quantization(d1):
+    """With a channel permutation the same holds up to calibration noise: the int8 weight codes and per-channel
+    scales of every conv are the baseline's, permuted (exactly), and every activation scale is the baseline's
+    within 1e-6 relative. Not exactly: calibration runs the fp32 graph, whose consumer convs sum their
+    (permuted) input channels in another order, so a calibrated max moves by fp32 ulps (measured 4e-7); on
+    ORT such a scale can then round an int8 code one step apart, and that step propagates to later
+    layers, so the outputs are compared through the parameters, not bitwise."""
+    base = d1["int8"]["baseline"]
+    for key in ("perm_split", "perm_merged"):
+        q = d1["int8"][key]
+        a, b = _act_scales(q), _act_scales(base)
+        # the same distinct activation scales (a split conv repeats its one scale on each branch and the Concat)
+        assert all(any(abs(v / u - 1) <= 1e-6 for u in b) for v in a), key
+        assert all(any(abs(v / u - 1) <= 1e-6 for u in a) for v in b), key
+        wa, wb = _weight_codes(q), _weight_codes(base)
+        assert len(wa) == len(wb)
+        for (ca, sa), (cb, sb) in zip(wa, wb):
+            np.testing.assert_array_equal(ca, cb)
+            np.testing.assert_array_equal(sa, sb)
+
+
+def _inits(model) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_qdq_structure_one_scale_per_transformed_conv(d1):
+    """Read from the graph itself: every Concat's inputs and output are dequantized/quantized with one scale
+    (the baseline conv's), and every conv's weight is int8 with one scale per output channel."""
+    q, inits = d1["int8"]["perm_split"], _inits(d1["int8"]["perm_split"])
+    producer = {o: n for n in q.graph.node for o in n.output}
+    concats = [n for n in q.graph.node if n.op_type == "Concat"]
+    assert len(concats) == sum(1 for n in d1["fp32"]["perm_split"].graph.node if n.op_type == "Concat") == len(BACKBONES["resnet18"].convs)
+    for c in concats:
+        scales = {float(inits[producer[t].input[1]]) for t in c.input}
+        scales |= {float(inits[n.input[1]]) for n in q.graph.node if n.op_type == "QuantizeLinear" and c.output[0] in n.input}
+        assert len(scales) == 1, (c.name, scales)
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    for conv in convs:
+        dq = producer[conv.input[1]]
+        w, s = inits[dq.input[0]], inits[dq.input[1]]
+        assert dq.op_type == "DequantizeLinear" and w.dtype == np.int8 and s.shape == (w.shape[0],)
+        assert not any(n.op_type == "DequantizeLinear" and n.output[0] == conv.input[2] for n in q.graph.node)  # float bias
+    audit = qdq_audit(q)
+    assert (audit["transformed_convs"], audit["one_scale"], audit["passed"]) == (len(concats), len(concats), True)
+    assert audit["per_channel_int8_weights"] == audit["convs"] == len(convs)
+    # the audit fails a graph quantized without shared scales
+    assert qdq_audit(d1["int8"]["split_unshared"])["one_scale"] == 0
+
+
+def test_preprocess_is_the_detector_transform():
+    """Fitting a 96x128 image into 64x96 scales it by min(64/96, 96/128): torchvision's transform with
+    min_size 64 / max_size 96 does the same, then pads to a multiple of 32 (64x96)."""
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0))
+    t = GeneralizedRCNNTransform(64, 96, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]).eval()
+    ref = t([image])[0].tensors[0]
+    got = preprocess(image, (64, 96))
+    assert got.shape == (3, 64, 96) == tuple(ref.shape)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-5)
+    assert np.all(got[:, :, 86:] == 0)  # 128 * 2/3 = 85.3 -> 85 columns, zero padding on the right
+
+
+@pytest.fixture(scope="module")
+def example_int8(tmp_path_factory):
+    """The ResNet-18 example and its baseline, quantized, written to files (OpenVINO and TensorRT read them)."""
+    from natsdeploy.arch import load_arch
+    from natsdeploy.models.build import build_trunks
+
+    arch = load_arch(EXAMPLES / "resnet18_nats_c.json")
+    t, b, _ = build_trunks(arch, None, 0)
+    fp32 = {"model": trunk_to_onnx(rewrite(fold_trunk(t)), input_shape=SHAPE),
+            "baseline": trunk_to_onnx(rewrite(fold_trunk(b)), input_shape=SHAPE)}
+    q = quantize_pair(fp32, lambda: iter(_inputs()))
+    out = tmp_path_factory.mktemp("int8")
+    for k, m in q.items():
+        (out / f"{k}.onnx").write_bytes(m.SerializeToString())
+    return {"dir": out, "int8": q, "fp32": fp32}
+
+
+def test_openvino_runs_the_convs_in_int8(example_int8):
+    """OpenVINO's runtime model: every Convolution runs i8/u8 (not f32) for the QDQ graphs; the fp32 graph's
+    convs run f32, so the check can fail."""
+    from natsdeploy.export.int8_report import openvino_conv_precisions
+
+    for key in ("model", "baseline"):
+        ov = openvino_conv_precisions(example_int8["int8"][key], threads=2)
+        assert ov["all_int8"] and ov["convs"] > 0, ov
+        assert set(ov["precisions"]) <= {"i8", "u8"}
+    fp32 = openvino_conv_precisions(example_int8["fp32"]["model"], threads=2)
+    assert not fp32["all_int8"] and fp32["int8_convs"] == 0
+
+
+@pytest.mark.skipif(not trt_importable(), reason="no TensorRT Python API (tensorrt or tensorrt_rtx) importable")
+def test_tensorrt_parses_the_qdq_graphs(example_int8, tmp_path):
+    """TensorRT's ONNX parser takes the QDQ graphs as written (float biases, symmetric int8). Building an
+    engine is reported in one line either way; where it builds, its convs read int8."""
+    from natsdeploy.export.tensorrt import parse_onnx, require_tensorrt
+    from natsdeploy.export.tensorrt_export import int8_engine_check
+
+    api = require_tensorrt("auto")
+    for key in ("model", "baseline"):
+        parsed = parse_onnx(api, example_int8["dir"] / f"{key}.onnx")
+        assert parsed.ok, parsed.errors
+        r = int8_engine_check(api, example_int8["dir"] / f"{key}.onnx", tmp_path / f"{key}.engine")
+        assert r["parse"].startswith("ok") and "\n" not in r["build"]
+        if r["build"].startswith("ok"):
+            assert r["conv_inputs"].get("Int8", 0) == sum(r["conv_inputs"].values()) > 0, r

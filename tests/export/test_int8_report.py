@@ -1,0 +1,130 @@
+"""`natsdeploy export --precision int8`: the written QDQ graphs, the report's `int8` section, bad calibration data."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from natsdeploy.cli import main
+from natsdeploy.verify.count import count_onnx
+from tests.conftest import EXAMPLES
+from tests.helpers import assert_exit_2
+
+ARCH = EXAMPLES / "resnet18_nats_c.json"
+SHAPE = "1x3x64x96"
+
+
+@pytest.fixture(scope="module")
+def data(synth_coco) -> str:
+    """4 train / 2 val images of 96x128."""
+    return synth_coco(train_images=4, val_images=2)
+
+
+@pytest.fixture(scope="module")
+def exported(module_tmp, data):
+    """One export shared by the module; --latency-pairs 1 is a smoke run of the timing path, not a measurement."""
+    out = module_tmp("int8-export") / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["export", str(ARCH), "--input-shape", SHAPE, "--precision", "int8", "--calibration", data,
+                   "--calibration-images", "4", "--latency-pairs", "1", "--warmup-s", "0", "--out", str(out)])
+    return {"rc": rc, "out": out, "report": json.loads((out / "report.json").read_text()), "printed": printed.getvalue()}
+
+
+def test_writes_qdq_graphs_and_passes(exported):
+    r = exported["report"]
+    assert exported["rc"] == 0 and r["verdict"]["passed"] and r["verdict"]["int8_passed"]
+    assert r["export"]["precision"] == "int8"
+    for key in ("model", "baseline"):
+        m = onnx.load(str(exported["out"] / f"{key}.onnx"))
+        ops = {n.op_type for n in m.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+        assert any(t.data_type == onnx.TensorProto.INT8 for t in m.graph.initializer)
+    s = r["int8"]
+    assert s["calibration"]["images"] == 4 and s["calibration"]["split"] == "train"
+    assert s["accuracy"]["evaluated_on"] == "2 images of the val split"
+
+
+def test_sqnr_bounds_for_model_and_baseline(exported):
+    """ORT parity of int8 against the fp32 graph: random weights and 4 synthetic calibration images give
+    about 27-32 dB; bound 20 dB (0.1 of max|ref|), and the model within 1 dB of the baseline (the verdict)."""
+    a = exported["report"]["int8"]["accuracy"]
+    for key in ("model", "baseline"):
+        assert set(a[key]) == {"c2", "c3", "c4", "c5"}
+        for out, v in a[key].items():
+            assert math.isfinite(v["sqnr_db"]) and v["sqnr_db"] >= 20, (key, out, v)
+            assert 0 < v["rel_err"] <= 0.1, (key, out, v)
+    gaps = [a["baseline"][o]["sqnr_db"] - a["model"][o]["sqnr_db"] for o in a["model"]]
+    v = exported["report"]["int8"]["verdict"]
+    assert v["worst_sqnr_gap_db"] == pytest.approx(max(gaps)) and v["passed"] == (max(gaps) <= v["sqnr_margin_db"])
+
+
+def test_cost_unchanged_weights_counted_once(exported):
+    """The QDQ graphs count the params and MACs of the fp32 graphs: each int8 weight once, no scale or zero point."""
+    r = exported["report"]
+    c = r["int8"]["cost"]
+    assert c["unchanged"] and c["equal"]
+    for key in ("model", "baseline"):
+        assert c[key] == r["cost"][key]
+        counted = count_onnx(exported["out"] / f"{key}.onnx")
+        assert (counted.params, counted.macs) == (r["cost"][key]["params"], r["cost"][key]["macs"])
+        m = onnx.load(str(exported["out"] / f"{key}.onnx"))
+        int8_weights = sum(int(np.prod(t.dims)) for t in m.graph.initializer
+                           if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("_quantized"))
+        assert 0 < int8_weights < counted.params  # weights plus float biases
+
+
+def test_qdq_and_openvino_in_the_report(exported, capsys):
+    s = exported["report"]["int8"]
+    q = s["qdq"]["model"]
+    assert q["transformed_convs"] == q["one_scale"] > 0 and q["per_channel_int8_weights"] == q["convs"]
+    for key in ("model", "baseline"):
+        assert s["openvino"][key]["all_int8"], s["openvino"]
+
+
+def test_printed_table_and_latency(exported):
+    """The table shows both rows, the QDQ and OpenVINO lines and the int8 verdict; both runtimes' int8
+    model/baseline ratios and int8/fp32 speed-ups are in the report."""
+    out = exported["printed"]
+    for text in ("SQNR dB", "int8 verdict: PASS", "onnxruntime", "openvino", "int8 model/baseline", "convs in i8/u8",
+                 "transformed convs read one activation scale"):
+        assert text in out, text
+    lat = exported["report"]["int8"]["latency"]
+    assert lat["pairs"] == 1 and lat["input_shape"] == [1, 3, 64, 96]
+    for rt in ("onnxruntime", "openvino"):
+        assert lat[rt]["int8_model_over_int8_baseline"]["ratio"]["median"] > 0
+        assert lat[rt]["model_speedup"] > 0 and lat[rt]["baseline_speedup"] > 0
+
+
+@pytest.mark.parametrize("extra,contains", [
+    ([], "--calibration: got nothing"),
+    (["--calibration", "NOWHERE"], "--calibration: got 'NOWHERE'"),
+    (["--calibration", "DATA", "--calibration-images", "5"], "--calibration-images: got 5, expected at most 4"),
+    (["--calibration", "DATA", "--calibration-images", "four"], "--calibration-images: got 'four'"),
+    (["--calibration", "DATA", "--calibration-images", "0"], "--calibration-images: got '0'"),
+    (["--calibration", "DATA", "--dynamic"], "--dynamic"),
+    (["--calibration", "DATA", "--form", "rows"], "--form: got 'rows' with --precision int8"),
+])
+def test_bad_calibration_exits_2_and_writes_nothing(data, tmp_path, capsys, extra, contains):
+    out = tmp_path / "out"
+    argv = ["export", str(ARCH), "--input-shape", SHAPE, "--precision", "int8", "--out", str(out)]
+    assert_exit_2(argv + [data if a == "DATA" else str(tmp_path / a) if a == "NOWHERE" else a for a in extra],
+                  capsys, contains=contains.replace("'NOWHERE'", repr(str(tmp_path / "NOWHERE"))), absent=[out])
+
+
+def test_calibration_without_int8_exits_2(data, tmp_path, capsys):
+    assert_exit_2(["export", str(ARCH), "--calibration", data, "--out", str(tmp_path / "o")], capsys,
+                  contains="--calibration: got", absent=[tmp_path / "o"])
+
+
+def test_folder_without_annotations_exits_2(tmp_path, capsys):
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    assert_exit_2(["export", str(ARCH), "--input-shape", SHAPE, "--precision", "int8", "--calibration",
+                   str(tmp_path / "d"), "--out", str(tmp_path / "o")], capsys, contains="annotation",
+                  absent=[tmp_path / "o"])
