@@ -171,6 +171,8 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                                                       input_shape=shape, aux_streams=trt_aux_streams,
                                                       split_names=[s.name for s in splits if len(s.branches) > 1])
         files.update({f"{k}_engine": Path(report["tensorrt"][k]["engine"]) for k in ("model", "baseline")})
+        audit = report["tensorrt"]["model"]["concat_audit"]["passed"]  # the design's claim: no Concat survives
+        report["verdict"].update(tensorrt_audit_passed=audit, passed=report["verdict"]["passed"] and audit)
         atomic_write_text(files["report"], json.dumps(report, indent=2, default=_json_default) + "\n")
     return result
 
@@ -261,7 +263,7 @@ def format_report(report: dict) -> str:
     v = report["verdict"]
     lines.append("verdict: PASS (cost equal, numerics within tolerance)" if v["passed"] else
                  f"verdict: FAIL (cost equal: {v['cost_equal']}, parity passed: {v['parity_passed']}"
-                 f"{', int8 passed: %s' % v['int8_passed'] if 'int8_passed' in v else ''})")
+                 + "".join(f", {k.replace('_', ' ')}: {v[k]}" for k in ("int8_passed", "tensorrt_audit_passed") if k in v) + ")")
     return "\n".join(lines)
 
 

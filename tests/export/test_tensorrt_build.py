@@ -141,6 +141,30 @@ def test_export_engine_function_form_resnet50(r50_engine, capsys):
     assert set(t["model"]["stream_sync"]) == {"wait", "signal"}
     if not _gpu():
         assert t["run"] == "built, not run (no GPU)"
+    verdict = json.loads((out / "report.json").read_text())["verdict"]
+    assert verdict["tensorrt_audit_passed"] and verdict["passed"]
+
+
+def test_a_surviving_concat_fails_the_export(monkeypatch, tmp_path, capsys):
+    """The Concat audit is part of the verdict: an engine that copies a conv's branches exits 1."""
+    from natsdeploy.cli import main
+    from natsdeploy.export import tensorrt_audit
+
+    real = tensorrt_audit.audit_concats
+
+    def one_copy(layers, names):
+        out = real(layers, names)
+        first = next(iter(out))
+        out[first] = {**out[first], "eliminated": False}
+        return out
+
+    monkeypatch.setattr(tensorrt_audit, "audit_concats", one_copy)
+    code = main(["export", str(EXAMPLES / "resnet18_nats_c.json"), "--engine", "--input-shape", "1x3x64x96",
+                 "--latency-pairs", "0", "--openvino", "off", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    verdict = json.loads((tmp_path / "o" / "report.json").read_text())["verdict"]
+    assert code == 1 and not verdict["tensorrt_audit_passed"] and not verdict["passed"]
+    assert "verdict: FAIL" in out and "tensorrt audit passed: False" in out
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="torch.cuda.is_available() is False: "
