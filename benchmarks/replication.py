@@ -1,20 +1,25 @@
-"""Small-scale NATS replication on the synthetic multi-scale set: baseline vs searched arch, one recipe.
+"""Small-scale NATS replication on the synthetic multi-scale set, with controls: arms under one recipe.
 
-The paper's pipeline, shrunk to what a 2-core CPU finishes in about an hour:
+The paper's pipeline, shrunk to what a 2-core CPU can run:
 
 1. **pretrain** - there is no network for ImageNet weights, so the "pretrained" backbone is a
    baseline ResNet-18 Faster R-CNN trained from its initialisation (trainable BN, every layer) on a
    *separate* synthetic set (other seed); its backbone is saved in torchvision layout.
-2. **search** - `natsdeploy search` (NATS-C, channel-level super-net) from those weights on the
-   target training split -> `arch.json`.
-3. **retrain** - `natsdeploy train` of the baseline and of the searched arch from the same weights
-   (weight transfer, paper 3.4), frozen BN and stem, identical recipe, for each seed; pycocotools AP,
-   AP50, AP75, APs, APm, APl on the target val split after the last epoch.
+2. **search** - `natsdeploy search` (NATS-C, 16 groups, channel-level super-net) from those weights on
+   the target training split: softmax for `--search-epochs`, and gumbel `local` for `--gumbel-epochs`
+   (its per-epoch decodes, `history.json` -> `changed_filters`, show when the arch stopped changing).
+3. **retrain** - `natsdeploy train` of each arm from the same weights (weight transfer, paper 3.4),
+   frozen BN and stem, identical recipe, for each seed; pycocotools AP, AP50, AP75, APs, APm, APl on
+   the target val split after every epoch. Arms (`--arms`, run in the order given): baseline; random
+   (a new uniform draw from NATS-C per seed, `natsdeploy.search.decode.sample_arch`); gumbel; softmax;
+   gumbel_a32 (`decode --align 32` of the gumbel search); hand_d2_layer4 (dilation 2 on every layer4
+   3x3 conv).
 
 Every stage is a `natsdeploy` command (printed and recorded); a stage whose output exists is skipped
 (train stages resume), so an interrupted run continues. Outputs are keyed by folder only: after
-changing any setting, use a new `--work`. Results: `results/replication.json` and
-`results/replication.md`. Whatever comes out is reported as measured.
+changing any setting, use a new `--work`. Results (rewritten after every pair of runs, so partial
+results are readable): `results/replication_controls.{json,md}` with per-arm mean ± std, paired
+differences against baseline and random with a Student-t interval, and the searches' convergence.
 
     python benchmarks/replication.py --work /tmp/nats-replication
 """
@@ -33,6 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+ARMS = ("baseline", "random", "gumbel", "softmax", "gumbel_a32", "hand_d2_layer4")
 
 
 def _run(cmd: list[str], log: Path) -> float:
@@ -96,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6, help="retrain epochs (lr / 10 at 8/13 and 11/13 of them)")
     p.add_argument("--jobs", type=int, default=2, help="retrain runs at once (each with threads = cores / jobs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", default=str(HERE / "results" / "replication"), help="result path stem")
+    p.add_argument("--gumbel-epochs", type=int, default=12, help="gumbel search epochs (convergence: see history.json)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), help=f"in priority order, from {ARMS}")
+    p.add_argument("--out", default=str(HERE / "results" / "replication_controls"), help="result path stem")
     a = p.parse_args(argv)
 
     work = Path(a.work)
@@ -144,60 +152,174 @@ def main(argv: list[str] | None = None) -> int:
     commands.append(f"python -c \"import torch, natsdeploy.train as t; torch.save(t.backbone_weights('{pre}/checkpoint.pth'), "
                     f"'{weights}')\"")
 
-    search = work / "search"
-    stage("search", _nd("search", "--backbone", a.backbone, "--data", str(tgt), "--weights", str(weights),
-                        "--preset", "NATS-C", "--epochs", str(a.search_epochs), "--warmup-epochs",
-                        str(a.search_warmup_epochs), "--seed", "0", "--resume", "--out", str(search),
-                        "--min-size", str(a.min_size), "--max-size", str(a.max_size), "--batch-size",
-                        str(a.batch_size), *heads, "--no-progress"), search / "arch.json")
+    # the searches: softmax (the paper's super-net, today's default run) and gumbel `local` for longer, at once
+    searches = {"softmax": (work / "search", ["--epochs", str(a.search_epochs)]),
+                "gumbel": (work / "search_gumbel", ["--sampling", "gumbel", "--estimator", "local",
+                                                    "--epochs", str(a.gumbel_epochs)])}
+    todo_search = []
+    for kind, (out, extra) in searches.items():
+        if kind not in a.arms and not (kind == "gumbel" and "gumbel_a32" in a.arms):
+            continue
+        cmd = _nd("search", "--backbone", a.backbone, "--data", str(tgt), "--weights", str(weights),
+                  "--preset", "NATS-C", "--groups", "16", *extra, "--warmup-epochs", str(a.search_warmup_epochs),
+                  "--seed", "0", "--resume", "--out", str(out), "--min-size", str(a.min_size), "--max-size",
+                  str(a.max_size), "--batch-size", str(a.batch_size), *heads, "--no-progress")
+        commands.append("natsdeploy " + " ".join(cmd[3:]))
+        if not (out / "arch.json").exists():
+            todo_search.append((f"search {kind}", cmd, out))
+    threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if todo_search:
+        seconds.update(_run_parallel(todo_search, env))
 
-    runs: dict[str, dict[int, dict]] = {"baseline": {}, "searched": {}}
+    arch_of: dict[str, dict[int, Path | None]] = {}
+    for arm in a.arms:
+        arch_of[arm] = {}
+        for seed in a.seeds:
+            if arm == "baseline":
+                arch_of[arm][seed] = None
+            elif arm in ("softmax", "gumbel"):
+                arch_of[arm][seed] = searches[arm][0] / "arch.json"
+            elif arm == "gumbel_a32":
+                path = work / "search_gumbel" / "arch_a32.json"
+                if seed == a.seeds[0]:
+                    stage("decode gumbel a32", _nd("decode", str(work / "search_gumbel" / "checkpoint.pth"),
+                                                   "--align", "32", "-o", str(path)), path)
+                arch_of[arm][seed] = path
+            elif arm == "random":  # a new uniform draw per seed (recorded), seed 1000 + retrain seed
+                path = work / "random" / f"arch_seed{seed}.json"
+                if not path.exists():
+                    from natsdeploy.search.decode import sample_arch
+
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    sample_arch(a.backbone, preset="NATS-C", groups=16, seed=1000 + seed).save(path)
+                commands.append(f"python -c \"from natsdeploy.search.decode import sample_arch; sample_arch("
+                                f"'{a.backbone}', preset='NATS-C', groups=16, seed={1000 + seed}).save('{path}')\"")
+                arch_of[arm][seed] = path
+            elif arm == "hand_d2_layer4":  # dilation 2 on every layer4 3x3 conv, one branch each
+                path = work / "hand" / "arch.json"
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _hand_arch(a.backbone).save(path)
+                arch_of[arm][seed] = path
+            else:
+                raise SystemExit(f"--arms: got {arm!r}, expected some of {ARMS}")
+
     todo = []
-    for seed in a.seeds:
-        for kind in runs:
-            out = work / f"{kind}_seed{seed}"
-            arch = [str(search / "arch.json")] if kind == "searched" else ["--backbone", a.backbone]
+    for arm in a.arms:  # arms in the given order (priority), their seeds together
+        for seed in a.seeds:
+            out = work / f"{arm}_seed{seed}"
+            arch = [str(arch_of[arm][seed])] if arch_of[arm][seed] else ["--backbone", a.backbone]
             cmd = _nd("train", *arch, "--data", str(tgt), "--weights", str(weights), "--epochs", str(a.epochs),
                       *sched(a.epochs), "--warmup-iters", "50", "--seed", str(seed), "--resume", "--out", str(out),
                       *common)
             commands.append("natsdeploy " + " ".join(cmd[3:]))
             if not (out / "metrics.json.done").exists():
-                todo.append((f"{kind} seed {seed}", cmd, out))
-    threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+                todo.append((f"{arm} seed {seed}", cmd, out))
     for i in range(0, len(todo), max(1, a.jobs)):  # a.jobs runs at a time, each on its own cores
         seconds.update(_run_parallel(todo[i:i + a.jobs], env))
-    for seed in a.seeds:
-        for kind in runs:
-            metrics = json.loads((work / f"{kind}_seed{seed}" / "metrics.json").read_text())
-            runs[kind][seed] = {"final": {k: metrics[-1][k] for k in METRICS},
-                                "per_epoch_AP": [m["AP"] for m in metrics]}
+        _write(a, work, arch_of, commands, seconds, threads)
+    _write(a, work, arch_of, commands, seconds, threads)
+    return 0
 
+
+def _hand_arch(backbone: str):
+    """Dilation 2 on every 3x3 conv of layer4 (one branch: no permutation needed), a classic hand-made scheme."""
+    from natsdeploy.arch import Arch, Branch, ConvTransform
+    from natsdeploy.specs import BACKBONES
+
+    spec = BACKBONES[backbone]
+    convs = {n: ConvTransform((Branch((2, 2), info.out_channels),)) for n, info in spec.convs.items()
+             if info.stage == "layer4"}
+    return Arch(backbone=backbone, convs=convs, provenance={"hand_made": "dilation 2 on every layer4 3x3 conv"})
+
+
+def _t_interval(diffs: list[float]) -> list[float] | None:
+    """Two-sided 95% Student-t interval of the mean paired difference (n seeds, n - 1 dof)."""
+    if len(diffs) < 2:
+        return None
+    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}.get(len(diffs) - 1, 2.0)
+    m, s = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = t * s / len(diffs) ** 0.5
+    return [m - half, m + half]
+
+
+def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str, float], threads: int) -> None:
+    """Write results/…{json,md} from every finished run (partial while runs remain)."""
+    runs: dict[str, dict[int, dict]] = {}
+    for arm in a.arms:
+        for seed in a.seeds:
+            out = work / f"{arm}_seed{seed}"
+            if not (out / "metrics.json.done").exists():
+                continue
+            metrics = json.loads((out / "metrics.json").read_text())
+            arch_path = arch_of[arm][seed]
+            runs.setdefault(arm, {})[seed] = {
+                "final": {k: metrics[-1][k] for k in METRICS}, "per_epoch_AP": [m["AP"] for m in metrics],
+                "per_epoch_APl": [m.get("APl") for m in metrics],
+                "arch": None if arch_path is None else {"path": str(arch_path),
+                                                        "dilation_mix": _mix(json.loads(arch_path.read_text()))}}
     summary = {}
-    for kind, by_seed in runs.items():
-        summary[kind] = {}
+    for arm, by_seed in runs.items():
+        summary[arm] = {}
         for k in METRICS:
             vals = [r["final"][k] for r in by_seed.values()]
             defined = [v for v in vals if v >= 0]  # -1: pycocotools' "no ground truth in that range"
-            summary[kind][k] = {"mean": statistics.fmean(defined) if defined else None,
-                                "std": statistics.stdev(defined) if len(defined) > 1 else None, "values": vals}
-    delta = {k: [(runs["searched"][s]["final"][k] - runs["baseline"][s]["final"][k])
-                 if min(runs["searched"][s]["final"][k], runs["baseline"][s]["final"][k]) >= 0 else None
-                 for s in a.seeds] for k in METRICS}
-    arch_doc = json.loads((search / "arch.json").read_text())
-    record = {"config": vars(a), "jobs_note": f"retrain runs {a.jobs} at a time, {threads} thread(s) each", "commands": commands, "stage_seconds": seconds, "runs": runs, "summary": summary,
-              "delta_searched_minus_baseline_per_seed": delta,
-              "searched_arch": {"path": str(search / "arch.json"), "convs": len(arch_doc.get("convs", {})),
-                                "dilation_mix": _mix(arch_doc)},
+            summary[arm][k] = {"mean": statistics.fmean(defined) if defined else None,
+                               "std": statistics.stdev(defined) if len(defined) > 1 else None, "values": vals}
+    paired = {}
+    for ref in ("baseline", "random"):
+        for arm in runs:
+            if arm == ref or ref not in runs:
+                continue
+            seeds = [s for s in a.seeds if s in runs[arm] and s in runs[ref]]
+            paired[f"{arm} - {ref}"] = {k: {"per_seed": [runs[arm][s]["final"][k] - runs[ref][s]["final"][k]
+                                                          for s in seeds],
+                                            "mean": statistics.fmean([runs[arm][s]["final"][k] - runs[ref][s]["final"][k]
+                                                                      for s in seeds]) if seeds else None,
+                                            "t95": _t_interval([runs[arm][s]["final"][k] - runs[ref][s]["final"][k]
+                                                                for s in seeds])}
+                                        for k in METRICS}
+    search = {}
+    for kind, folder in (("softmax", "search"), ("gumbel", "search_gumbel")):
+        hist = work / folder / "history.json"
+        if hist.exists():
+            h = json.loads(hist.read_text())
+            changes = [e.get("changed_filters") for e in h]
+            search[kind] = {"epochs": len(h), "changed_filters_per_epoch": changes, "filters": h[-1].get("filters"),
+                            "converged_from_epoch": _converged_from(h),
+                            "arch_mix": _mix(json.loads((work / folder / "arch.json").read_text()))}
+    record = {"config": vars(a), "jobs_note": f"retrain runs {a.jobs} at a time, {threads} thread(s) each",
+              "commands": commands, "stage_seconds": seconds, "runs": runs, "summary": summary,
+              "paired_differences": paired, "searches": search,
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count()},
-              "metric_scale": "AP points (0-100), pycocotools bbox; -1 = undefined"}
+                          "cpus": os.cpu_count(), "cpu": _cpu_name()},
+              "metric_scale": "AP points (0-100), pycocotools bbox; -1 = undefined",
+              "interval": "t95: two-sided 95% Student-t interval of the mean paired difference over seeds"}
     stem = Path(a.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     stem.with_suffix(".md").write_text(_table(record) + "\n")
-    print(_table(record))
-    return 0
+    print(_table(record), flush=True)
+
+
+def _converged_from(history: list[dict]) -> int | None:
+    """First epoch after which the decoded arch never changed again (None: it changed in the last epoch)."""
+    last_change = 0
+    for e in history:
+        if e.get("changed_filters") not in (0, None):
+            last_change = e["epoch"]
+    return None if last_change == history[-1]["epoch"] else last_change
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _mix(arch_doc: dict) -> dict[str, int]:
@@ -212,15 +334,19 @@ def _mix(arch_doc: dict) -> dict[str, int]:
 
 def _table(r: dict) -> str:
     seeds = r["config"]["seeds"]
-    lines = [f"| arch | {' | '.join(METRICS)} |", "| --- |" + " --- |" * len(METRICS)]
-    for kind in ("baseline", "searched"):
-        s = r["summary"][kind]
-        lines.append(f"| {kind} (mean ± std over seeds {seeds}) | "
+    lines = [f"| arm | {' | '.join(METRICS)} |", "| --- |" + " --- |" * len(METRICS)]
+    for arm, s in r["summary"].items():
+        n = len(r["runs"][arm])
+        lines.append(f"| {arm} (mean ± std, {n} of seeds {seeds}) | "
                      + " | ".join("n/a" if s[k]["mean"] is None else
                                   f"{s[k]['mean']:.2f} ± {s[k]['std'] or 0.0:.2f}" for k in METRICS) + " |")
-    d = r["delta_searched_minus_baseline_per_seed"]
-    lines.append("| searched − baseline, per seed | "
-                 + " | ".join(", ".join("n/a" if v is None else f"{v:+.2f}" for v in d[k]) for k in METRICS) + " |")
+    for name, d in r["paired_differences"].items():
+        lines.append(f"| {name}, mean [t95] (per seed) | "
+                     + " | ".join("n/a" if d[k]["mean"] is None else
+                                  f"{d[k]['mean']:+.2f} "
+                                  + ("" if d[k]["t95"] is None else f"[{d[k]['t95'][0]:+.2f}, {d[k]['t95'][1]:+.2f}] ")
+                                  + "(" + ", ".join(f"{v:+.2f}" for v in d[k]["per_seed"]) + ")"
+                                  for k in METRICS) + " |")
     return "\n".join(lines)
 
 

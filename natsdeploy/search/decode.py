@@ -11,7 +11,7 @@ from natsdeploy.arch import Arch, Branch, ConvTransform
 from natsdeploy.errors import ArchError
 from natsdeploy.specs import BACKBONES, ConvInfo
 
-__all__ = ["PRESETS", "genotypes", "decode", "groups_per_unit"]
+__all__ = ["PRESETS", "genotypes", "decode", "groups_per_unit", "sample_arch"]
 
 _C34 = ((1, 1), (2, 2), (3, 3), (1, 3), (3, 1))
 _C5 = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (1, 3), (3, 1), (1, 5), (5, 1))
@@ -121,3 +121,30 @@ def searchable_convs(backbone: str, stages: Sequence[str] = ("layer2", "layer3",
     """3x3 convs a search transforms: those whose output can be reordered, in the given stages."""
     spec = BACKBONES[backbone]
     return [n for n, info in spec.convs.items() if info.stage in stages and info.permutable]
+
+
+def sample_arch(backbone: str, *, preset: str = "NATS-C", groups: int = 16, seed: int,
+                stages: Sequence[str] = ("layer2", "layer3", "layer4")) -> Arch:
+    """A uniform draw from the search space: every group of every searchable conv takes one of its
+    stage's genotypes with equal probability, decoded by the same rule as a search (the random
+    control of a search; `provenance.random_seed` records the draw)."""
+    import random
+
+    import numpy as np
+
+    if backbone not in BACKBONES:
+        raise ArchError(f"backbone: got {backbone!r}, expected one of {sorted(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    rng = random.Random(seed)
+    alphas = {}
+    for name in searchable_convs(backbone, stages):
+        genos = genotypes(preset, spec.convs[name].stage)
+        if groups < 1 or spec.convs[name].out_channels % groups:
+            raise ArchError(f"groups: got {groups}, expected a divisor of {spec.convs[name].out_channels} ({name})")
+        one_hot = np.zeros((groups, len(genos)))
+        one_hot[np.arange(groups), [rng.randrange(len(genos)) for _ in range(groups)]] = 1.0
+        alphas[name] = one_hot
+    arch = decode(alphas, backbone, preset)
+    prov = {k: v for k, v in arch.provenance.items() if k != "alpha_softmax"}
+    prov["random_seed"] = seed
+    return Arch(backbone=arch.backbone, convs=arch.convs, provenance=prov)

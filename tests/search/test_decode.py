@@ -6,6 +6,7 @@ import torch
 
 from natsdeploy import ArchError
 from natsdeploy.search.decode import PRESETS, decode
+from natsdeploy.specs import BACKBONES
 
 C34 = PRESETS["NATS-C"]["layer2"]  # (1,1), (2,2), (3,3), (1,3), (3,1)
 
@@ -193,3 +194,33 @@ def test_decode_is_importable_from_the_package():
     import natsdeploy
 
     assert natsdeploy.decode is decode
+
+
+def test_sample_arch_is_a_seeded_uniform_draw_from_the_space():
+    from collections import Counter
+
+    from natsdeploy.search.decode import sample_arch, searchable_convs
+
+    a, b, c = (sample_arch("resnet50", preset="NATS-C", groups=16, seed=s) for s in (3, 3, 4))
+    assert a == b and a != c and a.provenance["random_seed"] == 3
+    assert sorted(a.convs) == sorted(searchable_convs("resnet50"))
+    counts: Counter = Counter()
+    for seed in range(40):  # 40 draws x 4 layer4 convs x 16 groups = 2560 group choices over 9 genotypes
+        arch = sample_arch("resnet50", preset="NATS-C", groups=16, seed=seed)
+        for name, ct in arch.convs.items():
+            if name.startswith("layer4"):
+                w = BACKBONES["resnet50"].convs[name].out_channels // 16
+                for br in ct.branches:
+                    counts[br.dilation] += br.channels // w
+    assert set(counts) == set(PRESETS["NATS-C"]["layer4"])
+    expected = sum(counts.values()) / len(counts)
+    # uniform: each genotype's count within 5 binomial standard deviations of n/9
+    sd = (sum(counts.values()) * (1 / 9) * (8 / 9)) ** 0.5
+    assert all(abs(v - expected) < 5 * sd for v in counts.values()), counts
+
+
+def test_sample_arch_rejects_groups_that_do_not_divide():
+    from natsdeploy.search.decode import sample_arch
+
+    with pytest.raises(ArchError, match=r"groups: got 7, expected a divisor of"):
+        sample_arch("resnet18", groups=7, seed=0)
