@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def _run(args: list[str], *, kill_after: float | None = None, kill_at_replace: str | None = None, cwd: Path):
+    """Exit status and stderr; with `kill_after`, SIGKILL after that many seconds (if still running)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", _KILL_AT_REPLACE, kill_at_replace] if kill_at_replace else \
         [sys.executable, "-m", "natsdeploy.cli"]
@@ -332,13 +334,15 @@ def test_train_killed_while_writing_or_at_random_moments_leaves_complete_checkpo
     out = tmp_path / "run"
     assert main(_train_args(tiny_synth, out, 1)) == 0  # epoch 1, in this process (no start-up cost)
     before = (out / "checkpoint.pth").read_bytes()
+    t0 = time.perf_counter()
     rc, _ = _run(_train_args(tiny_synth, out, 2), kill_at_replace="checkpoint.pth", cwd=tmp_path)
+    span = time.perf_counter() - t0  # start-up to the checkpoint's replace: a whole run on this machine
     assert rc == -signal.SIGKILL
     assert (out / "checkpoint.pth").read_bytes() == before  # the new one was written but never took its place
     _assert_complete(out)
     rng = random.Random(12)
-    for epochs in (2, 3):  # each run resumes the last; killed in start-up, data, model, a step or a write
-        _run(_train_args(tiny_synth, out, epochs), kill_after=rng.uniform(4.0, 25.0), cwd=tmp_path)
+    for epochs in (2, 3):  # each run resumes the last; killed within its span: start-up, data, model, a step, a write
+        _run(_train_args(tiny_synth, out, epochs), kill_after=rng.uniform(0.3, 1.0) * span, cwd=tmp_path)
         _assert_complete(out)
         assert 1 <= load_checkpoint(out / "checkpoint.pth", TRAIN)["epoch"] <= epochs
 
@@ -351,10 +355,12 @@ def _export_args(out: Path, seed: int) -> list[str]:
 def test_export_killed_while_writing_or_at_random_moments_leaves_complete_files(tmp_path):
     out = tmp_path / "e"
     assert main(_export_args(out, 0)) == 0
+    t0 = time.perf_counter()
     rc, _ = _run(_export_args(out, 1), kill_at_replace="baseline.onnx", cwd=tmp_path)
+    span = time.perf_counter() - t0  # start-up to the last file's replace: nearly a whole run
     assert rc == -signal.SIGKILL  # model.onnx already replaced, baseline.onnx not: each file old or new, whole
     assert sorted(_assert_complete(out)) == ["baseline.onnx", "model.onnx", "report.json"]
     rng = random.Random(7)
-    for seed in (2, 3):
-        _run(_export_args(out, seed), kill_after=rng.uniform(4.0, 18.0), cwd=tmp_path)
+    for seed in (2, 3):  # killed at a random moment within a run's span
+        _run(_export_args(out, seed), kill_after=rng.uniform(0.3, 1.0) * span, cwd=tmp_path)
         assert sorted(_assert_complete(out)) == ["baseline.onnx", "model.onnx", "report.json"]

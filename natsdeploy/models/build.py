@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +33,19 @@ def _plain_resnet(spec: BackboneSpec) -> tv_resnet.ResNet:
     """torchvision's ResNet for `spec`, initialised from the global RNG (on the meta device: shapes only)."""
     block = tv_resnet.BasicBlock if spec.block == "basic" else tv_resnet.Bottleneck
     return tv_resnet.ResNet(block, list(spec.layers), **spec.torchvision_kwargs())
+
+
+@functools.lru_cache(maxsize=None)
+def _skeleton(spec: BackboneSpec) -> tv_resnet.ResNet:
+    """A meta-device `_plain_resnet(spec)`, built once per spec: callers deepcopy it (shapes only; a
+    meta construction runs every init through torch's device mode, several times slower than a copy)."""
+    with torch.device("meta"):
+        return _plain_resnet(spec)
+
+
+def _reference(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """The torchvision state dict of `spec` as meta tensors (names, shapes and dtypes)."""
+    return _skeleton(spec).state_dict()
 
 
 def _missing_init(ref: Mapping[str, torch.Tensor], missing: set[str]) -> dict[str, torch.Tensor]:
@@ -87,8 +102,7 @@ def resolve_weights(weights: Weights, spec: BackboneSpec) -> dict[str, torch.Ten
     else:
         raise WeightsError(f"weights: got {type(weights).__name__}, expected None, 'imagenet', a path or a state dict")
     sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
-    with torch.device("meta"):  # shapes only: no init work, no RNG draws
-        ref = _plain_resnet(spec).state_dict()
+    ref = _reference(spec)  # shapes only: no init work, no RNG draws
     if any(".branches." in k for k in sd):
         raise WeightsError("weights: got a transformed-layout state dict, expected torchvision layout "
                            "(convert with natsdeploy.transformed_state_dict_to_baseline)")
@@ -124,18 +138,26 @@ def build_backbone(arch: Arch, weights: Weights = None) -> tv_resnet.ResNet:
     """
     spec = arch.spec
     base_sd = resolve_weights(weights, spec)
-    if base_sd is None:
-        base_sd = _plain_resnet(spec).state_dict()
     device = torch.empty(()).device  # the default device (torch.get_default_device needs torch >= 2.3)
-    with torch.device("meta"):  # every value comes from base_sd: initialising would be wasted work
-        model = _plain_resnet(spec)
+    if base_sd is None and device.type == "meta":  # shapes only (counting): nothing to initialise
+        model, owned = copy.deepcopy(_skeleton(spec)), True
+    elif base_sd is None:
+        model = _plain_resnet(spec)  # torchvision's init; its tensors are ours, so the model keeps them
+        owned = True
+    else:
+        model = copy.deepcopy(_skeleton(spec))  # every value comes from base_sd: initialising would be wasted work
+        owned = False
+    base_sd = model.state_dict() if base_sd is None else base_sd
+    with torch.device("meta"):
         for name, ct in arch.convs.items():
             info = spec.convs[name]
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child,
                     MixedDilationConv(info.in_channels, ct.branches, stride=info.stride, groups=info.groups))
-    model = model.to_empty(device=device)
-    model.load_state_dict(transfer_weights(base_sd, arch), strict=True)
+    sd = transfer_weights(base_sd, arch)
+    # assign: no second copy of the weights; a caller's tensors are copied (never aliased) onto the device
+    sd = {k: v.to(device) if owned else v.to(device=device, copy=True) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
     return model.eval()
 
 

@@ -41,19 +41,21 @@ def transfer_weights(baseline: Mapping[str, torch.Tensor], arch: Arch) -> dict[s
     for name, ct in arch.convs.items():
         info = arch.spec.convs[name]
         perm = torch.tensor(ct.perm())
-        w = sd.pop(f"{name}.weight")[perm]
-        for b, (o, br) in enumerate(zip(ct.offsets(), ct.branches)):
-            sd[f"{name}.branches.{b}.weight"] = w[o:o + br.channels].clone()
-        for key in _BN_KEYS:
-            sd[f"{info.bn}.{key}"] = sd[f"{info.bn}.{key}"][perm].clone()
-        if info.next_conv is not None:
-            sd[f"{info.next_conv}.weight"] = sd[f"{info.next_conv}.weight"][:, perm].clone()
+        w = sd.pop(f"{name}.weight")
+        parts = torch.split(w[perm] if ct.permutation is not None else w, [br.channels for br in ct.branches])
+        for b, part in enumerate(parts):
+            sd[f"{name}.branches.{b}.weight"] = part.clone()  # its own storage (a slice would pin all of w)
+        if ct.permutation is not None:  # indexing copies: the caller's tensors are never shared
+            for key in _BN_KEYS:
+                sd[f"{info.bn}.{key}"] = sd[f"{info.bn}.{key}"][perm]
+            if info.next_conv is not None:
+                sd[f"{info.next_conv}.weight"] = sd[f"{info.next_conv}.weight"].index_select(1, perm)
         idx = input_index(ct, info)
         if idx is not None:
             it = torch.tensor(idx)
-            sd[f"{info.prev_conv}.weight"] = sd[f"{info.prev_conv}.weight"][it].clone()
+            sd[f"{info.prev_conv}.weight"] = sd[f"{info.prev_conv}.weight"][it]
             for key in _BN_KEYS:
-                sd[f"{info.prev_bn}.{key}"] = sd[f"{info.prev_bn}.{key}"][it].clone()
+                sd[f"{info.prev_bn}.{key}"] = sd[f"{info.prev_bn}.{key}"][it]
     return sd
 
 
