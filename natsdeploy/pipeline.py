@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from natsdeploy.arch import Arch, load_arch
+from natsdeploy.export.int8_cli import add_int8_arguments
 from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
 from natsdeploy.files import atomic_write_text
 from natsdeploy.shapes import UsageError, format_shape, parse_input_shape, parse_int, parse_float
@@ -47,7 +48,7 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
            latency_pairs: int = 20, warmup_s: float = 2.0, threads: int | None = None, seed: int = 0,
            engine: bool = False, precision: str = "fp32", trt: str = "auto", trt_aux_streams: int | None = None,
            target: Any = None, openvino: str | None = "f32", calibration: str | None = None,
-           calibration_images: int = 64, log=print) -> ExportResult:
+           calibration_images: int = 64, int8_activations: str = "s8", log=print) -> ExportResult:
     """Export `arch` (and its baseline) to ONNX in `out_dir` and verify cost, numerics and latency.
 
     `target` (a `natsdeploy.targets.Target` or its name; default: this machine's CPU) decides the
@@ -55,7 +56,7 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
     `openvino` (f32, bf16 or f16; None skips) adds OpenVINO CPU rows to parity and latency at that precision.
     `precision` fp16 writes fp16 graphs with fp32 inputs/outputs behind casts (`onnx_utils.to_fp16`);
     `engine` builds TensorRT engines with the API `trt` names (`natsdeploy.export.tensorrt_export`).
-    `precision` int8: QDQ graphs calibrated on `calibration` and the `int8` section (`export/int8_report.py`)."""
+    `precision` int8: QDQ graphs (`int8_activations` s8 or u8) calibrated on `calibration` (`export/int8_report.py`)."""
     import onnxruntime as ort
 
     from natsdeploy.align import alignment_entry
@@ -154,14 +155,14 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
         "machine": machine_info(),
     }
     parity_passed = parity["model"].passed and parity["baseline"].passed and (ov_parity or {}).get("passed", True)
-    report["verdict"] = {"passed": cost_equal and parity_passed, "cost_equal": cost_equal,
-                         "parity_passed": parity_passed}
+    report["verdict"] = {"passed": cost_equal and parity_passed, "cost_equal": cost_equal, "parity_passed": parity_passed}
 
     if precision == "int8":  # the files are the int8 graphs; the fp32 ones they come from passed parity above
         from natsdeploy.export.int8_report import add_int8_section
 
         blobs = add_int8_section(report, protos, calibration=calibration, calibration_images=calibration_images,
-                                 shape=shape, threads=threads, latency_pairs=latency_pairs, warmup_s=warmup_s, log=log)
+                                 shape=shape, threads=threads, latency_pairs=latency_pairs, warmup_s=warmup_s,
+                                 activations=int8_activations, log=log)
     files = _write_outputs(Path(out_dir), blobs, report)
     result = ExportResult(Path(out_dir), files, report)
     if engine:
@@ -283,8 +284,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", default="0", help="seed for the init (without --weights) and the parity input")
     p.add_argument("--precision", default=None, help="fp32 (default), fp16: fp16 graphs (fp32 inputs/outputs "
                    "behind casts) and, with --engine, fp16 engines, or int8: static QDQ graphs (needs --calibration)")
-    p.add_argument("--calibration", default=None, help="int8: COCO-format folder (train split) or 'synthetic'")
-    p.add_argument("--calibration-images", default=None, help="int8: images to calibrate on (default 64)")
+    add_int8_arguments(p)
     p.add_argument("--fp16", action="store_true", help="alias of --precision fp16")
     p.add_argument("--engine", action="store_true", help="also build and audit TensorRT engines (extras trt-rtx, trt)")
     p.add_argument("--trt", default="auto", help="TensorRT API for --engine: auto (default), tensorrt or rtx")
@@ -316,7 +316,7 @@ def export_cli(args: argparse.Namespace) -> int:
     from natsdeploy.export.int8 import check_int8_request
 
     n_calib = check_int8_request(precision, args.calibration, args.calibration_images, form=args.form,
-                                 dynamic=args.dynamic, engine=args.engine)
+                                 dynamic=args.dynamic, engine=args.engine, activations=args.int8_activations)
     aux = parse_int("--trt-aux-streams", args.trt_aux_streams, 0) if args.trt_aux_streams is not None else None
     if args.engine:  # before any work: rows/auto, a missing TensorRT
         from natsdeploy.export.tensorrt_export import check_engine_request
@@ -344,7 +344,7 @@ def export_cli(args: argparse.Namespace) -> int:
                     form=args.form, logits=args.outputs == "logits", tolerance=tol, latency_pairs=pairs,
                     warmup_s=warm, threads=threads, seed=seed, engine=args.engine, precision=precision, trt=args.trt,
                     trt_aux_streams=aux, target=target, calibration=args.calibration, calibration_images=n_calib,
-                    openvino=None if args.openvino == "off" else args.openvino)
+                    int8_activations=args.int8_activations or "s8", openvino=None if args.openvino == "off" else args.openvino)
     print(format_report(result.report))
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")
     return 0 if result.passed else 1

@@ -175,11 +175,15 @@ def assert_features_close(actual: dict, expected: dict, rel: float = 1e-4) -> No
         torch.testing.assert_close(actual[k], ref, rtol=rel, atol=rel * max(scale, 1e-6), msg=lambda m: f"{k}: {m}")
 
 
-def ort_outputs(model, x, *, input_name: str = "images"):
-    """Run an ONNX ModelProto on ONNX Runtime CPU (the runtime reference): {output name: array}."""
+def ort_outputs(model, x, *, input_name: str = "images", optimize: bool = True):
+    """Run an ONNX ModelProto on ONNX Runtime CPU (the runtime reference): {output name: array}.
+    `optimize=False` runs the graph as written (no fusions: QDQ pairs stay float Quantize/Dequantize ops)."""
     import onnxruntime as ort
 
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, {input_name: x})))
 
 

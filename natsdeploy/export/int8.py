@@ -6,6 +6,13 @@ ONNX Runtime, OpenVINO and TensorRT's parser all read), per-channel symmetric in
 symmetric int8 activations (zero point 0, what TensorRT accepts) and float biases (`QuantizeBias`
 off: TensorRT's parser rejects int32 `DequantizeLinear` inputs).
 
+Activations (`activations`): `s8`, symmetric int8 with zero point 0, is the layout all three runtimes
+read and the only one TensorRT accepts. `u8`, asymmetric uint8, is for ONNX Runtime's x86 CPU kernels:
+with s8 activations ORT fuses a conv into `QLinearConv` only where the tensor it reads has no other
+reader, so every conv that shares its input (each branch of a transformed conv, a bottleneck's conv1
+beside its downsample or residual) stays an fp32 `Conv` between DequantizeLinear and QuantizeLinear;
+with u8 every conv fuses (measured: ORT 1.32, README "INT8").
+
 Calibration (MinMax) runs once per graph on the same images; then every transformed conv gets one
 activation scale: each branch's output (its ReLU output, the `Concat` input, and the conv output
 before that ReLU) takes the `Concat` output's range (`shared_scale_overrides`, passed as
@@ -29,9 +36,10 @@ from natsdeploy.errors import UsageError
 
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "check_int8_request", "IMAGENET_MEAN", "IMAGENET_STD", "open_calibration", "preprocess",
            "calibration_inputs", "calibrate", "shared_scale_overrides", "quantize_model", "quantize_pair",
-           "qdq_audit"]
+           "qdq_audit", "ACTIVATIONS"]
 
 DEFAULT_CALIBRATION_IMAGES = 64
+ACTIVATIONS = ("s8", "u8")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's detectors (GeneralizedRCNNTransform)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -60,13 +68,16 @@ def open_calibration(spec: str, n: int, *, field: str = "--calibration", seed: i
 
 
 def check_int8_request(precision: str, calibration: str | None, images: str | int | None, *, form: str = "branches",
-                       dynamic: bool = False, engine: bool = False) -> int:
+                       dynamic: bool = False, engine: bool = False, activations: str | None = None) -> int:
     """Refuse, before any work, what `export --precision int8` cannot do; returns the number of calibration
     images (checked against the data)."""
     from natsdeploy.shapes import parse_int
 
+    if activations is not None and activations not in ACTIVATIONS:
+        raise UsageError(f"--int8-activations: got {activations!r}, expected one of {list(ACTIVATIONS)}")
     if precision != "int8":
-        for flag, value in (("--calibration", calibration), ("--calibration-images", images)):
+        for flag, value in (("--calibration", calibration), ("--calibration-images", images),
+                            ("--int8-activations", activations)):
             if value is not None:
                 raise UsageError(f"{flag}: got {value!r} with --precision {precision}, expected it only with "
                                  "--precision int8")
@@ -181,20 +192,26 @@ def shared_scale_overrides(model: Any, ranges: Any) -> dict[str, list[dict[str, 
     return out
 
 
-def quantize_model(model: Any, ranges: Any, *, shared_scales: bool = True, int32_bias: bool = False) -> Any:
+def quantize_model(model: Any, ranges: Any, *, shared_scales: bool = True, int32_bias: bool = False,
+                   activations: str = "s8") -> Any:
     """`model` as a static QDQ int8 graph from calibrated `ranges` (a `ModelProto`). `int32_bias` quantizes
-    biases too (ORT then runs every conv as an integer QLinearConv; TensorRT's parser rejects it)."""
+    biases too (TensorRT's parser rejects it); `activations` s8 (symmetric int8) or u8 (asymmetric uint8,
+    ONNX Runtime CPU's fast path; module docstring)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static, save_tensors_data
 
-    extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": int32_bias}
+    if activations not in ACTIVATIONS:
+        raise UsageError(f"activations: got {activations!r}, expected one of {list(ACTIVATIONS)}")
+    extra: dict[str, Any] = {"ActivationSymmetric": activations == "s8", "WeightSymmetric": True,
+                             "QuantizeBias": int32_bias}
     if shared_scales:
         extra["TensorQuantOverrides"] = shared_scale_overrides(model, ranges)
     with tempfile.TemporaryDirectory(prefix="natsdeploy-int8-") as tmp, _quiet():
         cache, out = Path(tmp) / "ranges.json", Path(tmp) / "int8.onnx"
         save_tensors_data(ranges, cache)
         quantize_static(model, str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, extra_options=extra,
+                        activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, extra_options=extra,
                         calibration_cache_path=str(cache))
         q = onnx.load(str(out))
     del q.graph.value_info[:]  # keep the file lean; shape inference recomputes them
@@ -202,14 +219,15 @@ def quantize_model(model: Any, ranges: Any, *, shared_scales: bool = True, int32
 
 
 def quantize_pair(models: dict[str, Any], arrays_for: Any, *, shared_scales: bool = True, int32_bias: bool = False,
-                  log=lambda s: None) -> dict[str, Any]:
+                  activations: str = "s8", log=lambda s: None) -> dict[str, Any]:
     """Each of `models` (key -> fp32 ModelProto) calibrated on `arrays_for()` (the same images for each:
     a fresh iterable per call) and quantized."""
     out = {}
     for key, model in models.items():
-        log(f"int8: calibrating {key} (MinMax) and quantizing (QDQ, per-channel symmetric int8)")
+        log(f"int8: calibrating {key} (MinMax) and quantizing (QDQ, per-channel symmetric int8 weights, "
+            f"{activations} activations)")
         out[key] = quantize_model(model, calibrate(model, arrays_for()), shared_scales=shared_scales,
-                                  int32_bias=int32_bias)
+                                  int32_bias=int32_bias, activations=activations)
     return out
 
 

@@ -115,7 +115,7 @@ def _timings(fp32: dict, int8: dict, *, threads: int, pairs: int, warmup_s: floa
 
 def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: int, shape: Sequence[int],
                 threads: int | None = None, latency_pairs: int = 20, warmup_s: float = 2.0,
-                sqnr_margin_db: float = SQNR_MARGIN_DB, log=print) -> tuple[dict[str, Any], dict[str, Any]]:
+                sqnr_margin_db: float = SQNR_MARGIN_DB, activations: str = "s8", log=print) -> tuple[dict[str, Any], dict[str, Any]]:
     """The int8 QDQ graphs of `fp32` (key -> ModelProto: model, baseline), calibrated on the same
     `calibration_images` images of `calibration`, and the report's `int8` section."""
     import os
@@ -127,7 +127,8 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
 
     threads = int(threads or os.cpu_count() or 1)
     ds = open_calibration(calibration, calibration_images)
-    int8 = quantize_pair(fp32, lambda: calibration_inputs(ds, calibration_images, shape), log=log)
+    int8 = quantize_pair(fp32, lambda: calibration_inputs(ds, calibration_images, shape), activations=activations,
+                         log=log)
     evaluated_on, eval_inputs = _eval_inputs(calibration, ds, calibration_images, shape)
     accuracy = {k: int8_accuracy(fp32[k], int8[k], eval_inputs, threads=threads) for k in ("model", "baseline")}
     counts = {k: {p: count_onnx(m[k]).to_dict() for p, m in (("fp32", fp32), ("int8", int8))} for k in fp32}
@@ -150,7 +151,9 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
                                       "zero pad bottom/right (torchvision GeneralizedRCNNTransform)",
                         "method": "MinMax, the same images for model and baseline"},
         "quantizer": {"tool": f"onnxruntime {ort.__version__} quantize_static", "format": "QDQ",
-                      "weights": "int8, symmetric, per output channel", "activations": "int8, symmetric (zero point 0)",
+                      "weights": "int8, symmetric, per output channel", "activation_type": activations,
+                      "activations": ("int8, symmetric (zero point 0)" if activations == "s8" else
+                                      "uint8, asymmetric (ONNX Runtime CPU; TensorRT's parser rejects it)"),
                       "bias": "float (QuantizeBias off: TensorRT's parser rejects int32 DequantizeLinear)",
                       "transformed_convs": "one activation scale per transformed conv (all branches take the "
                                            "Concat output's range)"},
@@ -195,7 +198,8 @@ def _eval_inputs(spec: str, calib: Any, n: int, shape: Sequence[int]) -> tuple[s
 def format_int8(s: dict[str, Any]) -> list[str]:
     """The printed table's int8 rows."""
     c, a = s["calibration"], s["accuracy"]
-    lines = ["", f"  int8 (QDQ, per-channel symmetric int8; calibrated on {c['images']} images of {c['data']} "
+    act = s.get("quantizer", {}).get("activation_type", "s8")
+    lines = ["", f"  int8 (QDQ, per-channel symmetric int8 weights, {act} activations; calibrated on {c['images']} images of {c['data']} "
                  f"{c['split']}; error vs the fp32 graph on ORT CPU, {a['evaluated_on']}):",
              f"  {'':<10}" + "".join(f"{o + ' SQNR dB':>14}{'rel err':>9}" for o in a["model"])]
     for key in ("model", "baseline"):

@@ -40,7 +40,7 @@ def exported(module_tmp, data):
 def test_writes_qdq_graphs_and_passes(exported):
     r = exported["report"]
     assert exported["rc"] == 0 and r["verdict"]["passed"] and r["verdict"]["int8_passed"]
-    assert r["export"]["precision"] == "int8"
+    assert r["export"]["precision"] == "int8" and r["int8"]["quantizer"]["activation_type"] == "s8"
     for key in ("model", "baseline"):
         m = onnx.load(str(exported["out"] / f"{key}.onnx"))
         ops = {n.op_type for n in m.graph.node}
