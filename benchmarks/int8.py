@@ -8,7 +8,8 @@ transformed conv) and times them interleaved on ONNX Runtime CPU and OpenVINO CP
 per-pair ratios, bootstrap 95% interval).
 
     .venv/bin/python benchmarks/int8.py [--input-shape 1x3x800x1216] [--pairs 20] [--threads N]
-        [--calibration synthetic] [--calibration-images 64] [--warmup-s 2] [--out benchmarks/results/int8.json]
+        [--calibration synthetic] [--calibration-images 64] [--warmup-s 2] [--int8-activations s8|u8]
+        [--out benchmarks/results/int8.json]
 
 A quick run: --input-shape 1x3x64x96 --pairs 2 --calibration-images 4. Run the full one on a quiet
 machine: anything else on the cores shows up as noise (CV in the JSON).
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--calibration", default="synthetic", help="COCO-format folder or 'synthetic'")
     ap.add_argument("--calibration-images", type=int, default=64)
+    ap.add_argument("--int8-activations", default="s8", choices=("s8", "u8"),
+                    help="s8 (symmetric, TensorRT's layout) or u8 (asymmetric, ONNX Runtime CPU's fast path)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "int8.json"))
     args = ap.parse_args()
     shape = parse_input_shape(args.input_shape)
@@ -65,7 +68,8 @@ def main() -> None:
         fp32 = {k: trunk_to_onnx(rewrite(fold_trunk(m)), input_shape=shape, graph_name=f"{arch.backbone}-{k}")
                 for k, m in (("model", t), ("baseline", b))}
         _, s = int8_export(fp32, calibration=args.calibration, calibration_images=args.calibration_images,
-                           shape=shape, threads=args.threads, latency_pairs=args.pairs, warmup_s=args.warmup_s)
+                           shape=shape, threads=args.threads, latency_pairs=args.pairs, warmup_s=args.warmup_s,
+                           activations=args.int8_activations)
         row = {"arch": label, "weights": weights, "sqnr_db": {k: {o: v["sqnr_db"] for o, v in s["accuracy"][k].items()}
                                                               for k in ("model", "baseline")},
                "int8": s}
@@ -77,12 +81,13 @@ def main() -> None:
                   f"fp32/int8 baseline {e['baseline_speedup']:.2f}x, model {e['model_speedup']:.2f}x", flush=True)
     record = {"command": " ".join(["python", "benchmarks/int8.py", *sys.argv[1:]]), "input_shape": list(shape),
               "pairs": args.pairs, "threads": args.threads, "calibration": args.calibration,
+              "int8_activations": args.int8_activations,
               "calibration_images": args.calibration_images, "machine": machine_info(), "results": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=float) + "\n")
     lines = [f"`{record['command']}`", "", f"input {args.input_shape}, {args.threads} threads, {args.pairs} interleaved "
-             f"pairs, calibrated on {args.calibration_images} images of {args.calibration}; ratios: median of per-pair "
+             f"pairs, {args.int8_activations} activations, calibrated on {args.calibration_images} images of {args.calibration}; ratios: median of per-pair "
              "ratios (95% interval); SQNR of int8 vs the fp32 graph, worst output", "",
              "| arch | SQNR dB model / baseline | ORT int8 model/baseline | ORT fp32/int8 (baseline, model) | "
              "OpenVINO int8 model/baseline | OpenVINO fp32/int8 (baseline, model) |", "| --- | --- | --- | --- | --- | --- |"]
