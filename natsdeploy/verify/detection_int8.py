@@ -80,8 +80,9 @@ def _backbones(detector: Any, arch: Any, shape: tuple[int, ...]) -> dict[str, An
 
 def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = "synthetic", *,
                           calibration_images: int = 64, limit: int | None = None, tolerance: float | None = None,
-                          threads: int | None = None, log=print) -> DetectionInt8Result:
-    """Run the checkpoint's detector with fp32 and int8 backbones (transformed and baseline) on ORT CPU."""
+                          threads: int | None = None, activations: str = "s8", log=print) -> DetectionInt8Result:
+    """Run the checkpoint's detector with fp32 and int8 backbones (transformed and baseline) on ORT CPU
+    (`activations`: s8 or u8, as `export --int8-activations`)."""
     import torch
 
     from natsdeploy.data.coco import load_dataset
@@ -120,7 +121,7 @@ def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = 
     fp32 = _backbones(detector, arch, (1, 3, pad(meta["min_size"]), pad(meta["max_size"])))
     log(f"int8: calibrating the transformed and the baseline backbone on {calibration_images} images of "
         f"{data} {calib.split}")
-    int8 = quantize_pair(fp32, calibration_arrays, log=log)
+    int8 = quantize_pair(fp32, calibration_arrays, activations=activations, log=log)
     runners = {}
     with tempfile.TemporaryDirectory(prefix="natsdeploy-parity-int8-") as tmp:
         for prec, protos in (("fp32", fp32), ("int8", int8)):
@@ -154,7 +155,8 @@ def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = 
                         "under the same FPN and heads", "reference": "the fp32 ONNX backbone on the same runtime"}
     return DetectionInt8Result(metrics=metrics, matching=matching, tolerance=tol, images=n, info=info,
                                calibration={"data": str(data), "split": calib.split, "images": calibration_images,
-                                            "preprocess": "the detector's transform (normalise, resize, pad to 32)"})
+                                            "preprocess": "the detector's transform (normalise, resize, pad to 32)",
+                                            "activations": activations})
 
 
 def format_detection_int8(r: DetectionInt8Result) -> str:

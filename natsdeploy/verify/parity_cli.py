@@ -29,6 +29,7 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", help="fp32 (default) or int8: the detector with int8 QDQ backbones "
                    "(transformed and baseline) against fp32 ones on ONNX Runtime, both ΔAP rows")
     p.add_argument("--calibration-images", default=None, help="int8: first N train images to calibrate on (default 64)")
+    p.add_argument("--int8-activations", default=None, help="int8: s8 (default) or u8, as export --int8-activations")
     p.add_argument("--json", default=None, help="write the result as JSON here")
 
 
@@ -48,9 +49,9 @@ def parity_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--precision: got {args.precision!r}, expected fp32 or int8")
     if args.precision == "int8":
         return _int8(args, arch, limit, tol, threads)
-    if args.calibration_images is not None:
-        raise UsageError(f"--calibration-images: got {args.calibration_images!r} with --precision fp32, expected it "
-                         "only with --precision int8")
+    for flag, value in (("--calibration-images", args.calibration_images), ("--int8-activations", args.int8_activations)):
+        if value is not None:
+            raise UsageError(f"{flag}: got {value!r} with --precision fp32, expected it only with --precision int8")
     result = detection_parity(arch, args.checkpoint, args.data, backend=args.backend, fp16=args.fp16, limit=limit,
                               tolerance=tol, threads=threads, whole=args.whole)
     print(format_detection_parity(result))
@@ -61,7 +62,7 @@ def parity_cli(args: argparse.Namespace) -> int:
 
 
 def _int8(args: argparse.Namespace, arch, limit: int | None, tol: float | None, threads: int | None) -> int:
-    from natsdeploy.export.int8 import DEFAULT_CALIBRATION_IMAGES
+    from natsdeploy.export.int8 import ACTIVATIONS, DEFAULT_CALIBRATION_IMAGES
     from natsdeploy.files import atomic_write_text
     from natsdeploy.verify.detection_int8 import detection_parity_int8, format_detection_int8
 
@@ -72,8 +73,11 @@ def _int8(args: argparse.Namespace, arch, limit: int | None, tol: float | None, 
             raise UsageError(what)
     n = (parse_int("--calibration-images", args.calibration_images, 1) if args.calibration_images is not None
          else DEFAULT_CALIBRATION_IMAGES)
+    act = args.int8_activations or "s8"
+    if act not in ACTIVATIONS:
+        raise UsageError(f"--int8-activations: got {act!r}, expected one of {list(ACTIVATIONS)}")
     result = detection_parity_int8(arch, args.checkpoint, args.data, calibration_images=n, limit=limit,
-                                   tolerance=tol, threads=threads)
+                                   tolerance=tol, threads=threads, activations=act)
     print(format_detection_int8(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")

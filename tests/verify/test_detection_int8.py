@@ -35,7 +35,7 @@ def test_int8_parity_reports_both_delta_rows(trained, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert rc == (0 if r["passed"] else 1), printed
     assert r["precision"] == "int8" and r["images"] == 2 and r["calibration"]["images"] == 4
-    assert r["calibration"]["split"] == "train"
+    assert r["calibration"]["split"] == "train" and r["calibration"]["activations"] == "s8"
     for key in ("model", "baseline"):
         fp32, int8 = r["metrics"][key]["fp32"], r["metrics"][key]["int8"]
         assert set(fp32) == set(int8) == set(METRICS)
@@ -59,3 +59,7 @@ def test_int8_parity_bad_requests_exit_2(trained, capsys):
     assert_exit_2(base + ["--precision", "int8", "--calibration-images", "9"], capsys,
                   contains="--calibration-images: got 9, expected at most 8")
     assert_exit_2(base + ["--calibration-images", "4"], capsys, contains="only with --precision int8")
+    assert_exit_2(base + ["--int8-activations", "u8"], capsys,
+                  contains="--int8-activations: got 'u8' with --precision fp32, expected it only with --precision int8")
+    assert_exit_2(base + ["--precision", "int8", "--int8-activations", "u4"], capsys,
+                  contains="--int8-activations: got 'u4', expected one of ['s8', 'u8']")
