@@ -298,9 +298,37 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
               "interval": "t95: two-sided 95% Student-t interval of the mean paired difference over seeds"}
     stem = Path(a.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    if stem.with_suffix(".json").exists():  # a re-run skips finished stages: keep their measured wall times
+        record["stage_seconds"] = {**json.loads(stem.with_suffix(".json").read_text()).get("stage_seconds", {}),
+                                   **seconds}
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     stem.with_suffix(".md").write_text(_table(record) + "\n")
+    _plot_curves(runs, stem.parent / (stem.name + "_curves.png"))
     print(_table(record), flush=True)
+
+
+def _plot_curves(runs: dict, path: Path) -> None:
+    """Per-epoch AP and APl of every run (one colour per arm), to see whether the retrain has stopped rising."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (arm, by_seed) in enumerate(runs.items()):
+        for j, r in enumerate(by_seed.values()):
+            for ax, key in zip(axes, ("per_epoch_AP", "per_epoch_APl")):
+                ax.plot(range(1, len(r[key]) + 1), r[key], color=colours[i % len(colours)], alpha=0.8,
+                        label=arm if j == 0 else None)
+    for ax, name in zip(axes, ("AP", "APl")):
+        ax.set_xlabel("retrain epoch")
+        ax.set_ylabel(f"{name} (val, 0-100)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _converged_from(history: list[dict]) -> int | None:
