@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -292,8 +291,7 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
     record = {"config": vars(a), "jobs_note": f"retrain runs {a.jobs} at a time, {threads} thread(s) each",
               "commands": commands, "stage_seconds": seconds, "runs": runs, "summary": summary,
               "paired_differences": paired, "searches": search,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count(), "cpu": _cpu_name()},
+              "machine": _machine(),
               "metric_scale": "AP points (0-100), pycocotools bbox; -1 = undefined",
               "interval": "t95: two-sided 95% Student-t interval of the mean paired difference over seeds"}
     stem = Path(a.out)
@@ -331,6 +329,12 @@ def _plot_curves(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _machine() -> dict:
+    from natsdeploy.timing.machine import machine_info  # the project's machine record (CPU model, ISA, versions)
+
+    return machine_info()
+
+
 def _converged_from(history: list[dict]) -> int | None:
     """First epoch after which the decoded arch never changed again (None: it changed in the last epoch)."""
     last_change = 0
@@ -338,16 +342,6 @@ def _converged_from(history: list[dict]) -> int | None:
         if e.get("changed_filters") not in (0, None):
             last_change = e["epoch"]
     return None if last_change == history[-1]["epoch"] else last_change
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _mix(arch_doc: dict) -> dict[str, int]:
