@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from natsdeploy.errors import UsageError
 
-__all__ = ["Target", "TARGET_NAMES", "cpu_flags", "cpu_block", "cpu_block_int8", "get_target", "detect_target"]
+__all__ = ["Target", "TARGET_NAMES", "cpu_flags", "cpu_block", "cpu_block_int8", "int8_pairs_saturate", "get_target", "detect_target"]
 
 TARGET_NAMES = ("ort-cpu", "openvino-cpu", "ort-cpu-int8", "openvino-cpu-int8", "cuda-fp16", "cuda-int8")
 _GPU_BLOCKS = {"cuda-fp16": (8, "tensor cores, fp16: 8-channel blocks"),
@@ -100,6 +100,14 @@ def cpu_block_int8(flags: Iterable[str]) -> tuple[int, str]:
     if "avx2" in flags:
         return 8, "AVX2 without VNNI (vpmaddubsw): 8 int32 lanes, 8-channel blocks (from the ISA, not yet measured)"
     return 8, "no AVX2/AVX-512 flag found: 8-channel blocks assumed (not yet measured)"
+
+
+def int8_pairs_saturate(flags: Iterable[str]) -> bool:
+    """Whether x86 int8 dot products here go through `vpmaddubsw` (no VNNI, no AMX): it adds each pair of
+    u8 x s8 products into a saturating int16, so with full-range 8-bit weights ONNX Runtime's fused int8
+    convs can clip where the QDQ graph does not (ORT's remedy: 7-bit weights, `reduce_range`)."""
+    flags = set(flags)
+    return not flags & {"amx_int8", "avx512_vnni", "avx_vnni"}
 
 
 def get_target(name: str, *, flags: Iterable[str] | None = None, field: str = "target") -> Target:

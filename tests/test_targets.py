@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from natsdeploy.errors import UsageError
-from natsdeploy.targets import TARGET_NAMES, Target, cpu_block, cpu_flags, detect_target, get_target
+from natsdeploy.targets import TARGET_NAMES, Target, cpu_block, cpu_flags, detect_target, get_target, int8_pairs_saturate
 
 
 @pytest.mark.parametrize("flags, block", [({"avx2", "avx512f", "fma"}, 16), ({"avx", "avx2"}, 8), (set(), 8),
@@ -77,3 +77,11 @@ def test_int8_cpu_targets_take_their_block_from_the_isa():
             t = get_target(name, flags=flags)
             assert (t.block, t.full_rate) == (block, block) and word in t.reason, (name, flags, t)
             assert "not yet measured" in t.reason and "not yet measured" in t.full_rate_reason
+
+
+def test_int8_pairs_saturate_only_without_vnni_or_amx():
+    """`vpmaddubsw` (int16 pair sums) is what x86 int8 kernels use without VNNI or AMX."""
+    assert not int8_pairs_saturate({"avx2", "avx512bw", "avx512_vnni", "amx_int8"})
+    assert not int8_pairs_saturate({"avx2", "avx512bw", "avx512_vnni"})
+    assert not int8_pairs_saturate({"avx2", "avx_vnni"})
+    assert int8_pairs_saturate({"avx2", "avx512f", "avx512bw"}) and int8_pairs_saturate({"avx2", "fma"})

@@ -193,10 +193,11 @@ def shared_scale_overrides(model: Any, ranges: Any) -> dict[str, list[dict[str, 
 
 
 def quantize_model(model: Any, ranges: Any, *, shared_scales: bool = True, int32_bias: bool = False,
-                   activations: str = "s8") -> Any:
+                   activations: str = "s8", reduce_range: bool = False) -> Any:
     """`model` as a static QDQ int8 graph from calibrated `ranges` (a `ModelProto`). `int32_bias` quantizes
     biases too (TensorRT's parser rejects it); `activations` s8 (symmetric int8) or u8 (asymmetric uint8,
-    ONNX Runtime CPU's fast path; module docstring)."""
+    ONNX Runtime CPU's fast path; module docstring); `reduce_range` 7-bit weights, for CPUs whose int8
+    kernels saturate pair sums (`targets.int8_pairs_saturate`)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static, save_tensors_data
 
@@ -211,7 +212,7 @@ def quantize_model(model: Any, ranges: Any, *, shared_scales: bool = True, int32
         save_tensors_data(ranges, cache)
         quantize_static(model, str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8 if activations == "s8" else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, extra_options=extra,
+                        weight_type=QuantType.QInt8, extra_options=extra, reduce_range=reduce_range,
                         calibration_cache_path=str(cache))
         q = onnx.load(str(out))
     del q.graph.value_info[:]  # keep the file lean; shape inference recomputes them
@@ -219,7 +220,7 @@ def quantize_model(model: Any, ranges: Any, *, shared_scales: bool = True, int32
 
 
 def quantize_pair(models: dict[str, Any], arrays_for: Any, *, shared_scales: bool = True, int32_bias: bool = False,
-                  activations: str = "s8", log=lambda s: None) -> dict[str, Any]:
+                  activations: str = "s8", reduce_range: bool = False, log=lambda s: None) -> dict[str, Any]:
     """Each of `models` (key -> fp32 ModelProto) calibrated on `arrays_for()` (the same images for each:
     a fresh iterable per call) and quantized."""
     out = {}
@@ -227,7 +228,7 @@ def quantize_pair(models: dict[str, Any], arrays_for: Any, *, shared_scales: boo
         log(f"int8: calibrating {key} (MinMax) and quantizing (QDQ, per-channel symmetric int8 weights, "
             f"{activations} activations)")
         out[key] = quantize_model(model, calibrate(model, arrays_for()), shared_scales=shared_scales,
-                                  int32_bias=int32_bias, activations=activations)
+                                  int32_bias=int32_bias, activations=activations, reduce_range=reduce_range)
     return out
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from natsdeploy.targets import cpu_flags, int8_pairs_saturate
+
 __all__ = ["SQNR_MARGIN_DB", "int8_export", "add_int8_section", "int8_accuracy", "openvino_conv_precisions", "format_int8"]
 
 SQNR_MARGIN_DB = 1.0
@@ -158,7 +160,8 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
                       "transformed_convs": "one activation scale per transformed conv (all branches take the "
                                            "Concat output's range)"},
         "qdq": {k: {n: v for n, v in a.items() if n != "per_conv"} for k, a in audit.items()},
-        "accuracy": {"against": "the fp32 graph on ONNX Runtime CPU", "evaluated_on": evaluated_on, **accuracy},
+        "accuracy": {"against": "the fp32 graph on ONNX Runtime CPU", "evaluated_on": evaluated_on,
+                     "int8_pairs_saturate": int8_pairs_saturate(cpu_flags()), **accuracy},
         "cost": cost, "openvino": ov, "latency": latency,
         "verdict": {"passed": bool(finite and worst <= sqnr_margin_db and audit["model"]["passed"] and cost["unchanged"]),
                     "sqnr_margin_db": sqnr_margin_db, "worst_sqnr_gap_db": worst,
@@ -204,6 +207,9 @@ def format_int8(s: dict[str, Any]) -> list[str]:
              f"  {'':<10}" + "".join(f"{o + ' SQNR dB':>14}{'rel err':>9}" for o in a["model"])]
     for key in ("model", "baseline"):
         lines.append(f"  {key:<10}" + "".join(f"{v['sqnr_db']:>14.2f}{v['rel_err']:>9.1e}" for v in a[key].values()))
+    if a.get("int8_pairs_saturate"):
+        lines.append("  this CPU has no VNNI/AMX: ORT's int8 convs add u8 x s8 product pairs in saturating int16 "
+                     "(vpmaddubsw), so these errors include that clipping (7-bit weights avoid it: reduce_range)")
     q, cost = s["qdq"]["model"], s["cost"]
     lines.append(f"  QDQ: {q['one_scale']}/{q['transformed_convs']} transformed convs read one activation scale; "
                  f"{q['per_channel_int8_weights']}/{q['convs']} convs have per-channel int8 weights")

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from natsdeploy.cli import main
+from natsdeploy.targets import cpu_flags, int8_pairs_saturate
 from natsdeploy.verify.count import count_onnx
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_exit_2
@@ -53,13 +54,20 @@ def test_writes_qdq_graphs_and_passes(exported):
 
 def test_sqnr_bounds_for_model_and_baseline(exported):
     """ORT parity of int8 against the fp32 graph: random weights and 4 synthetic calibration images give
-    about 27-32 dB; bound 20 dB (0.1 of max|ref|), and the model within 1 dB of the baseline (the verdict)."""
+    about 27-32 dB; bound 20 dB (an rms error of 0.1 of the rms signal), and the model within 1 dB of the
+    baseline (the verdict). The largest single error (`rel_err`, of max|ref|) is bounded by 0.1 where ORT's
+    int8 dot products are exact (VNNI/AMX); on CPUs whose `vpmaddubsw` pair sums saturate in int16 (AVX2)
+    a clipped sum moves single outputs by several int8 steps (measured 0.133 of max|ref| on AMD Zen 3)
+    while SQNR stays above 20 dB: there the bound is 0.25 and the report says the kernels saturate."""
     a = exported["report"]["int8"]["accuracy"]
+    saturate = int8_pairs_saturate(cpu_flags())
+    assert a["int8_pairs_saturate"] == saturate
+    assert ("saturating int16" in exported["printed"]) == saturate
     for key in ("model", "baseline"):
         assert set(a[key]) == {"c2", "c3", "c4", "c5"}
         for out, v in a[key].items():
             assert math.isfinite(v["sqnr_db"]) and v["sqnr_db"] >= 20, (key, out, v)
-            assert 0 < v["rel_err"] <= 0.1, (key, out, v)
+            assert 0 < v["rel_err"] <= (0.25 if saturate else 0.1), (key, out, v)
     gaps = [a["baseline"][o]["sqnr_db"] - a["model"][o]["sqnr_db"] for o in a["model"]]
     v = exported["report"]["int8"]["verdict"]
     assert v["worst_sqnr_gap_db"] == pytest.approx(max(gaps)) and v["passed"] == (max(gaps) <= v["sqnr_margin_db"])
