@@ -146,7 +146,7 @@ def _version() -> str:
 
 
 def check_onnx(model) -> None:
-    """onnx's full checker (includes strict shape inference)."""
+    """onnx's full checker (includes strict shape inference) on a ModelProto or its serialised bytes."""
     import onnx
 
     onnx.checker.check_model(model, full_check=True)

@@ -187,6 +187,8 @@ def trained_kind(synth_coco, module_tmp):
     def get(detector: str) -> tuple[str, str]:
         if detector not in runs:
             opts = {"score_thresh": 0.0} if detector == "retinanet" else dict(FAST, box_score_thresh=0.0)
+            if detector == "mask_rcnn":  # the mask head runs 4 256-channel 3x3 convs per detection: 25, not 100
+                opts["box_detections_per_img"] = 25
             train(TrainConfig(arch=str(ARCH), data=data, out=str(root / detector), detector=detector, epochs=1,
                               steps=(1,), batch_size=2, warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128,
                               max_steps_per_epoch=2, progress=False, detector_kwargs=opts), log=lambda s: None)
