@@ -70,16 +70,23 @@ def count(model: Any, input_shape: Sequence[int]) -> Counts:
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in units.items()]
+    p = next(model.parameters())
+    # on the meta device only shapes flow, and batch norm (uncounted, shape-preserving) runs through torch's
+    # Python decompositions there: half of a meta count; skip it
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)] if p.is_meta else []
     try:
+        for m in bns:
+            m.forward = _same
         was_training = model.training
         model.eval()
-        p = next(model.parameters())
         with torch.no_grad():
             model(torch.zeros(tuple(input_shape), dtype=p.dtype, device=p.device))
         model.train(was_training)
     finally:
         for h in handles:
             h.remove()
+        for m in bns:
+            del m.forward
 
     per_module: dict[str, tuple[int, int]] = {}
     for name, m in model.named_modules():
@@ -90,6 +97,10 @@ def count(model: Any, input_shape: Sequence[int]) -> Counts:
             per_module[name] = (own, macs.get(name, 0))
     total_params = sum(p.numel() for p in model.parameters())
     return Counts(params=total_params, macs=sum(macs.values()), per_module=per_module)
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def count_onnx(model: str | os.PathLike[str] | Any, input_shape: Sequence[int] | None = None) -> Counts:

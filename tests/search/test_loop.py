@@ -85,10 +85,10 @@ def test_alpha_frozen_during_warmup(synth, tmp_path):
 
 
 def test_resume_is_bit_identical(synth, tmp_path):
-    # 2 steps an epoch: epoch 1 warms up the weights, epoch 2 steps weights and alpha (both optimisers resumed).
+    # one step an epoch: epoch 1 warms up the weights, epoch 2 steps weights and alpha (both optimisers resumed).
     # gumbel: beyond softmax's state, the replicas <-> softmax-layout hooks, the draws' RNG and the estimator's
     # baselines must all come back; 3 epochs so the resumed run steps alpha from restored baselines
-    cfg = dict(sampling="gumbel", max_steps_per_epoch=2, epochs=3)
+    cfg = dict(sampling="gumbel", max_steps_per_epoch=1, epochs=3)
     full = run_search(_cfg(synth, tmp_path / "full", **cfg), log=lambda s: None)
 
     def interrupt_after_second_epoch(msg):
