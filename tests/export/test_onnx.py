@@ -31,7 +31,7 @@ def test_parity_every_backbone(backbone):
        merge=st.booleans())
 def test_parity_random_archs(seed, backbone, form, merge):
     arch = random_arch(backbone, random.Random(seed), max_dilation=4)
-    m = build_backbone(arch, seeded_state_dict(backbone, seed=seed % 97))
+    m = build_backbone(arch, seeded_state_dict(backbone, seed=seed % 4))  # 4 weight draws a backbone, each drawn once
     trunk = fold_trunk(m)
     if merge:
         trunk = merge_same_dilation(trunk)

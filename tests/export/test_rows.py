@@ -47,7 +47,7 @@ def _ops(proto) -> dict[str, onnx.NodeProto]:
        size=st.sampled_from([(40, 56), (37, 61), (64, 33)]))
 def test_parity_random_archs(seed, backbone, merge, size):
     arch = odd_arch(backbone, random.Random(seed))
-    m = build_backbone(arch, seeded_state_dict(backbone, seed=seed % 97))
+    m = build_backbone(arch, seeded_state_dict(backbone, seed=seed % 4))  # 4 weight draws a backbone, each drawn once
     trunk = merge_same_dilation(fold_trunk(m)) if merge else fold_trunk(m)
     shape = (1, 3, *size)
     assert_ort_parity(m, _rows(trunk, input_shape=shape), shape, seed=seed)

@@ -76,16 +76,17 @@ def test_short_train_writes_checkpoint_and_metrics(synth, tmp_path, capsys):
 
 
 def test_resume_is_bit_identical(synth, tmp_path):
-    full = train(_cfg(synth, tmp_path / "full", max_steps_per_epoch=2), log=lambda s: None)
+    # one step an epoch: the resumed epoch starts from the checkpoint's model, optimiser, scheduler and RNG
+    full = train(_cfg(synth, tmp_path / "full", max_steps_per_epoch=1), log=lambda s: None)
 
     def interrupt_after_first_epoch(msg):
         if msg.startswith("epoch 1:"):  # logged after the checkpoint is written
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2), log=interrupt_after_first_epoch)
+        train(_cfg(synth, tmp_path / "part", max_steps_per_epoch=1), log=interrupt_after_first_epoch)
     assert torch.load(tmp_path / "part" / "checkpoint.pth", weights_only=True)["epoch"] == 1
-    resumed = train(_cfg(synth, tmp_path / "part", max_steps_per_epoch=2, resume=True), log=lambda s: None)
+    resumed = train(_cfg(synth, tmp_path / "part", max_steps_per_epoch=1, resume=True), log=lambda s: None)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert set(a) == set(b)
     for k in a:
