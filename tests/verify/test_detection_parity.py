@@ -187,8 +187,8 @@ def trained_kind(synth_coco, module_tmp):
     def get(detector: str) -> tuple[str, str]:
         if detector not in runs:
             opts = {"score_thresh": 0.0} if detector == "retinanet" else dict(FAST, box_score_thresh=0.0)
-            if detector == "mask_rcnn":  # the mask head runs 4 256-channel 3x3 convs per detection: 25, not 100
-                opts["box_detections_per_img"] = 25
+            if detector == "mask_rcnn":  # the mask head runs 4 256-channel 3x3 convs per detection: 34, not 100,
+                opts["box_detections_per_img"] = 34  # still >= 100 over the 3 val images (one miss: share >= 0.99)
             train(TrainConfig(arch=str(ARCH), data=data, out=str(root / detector), detector=detector, epochs=1,
                               steps=(1,), batch_size=2, warmup_iters=2, lr_per_image=0.005, min_size=96, max_size=128,
                               max_steps_per_epoch=2, progress=False, detector_kwargs=opts), log=lambda s: None)
@@ -209,7 +209,7 @@ def test_mask_rcnn_parity_scores_boxes_and_masks(trained_kind, tmp_path, capsys)
     assert set(r["segm"]) == {"pytorch", "runtime", "delta"}
     assert r["segm"]["pytorch"]["AP"] >= 0 and r["segm"]["pytorch"] != r["pytorch"]  # defined, and scored on masks
     assert all(r["segm"]["delta"][k] == 0.0 for k in METRICS) and all(r["delta"][k] == 0.0 for k in METRICS)
-    assert r["matching"]["reference_detections"] > 0 and r["matching"]["matched_share"] >= 0.99
+    assert r["matching"]["reference_detections"] >= 100 and r["matching"]["matched_share"] >= 0.99
     assert "segm" in printed and "six box and six mask metrics" in printed
 
 
