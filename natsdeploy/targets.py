@@ -106,8 +106,8 @@ def int8_pairs_saturate(flags: Iterable[str]) -> bool:
     """Whether x86 int8 dot products here go through `vpmaddubsw` (no VNNI, no AMX): it adds each pair of
     u8 x s8 products into a saturating int16, so with full-range 8-bit weights ONNX Runtime's fused int8
     convs can clip where the QDQ graph does not (ORT's remedy: 7-bit weights, `reduce_range`)."""
-    flags = set(flags)
-    return not flags & {"amx_int8", "avx512_vnni", "avx_vnni"}
+    flags = set(flags)  # no x86 SIMD flags (another ISA, or no /proc/cpuinfo): nothing known, so no claim
+    return bool(flags & {"avx2", "avx512bw"}) and not flags & {"amx_int8", "avx512_vnni", "avx_vnni"}
 
 
 def get_target(name: str, *, flags: Iterable[str] | None = None, field: str = "target") -> Target:

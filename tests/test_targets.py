@@ -85,3 +85,4 @@ def test_int8_pairs_saturate_only_without_vnni_or_amx():
     assert not int8_pairs_saturate({"avx2", "avx512bw", "avx512_vnni"})
     assert not int8_pairs_saturate({"avx2", "avx_vnni"})
     assert int8_pairs_saturate({"avx2", "avx512f", "avx512bw"}) and int8_pairs_saturate({"avx2", "fma"})
+    assert not int8_pairs_saturate(set())  # no flags known (not x86 Linux): no claim
