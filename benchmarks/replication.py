@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gumbel-epochs", type=int, default=12, help="gumbel search epochs (convergence: see history.json)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), help=f"in priority order, from {ARMS}")
     p.add_argument("--out", default=str(HERE / "results" / "replication_controls"), help="result path stem")
+    p.add_argument("--import-runs", default=None,
+                   help="an earlier results .json: its finished runs (and searches) of arms/seeds not run in --work "
+                        "join the tables, marked imported (only valid from the same pretrained backbone and recipe)")
     a = p.parse_args(argv)
 
     work = Path(a.work)
@@ -258,6 +261,7 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
                 "per_epoch_APl": [m.get("APl") for m in metrics],
                 "arch": None if arch_path is None else {"path": str(arch_path),
                                                         "dilation_mix": _mix(json.loads(arch_path.read_text()))}}
+    imported = _import_runs(a, runs)
     summary = {}
     for arm, by_seed in runs.items():
         summary[arm] = {}
@@ -288,6 +292,8 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
             search[kind] = {"epochs": len(h), "changed_filters_per_epoch": changes, "filters": h[-1].get("filters"),
                             "converged_from_epoch": _converged_from(h),
                             "arch_mix": _mix(json.loads((work / folder / "arch.json").read_text()))}
+        elif a.import_runs and kind in imported.get("searches", {}):
+            search[kind] = {**imported["searches"][kind], "imported_from": a.import_runs}
     record = {"config": vars(a), "jobs_note": f"retrain runs {a.jobs} at a time, {threads} thread(s) each",
               "commands": commands, "stage_seconds": seconds, "runs": runs, "summary": summary,
               "paired_differences": paired, "searches": search,
@@ -303,6 +309,24 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
     stem.with_suffix(".md").write_text(_table(record) + "\n")
     _plot_curves(runs, stem.parent / (stem.name + "_curves.png"))
     print(_table(record), flush=True)
+
+
+def _import_runs(a, runs: dict) -> dict:
+    """Add an earlier record's runs for (arm, seed) pairs not finished here, each marked with its source;
+    return that record ({} without --import-runs). Arms keep the earlier record's order, then the new ones."""
+    if not a.import_runs:
+        return {}
+    old = json.loads(Path(a.import_runs).read_text())
+    merged: dict[str, dict] = {}
+    for arm, by_seed in old.get("runs", {}).items():
+        for seed, r in by_seed.items():
+            if int(seed) not in runs.get(arm, {}):
+                merged.setdefault(arm, {})[int(seed)] = {**r, "imported_from": a.import_runs}
+    for arm, by_seed in runs.items():
+        merged.setdefault(arm, {}).update(by_seed)
+    runs.clear()
+    runs.update({arm: dict(sorted(by_seed.items())) for arm, by_seed in merged.items()})
+    return old
 
 
 def _plot_curves(runs: dict, path: Path) -> None:
