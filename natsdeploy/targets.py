@@ -78,28 +78,49 @@ def cpu_block(flags: Iterable[str]) -> tuple[int, str]:
 
 
 # INT8 CPU kernels (`export --precision int8` graphs): the block is the output channels one vector of int32
-# accumulators holds. Full-rate widths are NOT YET MEASURED (benchmarks/conv_width_int8.py measures them):
-# until then the full rate is the block itself.
-_INT8_NOT_MEASURED = ("not yet measured: full-rate int8 widths come from benchmarks/conv_width_int8.py, "
-                      "not run yet on this project's machines; the block alone is assumed")
+# accumulators holds. Full-rate widths as measured by benchmarks/conv_width_int8.py (benchmarks/README.md,
+# section 6; per-channel cost of a `width`-output QDQ conv over a 256-wide one, layer3 and layer4 shapes,
+# dilations 1, 2 and (4, 1)): the narrowest measured width at most 1.15x everywhere. Measured on two ISAs:
+# AMX (the Xeon kind) and AVX2 without VNNI (the AMD kind); elsewhere only the block is known.
+_INT8_FULL_RATE = {
+    ("ort-cpu-int8", "amx"): (128, "measured on AMX (results/conv_width_int8.md): 1.09-1.13x per channel at "
+                                   "128 channels, 1.36-1.44x at 64"),
+    ("openvino-cpu-int8", "amx"): (128, "measured on AMX (results/conv_width_int8.md): the widest measured, still "
+                                        "1.39-1.56x per channel at 128 channels (2.18-2.40x at 64)"),
+    ("ort-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI (results/conv_width_int8_avx2.md): 1.02-1.06x "
+                                    "per channel at 128 channels, 1.09-1.21x at 64"),
+    ("openvino-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI (results/conv_width_int8_avx2.md): "
+                                         "1.05-1.14x per channel at 128 channels, 1.16-1.37x at 64"),
+}
+_INT8_NOT_MEASURED = ("not measured on this ISA (benchmarks/conv_width_int8.py ran on AMX and on AVX2 without "
+                      "VNNI): the block alone is assumed")
+
+
+def _int8_isa(flags: set[str]) -> str | None:
+    """Which measured int8 ISA these flags are: 'amx', 'avx2' (no AVX-512, no VNNI) or None (not measured)."""
+    if "amx_int8" in flags:
+        return "amx"
+    if "avx2" in flags and not flags & {"avx512bw", "avx512_vnni", "avx_vnni"}:
+        return "avx2"
+    return None
 
 
 def cpu_block_int8(flags: Iterable[str]) -> tuple[int, str]:
     """(block, reason) of int8 convolution kernels on this ISA: 16 output channels with AMX or AVX-512
-    (VNNI or not), 8 with AVX-VNNI/AVX2 (`vpmaddubsw`); not yet measured, see `_INT8_NOT_MEASURED`."""
+    (VNNI or not), 8 with AVX-VNNI/AVX2 (`vpmaddubsw`); from the ISA (the full rate is what was measured)."""
     flags = set(flags)
     if "amx_int8" in flags:
         return 16, ("AMX (amx_int8): tiles of 16 rows x 64 int8, 16-channel output blocks "
-                    "(from the ISA, not yet measured)")
+                    "(from the ISA)")
     if "avx512_vnni" in flags:
-        return 16, "AVX-512 VNNI (avx512_vnni, vpdpbusd): 16 int32 lanes, 16-channel blocks (from the ISA, not yet measured)"
+        return 16, "AVX-512 VNNI (avx512_vnni, vpdpbusd): 16 int32 lanes, 16-channel blocks (from the ISA)"
     if "avx512bw" in flags:
-        return 16, "AVX-512 BW without VNNI (vpmaddubsw): 16 int32 lanes, 16-channel blocks (from the ISA, not yet measured)"
+        return 16, "AVX-512 BW without VNNI (vpmaddubsw): 16 int32 lanes, 16-channel blocks (from the ISA)"
     if "avx_vnni" in flags:
-        return 8, "AVX-VNNI (avx_vnni): 8 int32 lanes, 8-channel blocks (from the ISA, not yet measured)"
+        return 8, "AVX-VNNI (avx_vnni): 8 int32 lanes, 8-channel blocks (from the ISA)"
     if "avx2" in flags:
-        return 8, "AVX2 without VNNI (vpmaddubsw): 8 int32 lanes, 8-channel blocks (from the ISA, not yet measured)"
-    return 8, "no AVX2/AVX-512 flag found: 8-channel blocks assumed (not yet measured)"
+        return 8, "AVX2 without VNNI (vpmaddubsw): 8 int32 lanes, 8-channel blocks (from the ISA)"
+    return 8, "no AVX2/AVX-512 flag found: 8-channel blocks assumed"
 
 
 def int8_pairs_saturate(flags: Iterable[str]) -> bool:
@@ -120,8 +141,10 @@ def get_target(name: str, *, flags: Iterable[str] | None = None, field: str = "t
         blocks, why = _CPU_BLOCKS_PER_PASS[name]
         return Target(name, block, reason, full_rate=blocks * block, full_rate_reason=why.format(block=block))
     if name in ("ort-cpu-int8", "openvino-cpu-int8"):
-        block, reason = cpu_block_int8(cpu_flags() if flags is None else flags)
-        return Target(name, block, reason, full_rate_reason=_INT8_NOT_MEASURED)
+        flags = set(cpu_flags() if flags is None else flags)
+        block, reason = cpu_block_int8(flags)
+        full_rate, why = _INT8_FULL_RATE.get((name, _int8_isa(flags)), (None, _INT8_NOT_MEASURED))
+        return Target(name, block, reason, full_rate=full_rate, full_rate_reason=why)
     raise UsageError(f"{field}: got {name!r}, expected one of {list(TARGET_NAMES)}")
 
 

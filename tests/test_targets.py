@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from natsdeploy.errors import UsageError
 from natsdeploy.targets import TARGET_NAMES, Target, cpu_block, cpu_flags, detect_target, get_target, int8_pairs_saturate
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("flags, block", [({"avx2", "avx512f", "fma"}, 16), ({"avx", "avx2"}, 8), (set(), 8),
@@ -65,18 +69,37 @@ def test_importing_targets_does_not_import_torch():
 
 
 def test_int8_cpu_targets_take_their_block_from_the_isa():
-    """int8 blocks: 16 with AMX or AVX-512 (VNNI or not), 8 with AVX-VNNI/AVX2; not yet measured, and the
-    reasons say so (benchmarks/conv_width_int8.py is to measure the full-rate widths)."""
-    cases = [({"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"}, 16, "AMX"),
-             ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, 16, "VNNI"),
-             ({"avx2", "avx512f", "avx512bw"}, 16, "vpmaddubsw"),
-             ({"avx2", "avx_vnni"}, 8, "AVX-VNNI"), ({"avx2", "fma"}, 8, "AVX2"), (set(), 8, "assumed")]
+    """int8 blocks: 16 with AMX or AVX-512 (VNNI or not), 8 with AVX-VNNI/AVX2. Full rate: measured on AMX and
+    on AVX2 without VNNI (next test); on the other ISAs the block alone, and the reason says so."""
+    cases = [({"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"}, 16, "AMX", "measured on AMX"),
+             ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, 16, "VNNI", "not measured"),
+             ({"avx2", "avx512f", "avx512bw"}, 16, "vpmaddubsw", "not measured"),
+             ({"avx2", "avx_vnni"}, 8, "AVX-VNNI", "not measured"),
+             ({"avx2", "fma"}, 8, "AVX2", "measured on AVX2"), (set(), 8, "assumed", "not measured")]
     for name in ("ort-cpu-int8", "openvino-cpu-int8"):
         assert name in TARGET_NAMES
-        for flags, block, word in cases:
+        for flags, block, word, rate_word in cases:
             t = get_target(name, flags=flags)
-            assert (t.block, t.full_rate) == (block, block) and word in t.reason, (name, flags, t)
-            assert "not yet measured" in t.reason and "not yet measured" in t.full_rate_reason
+            assert t.block == block and word in t.reason and rate_word in t.full_rate_reason, (name, flags, t)
+            assert t.full_rate % t.block == 0
+            if rate_word == "not measured":
+                assert t.full_rate == block
+
+
+@pytest.mark.parametrize("results, flags", [("conv_width_int8.json", {"avx2", "avx512f", "avx512bw", "amx_int8"}),
+                                            ("conv_width_int8_avx2.json", {"avx2", "fma"})])
+def test_int8_full_rate_is_the_narrowest_measured_width_within_15_percent(results, flags):
+    """The full rate of each int8 CPU target is recomputed from the recorded measurement: the narrowest width
+    whose per-channel cost is at most 1.15x at every stage and dilation, else the widest measured."""
+    rec = json.loads((REPO / "benchmarks" / "results" / results).read_text())
+    for name, runtime in (("ort-cpu-int8", "onnxruntime"), ("openvino-cpu-int8", "openvino")):
+        rows = [r for r in rec["results"] if r["runtime"] == runtime]
+        widths = sorted({r["width"] for r in rows})
+        worst = {w: max(r["per_channel_ratio"] for r in rows if r["width"] == w) for w in widths}
+        expected = next((w for w in widths if worst[w] <= 1.15), widths[-1])
+        t = get_target(name, flags=flags)
+        assert t.full_rate == expected, (name, results, worst)
+        assert f"{worst[expected]:.2f}x per channel at {expected} channels" in t.full_rate_reason, (t, worst)
 
 
 def test_int8_pairs_saturate_only_without_vnni_or_amx():
