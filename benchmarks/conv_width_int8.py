@@ -6,7 +6,8 @@ symmetric int8 activations, float bias: what `export --precision int8` writes) o
 each dilation is timed against a full-width (256) dilation-1 one on the same input, interleaved
 (median of per-pair ratios, bootstrap 95% interval), on ONNX Runtime CPU and OpenVINO CPU. Reported:
 the per-channel ratio (t_width / width) / (t_full / full); 1.0 is full rate. `natsdeploy.targets`'
-int8 CPU targets take their full-rate width from this table once it is measured.
+int8 CPU targets take their full-rate width from the recorded tables (results/conv_width_int8*.json; the
+narrowest width at most 1.15x everywhere), which tests/test_targets.py recomputes.
 
     .venv/bin/python benchmarks/conv_width_int8.py [--pairs 20] [--threads 2] [--widths 8,16,32,48,64,128]
         [--runtimes onnxruntime,openvino] [--out benchmarks/results/conv_width_int8.json]

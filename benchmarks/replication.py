@@ -20,6 +20,9 @@ Every stage is a `natsdeploy` command (printed and recorded); a stage whose outp
 changing any setting, use a new `--work`. Results (rewritten after every pair of runs, so partial
 results are readable): `results/replication_controls.{json,md}` with per-arm mean ± std, paired
 differences against baseline and random with a Student-t interval, and the searches' convergence.
+`--import-runs EARLIER.json` adds an earlier record's finished runs (arm, seed pairs not run in `--work`;
+each marked `imported_from`, the earlier config/commands/machine kept under `imported`); it refuses a
+record of another recipe. Valid only from the same pretrained backbone: re-run one of its runs to check.
 
     python benchmarks/replication.py --work /tmp/nats-replication
 """
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an earlier results .json: its finished runs (and searches) of arms/seeds not run in --work "
                         "join the tables, marked imported (only valid from the same pretrained backbone and recipe)")
     a = p.parse_args(argv)
+    if a.import_runs:
+        _check_import(a)
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -275,7 +280,7 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
         for arm in runs:
             if arm == ref or ref not in runs:
                 continue
-            seeds = [s for s in a.seeds if s in runs[arm] and s in runs[ref]]
+            seeds = sorted(set(runs[arm]) & set(runs[ref]))  # imported seeds pair too
             paired[f"{arm} - {ref}"] = {k: {"per_seed": [runs[arm][s]["final"][k] - runs[ref][s]["final"][k]
                                                           for s in seeds],
                                             "mean": statistics.fmean([runs[arm][s]["final"][k] - runs[ref][s]["final"][k]
@@ -299,7 +304,9 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
               "paired_differences": paired, "searches": search,
               "machine": _machine(),
               "metric_scale": "AP points (0-100), pycocotools bbox; -1 = undefined",
-              "interval": "t95: two-sided 95% Student-t interval of the mean paired difference over seeds"}
+              "interval": "t95: two-sided 95% Student-t interval of the mean paired difference over seeds",
+              "imported": None if not imported else {"path": a.import_runs, **{k: imported.get(k) for k in (
+                  "config", "commands", "stage_seconds", "machine", "jobs_note", "imported")}}}
     stem = Path(a.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
     if stem.with_suffix(".json").exists():  # a re-run skips finished stages: keep their measured wall times
@@ -309,6 +316,27 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
     stem.with_suffix(".md").write_text(_table(record) + "\n")
     _plot_curves(runs, stem.parent / (stem.name + "_curves.png"))
     print(_table(record), flush=True)
+
+
+_RECIPE = ("backbone", "size", "train_images", "val_images", "classes", "min_size", "max_size", "batch_size",
+           "lr_per_image", "pretrain_epochs", "epochs", "search_epochs", "search_warmup_epochs", "gumbel_epochs")
+
+
+def _check_import(a) -> None:
+    """Refuse an --import-runs file that is not an earlier record of the same recipe, or is this run's output."""
+    path = Path(a.import_runs)
+    if path.resolve() == Path(a.out).with_suffix(".json").resolve():
+        raise SystemExit(f"--import-runs: got {str(path)!r}, expected a file other than this run's output (copy it first)")
+    try:
+        old = json.loads(path.read_text())
+        runs, config = old["runs"], old["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--import-runs: got {str(path)!r}, expected an earlier replication results .json ({e})")
+    for k in _RECIPE:
+        if k in config and config[k] != getattr(a, k):
+            raise SystemExit(f"--import-runs: got {k}={config[k]!r} in {path}, expected {getattr(a, k)!r} as in this run")
+    if not isinstance(runs, dict):
+        raise SystemExit(f"--import-runs: got runs of type {type(runs).__name__}, expected an object of arms")
 
 
 def _import_runs(a, runs: dict) -> dict:
@@ -321,7 +349,7 @@ def _import_runs(a, runs: dict) -> dict:
     for arm, by_seed in old.get("runs", {}).items():
         for seed, r in by_seed.items():
             if int(seed) not in runs.get(arm, {}):
-                merged.setdefault(arm, {})[int(seed)] = {**r, "imported_from": a.import_runs}
+                merged.setdefault(arm, {})[int(seed)] = {**r, "imported_from": r.get("imported_from", a.import_runs)}
     for arm, by_seed in runs.items():
         merged.setdefault(arm, {}).update(by_seed)
     runs.clear()
@@ -379,11 +407,9 @@ def _mix(arch_doc: dict) -> dict[str, int]:
 
 
 def _table(r: dict) -> str:
-    seeds = r["config"]["seeds"]
     lines = [f"| arm | {' | '.join(METRICS)} |", "| --- |" + " --- |" * len(METRICS)]
     for arm, s in r["summary"].items():
-        n = len(r["runs"][arm])
-        lines.append(f"| {arm} (mean ± std, {n} of seeds {seeds}) | "
+        lines.append(f"| {arm} (mean ± std, seeds {sorted(int(k) for k in r['runs'][arm])}) | "
                      + " | ".join("n/a" if s[k]["mean"] is None else
                                   f"{s[k]['mean']:.2f} ± {s[k]['std'] or 0.0:.2f}" for k in METRICS) + " |")
     for name, d in r["paired_differences"].items():

@@ -79,28 +79,32 @@ def cpu_block(flags: Iterable[str]) -> tuple[int, str]:
 
 # INT8 CPU kernels (`export --precision int8` graphs): the block is the output channels one vector of int32
 # accumulators holds. Full-rate widths as measured by benchmarks/conv_width_int8.py (benchmarks/README.md,
-# section 6; per-channel cost of a `width`-output QDQ conv over a 256-wide one, layer3 and layer4 shapes,
-# dilations 1, 2 and (4, 1)): the narrowest measured width at most 1.15x everywhere. Measured on two ISAs:
-# AMX (the Xeon kind) and AVX2 without VNNI (the AMD kind); elsewhere only the block is known.
+# section 6; per-channel cost of a `width`-output QDQ conv over a 256-wide one at ResNet-50's layer3 and
+# layer4 shapes, dilations 1, 2 and (4, 1)): the narrowest measured width at most 1.15x everywhere; None
+# where no measured width (8-128) gets there, so the block alone is assumed. Measured on two ISAs: AMX (the
+# Xeon kind) and AVX2 without VNNI (AMD Zen 3); elsewhere only the block is known.
+_MEASURED_SHAPES = "layer3/layer4 shapes; narrower convs, e.g. layer2's, not measured"
 _INT8_FULL_RATE = {
-    ("ort-cpu-int8", "amx"): (128, "measured on AMX (results/conv_width_int8.md): 1.09-1.13x per channel at "
-                                   "128 channels, 1.36-1.44x at 64"),
-    ("openvino-cpu-int8", "amx"): (128, "measured on AMX (results/conv_width_int8.md): the widest measured, still "
-                                        "1.39-1.56x per channel at 128 channels (2.18-2.40x at 64)"),
-    ("ort-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI (results/conv_width_int8_avx2.md): 1.02-1.06x "
-                                    "per channel at 128 channels, 1.09-1.21x at 64"),
-    ("openvino-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI (results/conv_width_int8_avx2.md): "
-                                         "1.05-1.14x per channel at 128 channels, 1.16-1.37x at 64"),
+    ("ort-cpu-int8", "amx"): (128, "measured on AMX (results/conv_width_int8.md, " + _MEASURED_SHAPES + "): "
+                                   "1.09-1.13x per channel at 128 channels, 1.36-1.44x at 64"),
+    ("openvino-cpu-int8", "amx"): (None, "measured on AMX (results/conv_width_int8.md, " + _MEASURED_SHAPES + "): "
+                                         "no measured width reaches 1.15x per channel, 1.39-1.56x at 128 "
+                                         "channels (2.18-2.40x at 64): the block alone is assumed"),
+    ("ort-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI, AMD Zen 3 (results/conv_width_int8_avx2.md, "
+                                    + _MEASURED_SHAPES + "): 1.02-1.06x per channel at 128 channels, 1.09-1.21x at 64"),
+    ("openvino-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI, AMD Zen 3 (results/conv_width_int8_avx2.md, "
+                                         + _MEASURED_SHAPES + "): 1.05-1.14x per channel at 128 channels, "
+                                         "1.16-1.37x at 64"),
 }
 _INT8_NOT_MEASURED = ("not measured on this ISA (benchmarks/conv_width_int8.py ran on AMX and on AVX2 without "
                       "VNNI): the block alone is assumed")
 
 
 def _int8_isa(flags: set[str]) -> str | None:
-    """Which measured int8 ISA these flags are: 'amx', 'avx2' (no AVX-512, no VNNI) or None (not measured)."""
+    """Which measured int8 ISA these flags are: 'amx', 'avx2' (no AVX-512 at all, no VNNI) or None."""
     if "amx_int8" in flags:
         return "amx"
-    if "avx2" in flags and not flags & {"avx512bw", "avx512_vnni", "avx_vnni"}:
+    if "avx2" in flags and not flags & {"avx512f", "avx512bw", "avx512_vnni", "avx_vnni"}:
         return "avx2"
     return None
 

@@ -75,7 +75,8 @@ def test_int8_cpu_targets_take_their_block_from_the_isa():
              ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, 16, "VNNI", "not measured"),
              ({"avx2", "avx512f", "avx512bw"}, 16, "vpmaddubsw", "not measured"),
              ({"avx2", "avx_vnni"}, 8, "AVX-VNNI", "not measured"),
-             ({"avx2", "fma"}, 8, "AVX2", "measured on AVX2"), (set(), 8, "assumed", "not measured")]
+             ({"avx2", "fma"}, 8, "AVX2", "measured on AVX2"), ({"avx2", "avx512f"}, 8, "AVX2", "not measured"),  # int8 AVX-512 needs BW
+             (set(), 8, "assumed", "not measured")]
     for name in ("ort-cpu-int8", "openvino-cpu-int8"):
         assert name in TARGET_NAMES
         for flags, block, word, rate_word in cases:
@@ -89,17 +90,18 @@ def test_int8_cpu_targets_take_their_block_from_the_isa():
 @pytest.mark.parametrize("results, flags", [("conv_width_int8.json", {"avx2", "avx512f", "avx512bw", "amx_int8"}),
                                             ("conv_width_int8_avx2.json", {"avx2", "fma"})])
 def test_int8_full_rate_is_the_narrowest_measured_width_within_15_percent(results, flags):
-    """The full rate of each int8 CPU target is recomputed from the recorded measurement: the narrowest width
-    whose per-channel cost is at most 1.15x at every stage and dilation, else the widest measured."""
+    """Each int8 CPU target's full rate, recomputed from the recorded measurement: the narrowest width whose
+    per-channel cost is at most 1.15x at every stage and dilation; none (the block) if no width gets there.
+    The reason quotes the measured range at 128 and 64 channels."""
     rec = json.loads((REPO / "benchmarks" / "results" / results).read_text())
     for name, runtime in (("ort-cpu-int8", "onnxruntime"), ("openvino-cpu-int8", "openvino")):
         rows = [r for r in rec["results"] if r["runtime"] == runtime]
         widths = sorted({r["width"] for r in rows})
-        worst = {w: max(r["per_channel_ratio"] for r in rows if r["width"] == w) for w in widths}
-        expected = next((w for w in widths if worst[w] <= 1.15), widths[-1])
+        span = {w: [f(r["per_channel_ratio"] for r in rows if r["width"] == w) for f in (min, max)] for w in widths}
         t = get_target(name, flags=flags)
-        assert t.full_rate == expected, (name, results, worst)
-        assert f"{worst[expected]:.2f}x per channel at {expected} channels" in t.full_rate_reason, (t, worst)
+        assert t.full_rate == next((w for w in widths if span[w][1] <= 1.15), t.block), (name, results, span)
+        for w in (128, 64):
+            assert f"{span[w][0]:.2f}-{span[w][1]:.2f}x" in t.full_rate_reason, (t.full_rate_reason, w, span[w])
 
 
 def test_int8_pairs_saturate_only_without_vnni_or_amx():
