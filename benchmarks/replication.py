@@ -23,6 +23,7 @@ differences against baseline and random with a Student-t interval, and the searc
 `--import-runs EARLIER.json` adds an earlier record's finished runs (arm, seed pairs not run in `--work`;
 each marked `imported_from`, the earlier config/commands/machine kept under `imported`); it refuses a
 record of another recipe. Valid only from the same pretrained backbone: re-run one of its runs to check.
+`--report-only` runs nothing and writes the results of what has finished (`unfinished` lists the rest).
 
     python benchmarks/replication.py --work /tmp/nats-replication
 """
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--import-runs", default=None,
                    help="an earlier results .json: its finished runs (and searches) of arms/seeds not run in --work "
                         "join the tables, marked imported (only valid from the same pretrained backbone and recipe)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the results from the runs already finished in --work")
     a = p.parse_args(argv)
     if a.import_runs:
         _check_import(a)
@@ -130,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage(name: str, cmd: list[str], done: Path) -> None:
         commands.append("natsdeploy " + " ".join(cmd[3:]))
-        if done.exists():
-            print(f"[{name}] done already ({done})", flush=True)
+        if done.exists() or a.report_only:
+            print(f"[{name}] {'done already' if done.exists() else 'not run (--report-only)'} ({done})", flush=True)
             return
         seconds[name] = _run(cmd, log)
 
@@ -149,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
                           *sched(a.pretrain_epochs), "--warmup-iters", "200", "--seed", "100", "--resume",
                           "--out", str(pre), *common), pre / "metrics.json.done")
     weights = work / "pretrained_backbone.pth"
-    if not weights.exists():
+    if not weights.exists() and not a.report_only:
         import torch
 
         from natsdeploy.train import backbone_weights
 
         torch.save(backbone_weights(pre / "checkpoint.pth"), weights)
-    (pre / "metrics.json.done").touch()
+    if weights.exists():
+        (pre / "metrics.json.done").touch()
     commands.append(f"python -c \"import torch, natsdeploy.train as t; torch.save(t.backbone_weights('{pre}/checkpoint.pth'), "
                     f"'{weights}')\"")
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             todo_search.append((f"search {kind}", cmd, out))
     threads = max(1, (os.cpu_count() or 1) // max(1, a.jobs))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if todo_search:
+    if todo_search and not a.report_only:
         seconds.update(_run_parallel(todo_search, env))
 
     arch_of: dict[str, dict[int, Path | None]] = {}
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             commands.append("natsdeploy " + " ".join(cmd[3:]))
             if not (out / "metrics.json.done").exists():
                 todo.append((f"{arm} seed {seed}", cmd, out))
-    for i in range(0, len(todo), max(1, a.jobs)):  # a.jobs runs at a time, each on its own cores
+    for i in range(0, 0 if a.report_only else len(todo), max(1, a.jobs)):  # a.jobs at a time, own cores each
         seconds.update(_run_parallel(todo[i:i + a.jobs], env))
         _write(a, work, arch_of, commands, seconds, threads)
     _write(a, work, arch_of, commands, seconds, threads)
@@ -299,7 +303,8 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
                             "arch_mix": _mix(json.loads((work / folder / "arch.json").read_text()))}
         elif a.import_runs and kind in imported.get("searches", {}):
             search[kind] = {**imported["searches"][kind], "imported_from": a.import_runs}
-    record = {"config": vars(a), "jobs_note": f"retrain runs {a.jobs} at a time, {threads} thread(s) each",
+    unfinished = [f"{arm} seed {seed}" for arm in a.arms for seed in a.seeds if seed not in runs.get(arm, {})]
+    record = {"config": vars(a), "unfinished": unfinished, "jobs_note": f"retrain runs {a.jobs} at a time, {threads} thread(s) each",
               "commands": commands, "stage_seconds": seconds, "runs": runs, "summary": summary,
               "paired_differences": paired, "searches": search,
               "machine": _machine(),
