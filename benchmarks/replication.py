@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the results from the runs already finished in --work")
     a = p.parse_args(argv)
-    if a.import_runs:
-        _check_import(a)
+    earlier = _check_import(a) if a.import_runs else {}
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -229,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 todo.append((f"{arm} seed {seed}", cmd, out))
     for i in range(0, 0 if a.report_only else len(todo), max(1, a.jobs)):  # a.jobs at a time, own cores each
         seconds.update(_run_parallel(todo[i:i + a.jobs], env))
-        _write(a, work, arch_of, commands, seconds, threads)
-    _write(a, work, arch_of, commands, seconds, threads)
+        _write(a, work, arch_of, commands, seconds, threads, earlier)
+    _write(a, work, arch_of, commands, seconds, threads, earlier)
     return 0
 
 
@@ -255,7 +254,8 @@ def _t_interval(diffs: list[float]) -> list[float] | None:
     return [m - half, m + half]
 
 
-def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str, float], threads: int) -> None:
+def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str, float], threads: int,
+           earlier: dict) -> None:
     """Write results/…{json,md} from every finished run (partial while runs remain)."""
     runs: dict[str, dict[int, dict]] = {}
     for arm in a.arms:
@@ -270,7 +270,7 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
                 "per_epoch_APl": [m.get("APl") for m in metrics],
                 "arch": None if arch_path is None else {"path": str(arch_path),
                                                         "dilation_mix": _mix(json.loads(arch_path.read_text()))}}
-    imported = _import_runs(a, runs)
+    imported = _import_runs(a, runs, earlier)
     summary = {}
     for arm, by_seed in runs.items():
         summary[arm] = {}
@@ -327,8 +327,8 @@ _RECIPE = ("backbone", "size", "train_images", "val_images", "classes", "min_siz
            "lr_per_image", "pretrain_epochs", "epochs", "search_epochs", "search_warmup_epochs", "gumbel_epochs")
 
 
-def _check_import(a) -> None:
-    """Refuse an --import-runs file that is not an earlier record of the same recipe, or is this run's output."""
+def _check_import(a) -> dict:
+    """The --import-runs record; refuse one that is not an earlier record of the same recipe, or is this run's output."""
     path = Path(a.import_runs)
     if path.resolve() == Path(a.out).with_suffix(".json").resolve():
         raise SystemExit(f"--import-runs: got {str(path)!r}, expected a file other than this run's output (copy it first)")
@@ -342,14 +342,14 @@ def _check_import(a) -> None:
             raise SystemExit(f"--import-runs: got {k}={config[k]!r} in {path}, expected {getattr(a, k)!r} as in this run")
     if not isinstance(runs, dict):
         raise SystemExit(f"--import-runs: got runs of type {type(runs).__name__}, expected an object of arms")
+    return old
 
 
-def _import_runs(a, runs: dict) -> dict:
+def _import_runs(a, runs: dict, old: dict) -> dict:
     """Add an earlier record's runs for (arm, seed) pairs not finished here, each marked with its source;
     return that record ({} without --import-runs). Arms keep the earlier record's order, then the new ones."""
     if not a.import_runs:
         return {}
-    old = json.loads(Path(a.import_runs).read_text())
     merged: dict[str, dict] = {}
     for arm, by_seed in old.get("runs", {}).items():
         for seed, r in by_seed.items():

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from natsdeploy.errors import UsageError
 from natsdeploy.targets import TARGET_NAMES, Target, cpu_block, cpu_flags, detect_target, get_target, int8_pairs_saturate
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("flags, block", [({"avx2", "avx512f", "fma"}, 16), ({"avx", "avx2"}, 8), (set(), 8),
