@@ -20,9 +20,10 @@ Every stage is a `natsdeploy` command (printed and recorded); a stage whose outp
 changing any setting, use a new `--work`. Results (rewritten after every pair of runs, so partial
 results are readable): `results/replication_controls.{json,md}` with per-arm mean ± std, paired
 differences against baseline and random with a Student-t interval, and the searches' convergence.
-`--import-runs EARLIER.json` adds an earlier record's finished runs (arm, seed pairs not run in `--work`;
-each marked `imported_from`, the earlier config/commands/machine kept under `imported`); it refuses a
-record of another recipe. Valid only from the same pretrained backbone: re-run one of its runs to check.
+`--import-runs EARLIER.json` adds an earlier record's finished runs (arm, seed pairs not run in `--work`,
+which are then not re-run; each marked `imported_from`, the earlier config/commands/machine kept under
+`imported`); it refuses a record of another recipe. Valid only from the same pretrained backbone:
+re-run one of its runs to check.
 `--report-only` runs nothing and writes the results of what has finished (`unfinished` lists the rest).
 
     python benchmarks/replication.py --work /tmp/nats-replication
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE / "results" / "replication_controls"), help="result path stem")
     p.add_argument("--import-runs", default=None,
                    help="an earlier results .json: its finished runs (and searches) of arms/seeds not run in --work "
-                        "join the tables, marked imported (only valid from the same pretrained backbone and recipe)")
+                        "join the tables, marked imported, and are not re-run (only valid from the same pretrained "
+                        "backbone and recipe)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the results from the runs already finished in --work")
     a = p.parse_args(argv)
@@ -224,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                       *sched(a.epochs), "--warmup-iters", "50", "--seed", str(seed), "--resume", "--out", str(out),
                       *common)
             commands.append("natsdeploy " + " ".join(cmd[3:]))
-            if not (out / "metrics.json.done").exists():
+            if str(seed) in earlier.get("runs", {}).get(arm, {}) and not (out / "metrics.json.done").exists():
+                print(f"[{arm} seed {seed}] imported from {a.import_runs}: not re-run", flush=True)
+            elif not (out / "metrics.json.done").exists():
                 todo.append((f"{arm} seed {seed}", cmd, out))
     for i in range(0, 0 if a.report_only else len(todo), max(1, a.jobs)):  # a.jobs at a time, own cores each
         seconds.update(_run_parallel(todo[i:i + a.jobs], env))
