@@ -78,8 +78,10 @@ def bench_cli(args: argparse.Namespace) -> int:
         from natsdeploy.bench.per_conv import per_conv_bench
 
         print("per-conv (transformed conv vs its baseline conv, p50):")
+        # the user's --runs and --warmup-s hold per conv and backend too (--duration-s alone: 20 pairs a conv)
         report["per_conv"] = per_conv_bench(arch, backends=[b for b in args.backend if b != "trt"],
-                                            input_shape=shape, threads=report["settings"]["threads"])
+                                            input_shape=shape, threads=report["settings"]["threads"],
+                                            runs=runs if args.runs else 20, warmup_s=warm)
     print(format_bench(report))
     if args.json:
         from natsdeploy.files import atomic_write_text

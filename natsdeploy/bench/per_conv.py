@@ -92,7 +92,8 @@ def per_conv_bench(arch: Arch, *, backends: Sequence[str], input_shape: Sequence
             rows.append({"conv": name, "backend": backend, "input_shape": list(shape),
                          "branches": [[list(b.dilation), b.channels] for b in ct.branches],
                          "baseline_p50_ms": timing.baseline.p50, "transformed_p50_ms": timing.transformed.p50,
-                         "ratio": ratio.median, "ci95": [ratio.ci_low, ratio.ci_high]})
+                         "ratio": ratio.median, "ci95": [ratio.ci_low, ratio.ci_high], "pairs": runs,
+                         "warmup_s": warmup_s})
             log(f"  {name:<16} {backend:<6} {len(ct.branches):>2} branches  "
                 f"{timing.baseline.p50:8.3f} ms -> {timing.transformed.p50:8.3f} ms  {ratio.median:.3f}x")
     return rows

@@ -36,6 +36,7 @@ def test_bench_torch_and_ort_writes_json_and_plot(tmp_path, capsys):
         assert lo <= r["ratio_transformed_over_baseline"]["median"] <= hi
     assert {"cpu", "versions", "logical_cpus"} <= set(rep["machine"])
     assert rep["per_conv"] and {p["conv"] for p in rep["per_conv"]} <= set(json.loads(open(EX).read())["convs"])
+    assert {(p["pairs"], p["warmup_s"]) for p in rep["per_conv"]} == {(3, 0.0)}  # the user's --runs and --warmup-s
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
