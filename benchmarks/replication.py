@@ -13,7 +13,9 @@ The paper's pipeline, shrunk to what a 2-core CPU can run:
    the target val split after every epoch. Arms (`--arms`, run in the order given): baseline; random
    (a new uniform draw from NATS-C per seed, `natsdeploy.search.decode.sample_arch`); gumbel; softmax;
    gumbel_a32 (`decode --align 32` of the gumbel search); hand_d2_layer4 (dilation 2 on every layer4
-   3x3 conv).
+   3x3 conv); and two ablations of the gumbel arch that separate where its cost sits: gumbel_layer4 (its
+   layer4 choices only, layer2/3 back to dilation 1) and gumbel_sym (every filter's dilation (a, b) made
+   symmetric at max(a, b): the same reach on both axes, a larger change than the asymmetric one).
 
 Every stage is a `natsdeploy` command (printed and recorded); a stage whose output exists is skipped
 (train stages resume), so an interrupted run continues. Outputs are keyed by folder only: after
@@ -42,7 +44,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-ARMS = ("baseline", "random", "gumbel", "softmax", "gumbel_a32", "hand_d2_layer4")
+ARMS = ("baseline", "random", "gumbel", "softmax", "gumbel_a32", "hand_d2_layer4", "gumbel_layer4", "gumbel_sym")
+GUMBEL_DERIVED = ("gumbel_a32", "gumbel_layer4", "gumbel_sym")  # need the gumbel search; paired against it too
 
 
 def _run(cmd: list[str], log: Path) -> float:
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "--epochs", str(a.gumbel_epochs)])}
     todo_search = []
     for kind, (out, extra) in searches.items():
-        if kind not in a.arms and not (kind == "gumbel" and "gumbel_a32" in a.arms):
+        if kind not in a.arms and not (kind == "gumbel" and set(GUMBEL_DERIVED) & set(a.arms)):
             continue
         cmd = _nd("search", "--backbone", a.backbone, "--data", str(tgt), "--weights", str(weights),
                   "--preset", "NATS-C", "--groups", "16", *extra, "--warmup-epochs", str(a.search_warmup_epochs),
@@ -207,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                     sample_arch(a.backbone, preset="NATS-C", groups=16, seed=1000 + seed).save(path)
                 commands.append(f"python -c \"from natsdeploy.search.decode import sample_arch; sample_arch("
                                 f"'{a.backbone}', preset='NATS-C', groups=16, seed={1000 + seed}).save('{path}')\"")
+                arch_of[arm][seed] = path
+            elif arm in ("gumbel_layer4", "gumbel_sym"):
+                path = work / "search_gumbel" / f"arch_{arm[len('gumbel_'):]}.json"
+                if not path.exists() and not a.report_only:
+                    from natsdeploy.arch import load_arch
+
+                    src_arch = load_arch(work / "search_gumbel" / "arch.json")
+                    (_layer4_only(src_arch) if arm == "gumbel_layer4" else _symmetric(src_arch)).save(path)
+                commands.append(f"cd benchmarks && python -c \"import replication as r, natsdeploy.arch as a; r."
+                                f"{'_layer4_only' if arm == 'gumbel_layer4' else '_symmetric'}("
+                                f"a.load_arch('{work / 'search_gumbel' / 'arch.json'}')).save('{path}')\"")
                 arch_of[arm][seed] = path
             elif arm == "hand_d2_layer4":  # dilation 2 on every layer4 3x3 conv, one branch each
                 path = work / "hand" / "arch.json"
@@ -248,6 +262,43 @@ def _hand_arch(backbone: str):
     return Arch(backbone=backbone, convs=convs, provenance={"hand_made": "dilation 2 on every layer4 3x3 conv"})
 
 
+def _from_filter_dilations(dils: list[tuple[int, int]]):
+    """A ConvTransform giving baseline filter i dilation dils[i]: one branch per dilation, in order of
+    first use, filters in baseline order within a branch (None when every filter keeps dilation 1)."""
+    from natsdeploy.arch import Branch, ConvTransform
+
+    if all(d == (1, 1) for d in dils):
+        return None
+    order = list(dict.fromkeys(dils))
+    perm = [i for d in order for i, di in enumerate(dils) if di == d]
+    return ConvTransform(tuple(Branch(d, dils.count(d)) for d in order), tuple(perm))
+
+
+def _map_filters(arch, fn, note: str):
+    """`arch` with every searched filter's dilation replaced by fn(conv name, dilation)."""
+    from natsdeploy.align import filter_dilations
+    from natsdeploy.arch import Arch
+
+    convs = {}
+    for name, ct in arch.convs.items():
+        new = _from_filter_dilations([fn(name, d) for d in filter_dilations(ct, arch.spec.convs[name])])
+        if new is not None:
+            convs[name] = new
+    prov = dict(arch.provenance) if isinstance(arch.provenance, dict) else {"source": arch.provenance}
+    return Arch(backbone=arch.backbone, convs=convs, provenance={**prov, "ablation": note})
+
+
+def _layer4_only(arch):
+    """The arch's layer4 choices only; layer2/3 filters back to dilation 1."""
+    return _map_filters(arch, lambda name, d: d if name.startswith("layer4.") else (1, 1),
+                        "layer4 choices only: layer2/3 filters at dilation 1")
+
+
+def _symmetric(arch):
+    """Every filter's dilation (a, b) made (m, m) with m = max(a, b): symmetric, the same reach."""
+    return _map_filters(arch, lambda name, d: (max(d), max(d)), "every dilation (a, b) made (max, max)")
+
+
 def _t_interval(diffs: list[float]) -> list[float] | None:
     """Two-sided 95% Student-t interval of the mean paired difference (n seeds, n - 1 dof)."""
     if len(diffs) < 2:
@@ -284,9 +335,9 @@ def _write(a, work: Path, arch_of: dict, commands: list[str], seconds: dict[str,
             summary[arm][k] = {"mean": statistics.fmean(defined) if defined else None,
                                "std": statistics.stdev(defined) if len(defined) > 1 else None, "values": vals}
     paired = {}
-    for ref in ("baseline", "random"):
+    for ref in ("baseline", "random", "gumbel"):
         for arm in runs:
-            if arm == ref or ref not in runs:
+            if arm == ref or ref not in runs or (ref == "gumbel" and arm not in GUMBEL_DERIVED):
                 continue
             seeds = sorted(set(runs[arm]) & set(runs[ref]))  # imported seeds pair too
             paired[f"{arm} - {ref}"] = {k: {"per_seed": [runs[arm][s]["final"][k] - runs[ref][s]["final"][k]

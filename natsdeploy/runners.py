@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = ["Runner", "TorchRunner", "OrtRunner", "OpenVinoRunner", "OPENVINO_PRECISIONS", "ort_session_options",
-           "openvino_capabilities", "openvino_supports"]
+           "openvino_capabilities", "openvino_supports", "onednn_cap_below_avx512"]
 
 OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 """Inference precisions `OpenVinoRunner` offers (OpenVINO's INFERENCE_PRECISION_HINT values), each with
@@ -30,13 +30,30 @@ def openvino_capabilities(device: str = "CPU") -> frozenset[str]:
     return frozenset(str(c) for c in ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
 
 
-def openvino_supports(precision: str, device: str = "CPU") -> bool:
+# oneDNN ISA caps under AVX-512: OpenVINO 2026.4 still lists BF16 (it reads CPUID) but a bf16 compile fails
+# ("object is not initialized"); measured for AVX2 and AVX2_VNNI_2 (on a CPU without avx_ne_convert),
+# AVX512_CORE and above compile bf16
+_CAPS_BELOW_AVX512 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"})
+
+
+def onednn_cap_below_avx512(env: Mapping[str, str] | None = None) -> str | None:
+    """The oneDNN ISA cap (ONEDNN_MAX_CPU_ISA, else DNNL_MAX_CPU_ISA; upper-cased) when it is below
+    AVX-512, where OpenVINO's CPU plugin cannot compile bf16/f16; None when unset or not below."""
+    env = os.environ if env is None else env
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap if cap in _CAPS_BELOW_AVX512 else None
+
+
+def openvino_supports(precision: str, device: str = "CPU", *, env: Mapping[str, str] | None = None) -> bool:
     """Whether OpenVINO's `device` computes natively at `precision` (f32, bf16 or f16).
 
-    Where it does not (bf16 on an AVX2-only CPU), a request for it runs f32: `OpenVinoRunner` records both.
+    Where it does not (bf16 on an AVX2-only CPU, or under a oneDNN ISA cap below AVX-512 from `env`,
+    default os.environ), a request for it runs f32: `OpenVinoRunner` records both.
     """
     if precision not in _CAPABILITY:
         raise ValueError(f"precision: got {precision!r}, expected one of {list(OPENVINO_PRECISIONS)}")
+    if precision != "f32" and device.upper().startswith("CPU") and onednn_cap_below_avx512(env):
+        return False
     return _CAPABILITY[precision] in openvino_capabilities(device)
 
 
@@ -140,7 +157,8 @@ class OpenVinoRunner:
     1e-2 against PyTorch fp32), so the precision is always set: `f32` by default, `bf16` or `f16` on
     request. What ran is the precision the compiled model reports, kept in `precision` and in `name`;
     what was asked for is `requested`. They differ where the CPU lacks the format (bf16 on AVX2 runs
-    f32), and `fallback_note` then says so in one line.
+    f32) or a oneDNN ISA cap below AVX-512 is set (then f32 is asked for: OpenVINO would fail to
+    compile bf16), and `fallback_note` then says so in one line.
     OpenVINO cannot read ONNX model-local functions (the ``function`` export form): they are
     inlined in memory first. `threads` sets INFERENCE_NUM_THREADS; the performance hint is LATENCY.
     """
@@ -156,7 +174,9 @@ class OpenVinoRunner:
 
         proto = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
         core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        cap = onednn_cap_below_avx512() if precision != "f32" and device.upper().startswith("CPU") else None
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if cap else precision,
+                                  "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(core.read_model(inline_functions(proto).SerializeToString()), device, config)
@@ -167,14 +187,16 @@ class OpenVinoRunner:
         self.version = ov.__version__.split("-")[0]
         self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
         self.name = f"openvino-{device.lower()}-{self.precision}"
+        self._cap = cap
 
     @property
     def fallback_note(self) -> str | None:
         """One line when the precision that ran is not the one requested (None when they agree)."""
         if self.precision == self.requested:
             return None
-        return (f"OpenVINO: {self.requested} was asked for and {self.precision} ran (this CPU's "
-                f"OPTIMIZATION_CAPABILITIES lack {_CAPABILITY[self.requested]})")
+        why = (f"the oneDNN ISA cap {self._cap} (ONEDNN_MAX_CPU_ISA/DNNL_MAX_CPU_ISA) is below AVX-512"
+               if self._cap else f"this CPU's OPTIMIZATION_CAPABILITIES lack {_CAPABILITY[self.requested]}")
+        return f"OpenVINO: {self.requested} was asked for and {self.precision} ran ({why})"
 
     def precision_record(self) -> dict[str, str]:
         """`{"requested": ..., "ran": ...}` for reports (OpenVINO's names: f32, bf16, f16)."""

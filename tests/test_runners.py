@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +14,8 @@ from natsdeploy import build_backbone
 from natsdeploy.arch import load_arch
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation
 from natsdeploy.export.onnx import FORMS, save_onnx, trunk_to_onnx
-from natsdeploy.runners import OpenVinoRunner, OrtRunner, TorchRunner, openvino_capabilities, openvino_supports
+from natsdeploy.runners import (OpenVinoRunner, OrtRunner, TorchRunner, onednn_cap_below_avx512, openvino_capabilities,
+                                openvino_supports)
 from natsdeploy.targets import cpu_flags
 from natsdeploy.verify.parity import DEFAULT_TOLERANCE
 from tests.conftest import EXAMPLES
@@ -93,10 +98,51 @@ def test_openvino_bf16_is_recorded_and_bounded(net):
 
 
 def test_openvino_capabilities_follow_the_cpu_flags():
-    """OpenVINO lists BF16 exactly where the CPU has bf16 arithmetic (AVX-512 bf16, AMX bf16 or AVX-NE-CONVERT)."""
+    """OpenVINO lists BF16 exactly where the CPU has bf16 arithmetic (AVX-512 bf16, AMX bf16 or AVX-NE-CONVERT);
+    bf16 is supported there unless a oneDNN ISA cap below AVX-512 is set (the suite run under the caps)."""
     flags = cpu_flags()
     assert "FP32" in openvino_capabilities()
-    assert openvino_supports("bf16") == bool({"avx512_bf16", "amx_bf16", "avx_ne_convert"} & flags)
+    has_bf16 = bool({"avx512_bf16", "amx_bf16", "avx_ne_convert"} & flags)
+    assert ("BF16" in openvino_capabilities()) == has_bf16
+    assert openvino_supports("bf16") == (has_bf16 and onednn_cap_below_avx512() is None)
+
+
+def test_onednn_caps_below_avx512_rule_out_bf16_and_f16_only():
+    assert onednn_cap_below_avx512({}) is None and onednn_cap_below_avx512({"ONEDNN_MAX_CPU_ISA": ""}) is None
+    assert onednn_cap_below_avx512({"ONEDNN_MAX_CPU_ISA": "avx2"}) == "AVX2"
+    assert onednn_cap_below_avx512({"DNNL_MAX_CPU_ISA": "AVX2_VNNI"}) == "AVX2_VNNI"  # the older spelling
+    assert onednn_cap_below_avx512({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "DNNL_MAX_CPU_ISA": "AVX2"}) is None
+    for isa in ("AVX512_CORE", "AVX512_CORE_BF16", "ALL", "bogus"):
+        assert onednn_cap_below_avx512({"ONEDNN_MAX_CPU_ISA": isa}) is None, isa
+    capped = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert not openvino_supports("bf16", env=capped) and not openvino_supports("f16", env=capped)
+    assert openvino_supports("f32", env=capped)
+
+
+_CAPPED_BF16 = """
+import sys
+import numpy as np, onnx
+from natsdeploy.runners import OpenVinoRunner
+r = OpenVinoRunner(onnx.load(sys.argv[1]), precision="bf16")
+x = np.random.default_rng(0).standard_normal((1, 3, 64, 96), dtype=np.float32)
+np.save(sys.argv[2], r.run({"images": x})["c5"])
+print(r.precision_record(), r.name)
+print(r.fallback_note)
+"""
+
+
+def test_openvino_bf16_under_a_onednn_cap_below_avx512_runs_and_records_f32(net, tmp_path):
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 OpenVINO still lists BF16 but cannot compile it (measured: "object is not
+    initialized"): the runner asks for f32, which runs, and says why. The cap is read when oneDNN loads,
+    so the check runs in a child process; its output must match PyTorch within the fp32 bound."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", _CAPPED_BF16, str(net["files"]["function"]), str(tmp_path / "c5.npy")],
+                         env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "{'requested': 'bf16', 'ran': 'f32'} openvino-cpu-f32", out
+    assert out[1] == ("OpenVINO: bf16 was asked for and f32 ran (the oneDNN ISA cap AVX2 "
+                      "(ONEDNN_MAX_CPU_ISA/DNNL_MAX_CPU_ISA) is below AVX-512)"), out
+    got, ref = np.load(tmp_path / "c5.npy"), net["ref"]["c5"]
+    assert float(np.abs(got - ref).max() / np.abs(ref).max()) < REL
 
 
 def test_openvino_rejects_an_unknown_precision(net):
