@@ -81,8 +81,9 @@ def cpu_block(flags: Iterable[str]) -> tuple[int, str]:
 # accumulators holds. Full-rate widths as measured by benchmarks/conv_width_int8.py (benchmarks/README.md,
 # section 6; per-channel cost of a `width`-output QDQ conv over a 256-wide one at ResNet-50's layer3 and
 # layer4 shapes, dilations 1, 2 and (4, 1)): the narrowest measured width at most 1.15x everywhere; None
-# where no measured width (8-128) gets there, so the block alone is assumed. Measured on two ISAs: AMX (the
-# Xeon kind) and AVX2 without VNNI (AMD Zen 3); elsewhere only the block is known.
+# where no measured width (8-128) gets there, so the block alone is assumed. Measured on three ISAs: AMX (the
+# Xeon kind), AVX-512 VNNI without AMX (AMD Zen 5) and AVX2 without VNNI (AMD Zen 3); elsewhere only the
+# block is known.
 _MEASURED_SHAPES = "layer3/layer4 shapes; narrower convs, e.g. layer2's, not measured"
 _INT8_FULL_RATE = {
     ("ort-cpu-int8", "amx"): (128, "measured on AMX (results/conv_width_int8.md, " + _MEASURED_SHAPES + "): "
@@ -90,20 +91,30 @@ _INT8_FULL_RATE = {
     ("openvino-cpu-int8", "amx"): (None, "measured on AMX (results/conv_width_int8.md, " + _MEASURED_SHAPES + "): "
                                          "no measured width reaches 1.15x per channel, 1.39-1.56x at 128 "
                                          "channels (2.18-2.40x at 64): the block alone is assumed"),
+    ("ort-cpu-int8", "avx512_vnni"): (128, "measured on AVX-512 VNNI without AMX, AMD Zen 5 "
+                                           "(results/conv_width_int8_avx512vnni.md, " + _MEASURED_SHAPES + "): "
+                                           "1.08-1.13x per channel at 128 channels, 1.21-1.35x at 64"),
+    ("openvino-cpu-int8", "avx512_vnni"): (None, "measured on AVX-512 VNNI without AMX, AMD Zen 5 "
+                                                 "(results/conv_width_int8_avx512vnni.md, " + _MEASURED_SHAPES + "): "
+                                                 "no measured width reaches 1.15x per channel, 1.08-1.25x at 128 "
+                                                 "channels (1.42-1.71x at 64): the block alone is assumed"),
     ("ort-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI, AMD Zen 3 (results/conv_width_int8_avx2.md, "
                                     + _MEASURED_SHAPES + "): 1.02-1.06x per channel at 128 channels, 1.09-1.21x at 64"),
     ("openvino-cpu-int8", "avx2"): (128, "measured on AVX2 without VNNI, AMD Zen 3 (results/conv_width_int8_avx2.md, "
                                          + _MEASURED_SHAPES + "): 1.05-1.14x per channel at 128 channels, "
                                          "1.16-1.37x at 64"),
 }
-_INT8_NOT_MEASURED = ("not measured on this ISA (benchmarks/conv_width_int8.py ran on AMX and on AVX2 without "
-                      "VNNI): the block alone is assumed")
+_INT8_NOT_MEASURED = ("not measured on this ISA (benchmarks/conv_width_int8.py ran on AMX, on AVX-512 VNNI "
+                      "without AMX and on AVX2 without VNNI): the block alone is assumed")
 
 
 def _int8_isa(flags: set[str]) -> str | None:
-    """Which measured int8 ISA these flags are: 'amx', 'avx2' (no AVX-512 at all, no VNNI) or None."""
+    """Which measured int8 ISA these flags are: 'amx', 'avx512_vnni' (AVX-512 BW + VNNI, no AMX), 'avx2'
+    (no AVX-512 at all, no VNNI) or None."""
     if "amx_int8" in flags:
         return "amx"
+    if {"avx512bw", "avx512_vnni"} <= flags:
+        return "avx512_vnni"
     if "avx2" in flags and not flags & {"avx512f", "avx512bw", "avx512_vnni", "avx_vnni"}:
         return "avx2"
     return None

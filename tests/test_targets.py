@@ -67,10 +67,12 @@ def test_importing_targets_does_not_import_torch():
 
 
 def test_int8_cpu_targets_take_their_block_from_the_isa():
-    """int8 blocks: 16 with AMX or AVX-512 (VNNI or not), 8 with AVX-VNNI/AVX2. Full rate: measured on AMX and
-    on AVX2 without VNNI (next test); on the other ISAs the block alone, and the reason says so."""
+    """int8 blocks: 16 with AMX or AVX-512 (VNNI or not), 8 with AVX-VNNI/AVX2. Full rate: measured on AMX, on
+    AVX-512 VNNI without AMX and on AVX2 without VNNI (next test); elsewhere the block alone, and the reason
+    says so."""
     cases = [({"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"}, 16, "AMX", "measured on AMX"),
-             ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, 16, "VNNI", "not measured"),
+             ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, 16, "VNNI", "measured on AVX-512 VNNI"),
+             ({"avx2", "avx512f", "avx512_vnni"}, 16, "VNNI", "not measured"),  # int8 AVX-512 needs BW
              ({"avx2", "avx512f", "avx512bw"}, 16, "vpmaddubsw", "not measured"),
              ({"avx2", "avx_vnni"}, 8, "AVX-VNNI", "not measured"),
              ({"avx2", "fma"}, 8, "AVX2", "measured on AVX2"), ({"avx2", "avx512f"}, 8, "AVX2", "not measured"),  # int8 AVX-512 needs BW
@@ -86,6 +88,8 @@ def test_int8_cpu_targets_take_their_block_from_the_isa():
 
 
 @pytest.mark.parametrize("results, flags", [("conv_width_int8.json", {"avx2", "avx512f", "avx512bw", "amx_int8"}),
+                                            ("conv_width_int8_avx512vnni.json",
+                                             {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni"}),
                                             ("conv_width_int8_avx2.json", {"avx2", "fma"})])
 def test_int8_full_rate_is_the_narrowest_measured_width_within_15_percent(results, flags):
     """Each int8 CPU target's full rate, recomputed from the recorded measurement: the narrowest width whose
