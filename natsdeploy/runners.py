@@ -44,6 +44,13 @@ def onednn_cap_below_avx512(env: Mapping[str, str] | None = None) -> str | None:
     return cap if cap in _CAPS_BELOW_AVX512 else None
 
 
+def _blocking_cap(precision: str, device: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The oneDNN cap that keeps OpenVINO's CPU plugin from compiling `precision` (bf16/f16), or None."""
+    if precision == "f32" or not device.upper().startswith("CPU"):
+        return None
+    return onednn_cap_below_avx512(env)
+
+
 def openvino_supports(precision: str, device: str = "CPU", *, env: Mapping[str, str] | None = None) -> bool:
     """Whether OpenVINO's `device` computes natively at `precision` (f32, bf16 or f16).
 
@@ -52,7 +59,7 @@ def openvino_supports(precision: str, device: str = "CPU", *, env: Mapping[str, 
     """
     if precision not in _CAPABILITY:
         raise ValueError(f"precision: got {precision!r}, expected one of {list(OPENVINO_PRECISIONS)}")
-    if precision != "f32" and device.upper().startswith("CPU") and onednn_cap_below_avx512(env):
+    if _blocking_cap(precision, device, env):
         return False
     return _CAPABILITY[precision] in openvino_capabilities(device)
 
@@ -174,7 +181,7 @@ class OpenVinoRunner:
 
         proto = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
         core = ov.Core()
-        cap = onednn_cap_below_avx512() if precision != "f32" and device.upper().startswith("CPU") else None
+        cap = _blocking_cap(precision, device)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if cap else precision,
                                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:
