@@ -36,7 +36,7 @@ from natsdeploy.convert import load_ic_conv  # noqa: E402
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation  # noqa: E402
 from natsdeploy.export.onnx import save_onnx, trunk_to_onnx  # noqa: E402
 from natsdeploy.runners import OpenVinoRunner, OrtRunner  # noqa: E402
-from natsdeploy.shapes import parse_input_shape  # noqa: E402
+from natsdeploy.cli_values import parse_input_shape  # noqa: E402
 from natsdeploy.timing.latency import time_interleaved  # noqa: E402
 from natsdeploy.timing.machine import machine_info  # noqa: E402
 

@@ -31,7 +31,7 @@ from natsdeploy.export.autotune import choose_rows  # noqa: E402
 from natsdeploy.export.fold import fold_trunk, merge_same_dilation  # noqa: E402
 from natsdeploy.export.onnx import FORMS, trunk_to_onnx  # noqa: E402
 from natsdeploy.runners import ort_session_options  # noqa: E402
-from natsdeploy.shapes import parse_input_shape  # noqa: E402
+from natsdeploy.cli_values import parse_input_shape  # noqa: E402
 from natsdeploy.timing.latency import time_interleaved  # noqa: E402
 from natsdeploy.timing.machine import machine_info  # noqa: E402
 

@@ -32,7 +32,7 @@ from natsdeploy.export.fold import fold_trunk, rewrite  # noqa: E402
 from natsdeploy.export.int8_report import int8_export  # noqa: E402
 from natsdeploy.export.onnx import trunk_to_onnx  # noqa: E402
 from natsdeploy.models.build import build_trunks  # noqa: E402
-from natsdeploy.shapes import parse_input_shape  # noqa: E402
+from natsdeploy.cli_values import parse_input_shape  # noqa: E402
 from natsdeploy.timing.machine import machine_info  # noqa: E402
 
 ICCONV = REPO.parent / "shared" / "reference" / "icconv" / "detection_ic_resnet50_k9.json"

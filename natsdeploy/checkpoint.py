@@ -30,7 +30,7 @@ import torch
 from natsdeploy.arch import Arch
 from natsdeploy.errors import ArchError, CheckpointError, InputError
 from natsdeploy.files import atomic_write
-from natsdeploy.loops import rng_state_from_legacy, rng_state_problem
+from natsdeploy.runtime.rng import rng_state_from_legacy, rng_state_problem
 
 __all__ = ["SEARCH", "TRAIN", "FORMATS", "LEGACY_FORMATS", "SCHEMAS", "Field", "save_checkpoint",
            "load_checkpoint", "check_checkpoint", "safe_torch_load", "fit_state_dict", "restore_state"]
@@ -125,7 +125,7 @@ def _search_config(v: Any) -> bool | str:
 _COMMON = (
     Field("model", "a state dict (str -> tensor)", _state_dict),
     Field("scaler", "a GradScaler state dict", _str_dict),
-    Field("rng", "an RNG state (natsdeploy.loops.rng_state)", _rng),
+    Field("rng", "an RNG state (natsdeploy.runtime.rng.rng_state)", _rng),
     Field("epoch", "an int >= 0 (epochs done)", _int),
     Field("pretrained", "a bool", lambda v: isinstance(v, bool), legacy_default=True),
 )

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from natsdeploy.errors import InputError, UsageError
-from natsdeploy.shapes import parse_input_shape
+from natsdeploy.cli_values import parse_input_shape
 
 __all__ = ["main"]
 
@@ -36,7 +36,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
     from natsdeploy.align import align_arch, align_report, format_align_report, validate_multiple
     from natsdeploy.arch import load_arch
-    from natsdeploy.shapes import parse_int
+    from natsdeploy.cli_values import parse_int
 
     arch = load_arch(args.arch)
     n = validate_multiple(arch, parse_int("--multiple", args.multiple, 1), field="--multiple")

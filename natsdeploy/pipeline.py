@@ -23,7 +23,8 @@ from natsdeploy.arch import Arch, load_arch
 from natsdeploy.export.int8_cli import add_int8_arguments
 from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
 from natsdeploy.files import atomic_write_text
-from natsdeploy.shapes import UsageError, format_shape, parse_input_shape, parse_int, parse_float
+from natsdeploy.cli_values import format_shape, parse_float, parse_input_shape, parse_int
+from natsdeploy.errors import UsageError
 
 __all__ = ["ExportResult", "export_arch", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
 

@@ -25,7 +25,7 @@ from natsdeploy.checkpoint import (FORMATS, LEGACY_FORMATS, SCHEMAS, SEARCH, TRA
                                    restore_state, save_checkpoint)
 from natsdeploy.cli import main
 from natsdeploy.errors import CheckpointError
-from natsdeploy.loops import rng_state, set_rng_state
+from natsdeploy.runtime.rng import rng_state, set_rng_state
 from tests.conftest import EXAMPLES, FAST_OPTIONS
 
 

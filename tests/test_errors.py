@@ -30,7 +30,7 @@ def test_old_import_locations_are_the_same_classes():
     import natsdeploy
     from natsdeploy.data.errors import DatasetError
     from natsdeploy.models.build import WeightsError
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
     from natsdeploy.train.loop import CheckpointError
 
     assert ArchError is errors.ArchError and natsdeploy.ArchError is errors.ArchError

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "natsdeploy"
-MAX_LINES = 350
+WARN_LINES = 500
+MAX_LINES = 1000
 
 
 def _modules() -> dict[str, Path]:
@@ -96,14 +97,21 @@ def test_import_graph_has_no_cycle():
     assert cycles == []
 
 
-def test_no_module_over_350_lines():
+def test_module_size_is_a_warning_not_a_rule():
+    """Modules split by job, not by line count: over ~500 lines is a smell to look at (a warning);
+    over 1000 is two jobs in one file (a failure)."""
+    import warnings
+
     counts = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in _modules().items()}
+    for m, n in sorted(counts.items()):
+        if n > WARN_LINES:
+            warnings.warn(f"{m}: {n} lines, over {WARN_LINES}: does it hold more than one job?", stacklevel=1)
     assert {m: n for m, n in counts.items() if n > MAX_LINES} == {}
 
 
-BASE = ("natsdeploy.errors", "natsdeploy.files", "natsdeploy.onnx_utils", "natsdeploy.shapes", "natsdeploy.specs",
-        "natsdeploy.arch", "natsdeploy.targets", "natsdeploy.timing", "natsdeploy.loops", "natsdeploy.loop_skeleton",
-        "natsdeploy.checkpoint")
+BASE = ("natsdeploy.errors", "natsdeploy.files", "natsdeploy.onnx_utils", "natsdeploy.cli_values", "natsdeploy.specs",
+        "natsdeploy.arch", "natsdeploy.targets", "natsdeploy.timing", "natsdeploy.runtime", "natsdeploy.checkpoint",
+        "natsdeploy.shapes", "natsdeploy.loops", "natsdeploy.loop_skeleton")
 ABOVE_BASE = ("natsdeploy.models", "natsdeploy.data", "natsdeploy.export", "natsdeploy.verify", "natsdeploy.bench",
               "natsdeploy.search", "natsdeploy.train", "natsdeploy.runners", "natsdeploy.pipeline", "natsdeploy.cli",
               "natsdeploy.align", "natsdeploy.convert")
@@ -114,8 +122,8 @@ def _within(module: str, packages: tuple[str, ...]) -> bool:
 
 
 def test_base_layer_imports_nothing_above_it():
-    """Layer 0 (ARCHITECTURE.md: errors, files, onnx_utils, shapes, specs, arch, targets, timing/, loops,
-    loop_skeleton, checkpoint) never imports models, data or a stage, not even lazily, so every stage can
+    """Layer 0 (ARCHITECTURE.md: errors, files, onnx_utils, cli_values, specs, arch, targets, timing/, runtime/,
+    checkpoint, and the deprecated shims shapes, loops, loop_skeleton) never imports models, data or a stage, not even lazily, so every stage can
     build on it."""
     bad = []
     for module, path in _modules().items():

@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError, parse_input_shape, parse_int, parse_float
+from natsdeploy.cli_values import parse_float, parse_input_shape, parse_int
+
+from natsdeploy.errors import UsageError
 
 __all__ = ["add_bench_arguments", "bench_cli"]
 

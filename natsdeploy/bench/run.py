@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from natsdeploy.arch import Arch
-from natsdeploy.shapes import UsageError, format_shape
+from natsdeploy.cli_values import format_shape
+from natsdeploy.errors import UsageError
 from natsdeploy.timing.latency import PairedTiming, time_interleaved
 
 __all__ = ["BACKENDS", "SCHEMA", "BenchCase", "bench", "format_bench"]

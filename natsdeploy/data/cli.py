@@ -6,7 +6,9 @@ import argparse
 import json
 import re
 
-from natsdeploy.shapes import UsageError, parse_int
+from natsdeploy.cli_values import parse_int
+
+from natsdeploy.errors import UsageError
 
 __all__ = ["add_data_arguments", "synth_cli"]
 

@@ -71,7 +71,7 @@ def check_int8_request(precision: str, calibration: str | None, images: str | in
                        dynamic: bool = False, engine: bool = False, activations: str | None = None) -> int:
     """Refuse, before any work, what `export --precision int8` cannot do; returns the number of calibration
     images (checked against the data)."""
-    from natsdeploy.shapes import parse_int
+    from natsdeploy.cli_values import parse_int
 
     if activations is not None and activations not in ACTIVATIONS:
         raise UsageError(f"--int8-activations: got {activations!r}, expected one of {list(ACTIVATIONS)}")

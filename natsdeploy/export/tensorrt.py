@@ -58,7 +58,7 @@ class TrtApi:
 
 def require_tensorrt(choice: str = "auto", *, field: str = "--engine") -> TrtApi:
     """The TensorRT API for `choice` (auto, tensorrt or rtx), or a one-line `UsageError` with the install command."""
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     if choice not in TRT_CHOICES:
         raise UsageError(f"--trt: got {choice!r}, expected one of {list(TRT_CHOICES)}")
@@ -203,7 +203,7 @@ def gpu_available() -> bool:
 
 def require_trt_runtime(choice: str = "auto", *, field: str = "--backend trt") -> TrtApi:
     """`require_tensorrt`, and a CUDA GPU to run its engines on, or a one-line `UsageError` naming what is missing."""
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     api = require_tensorrt(choice, field=field)
     if not gpu_available():

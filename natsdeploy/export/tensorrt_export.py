@@ -21,7 +21,7 @@ NOT_RUN = "built, not run (no GPU)"
 def check_engine_request(form: str, trt: str = "auto", aux_streams: int | None = None):
     """Refuse, before any work, what TensorRT cannot take; return the API (`TrtApi`) `--engine` will use."""
     from natsdeploy.export.tensorrt import require_tensorrt
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     if form not in TRT_FORMS:
         how = "it emits Col2Im" if form == "rows" else "it emits the rows form, Col2Im, wherever it picks rows"

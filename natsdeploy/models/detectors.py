@@ -81,7 +81,7 @@ def parse_detector_options(kind: str, items: list[str] | None) -> dict[str, int 
 
     from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     cls = {"faster_rcnn": FasterRCNN, "retinanet": RetinaNet, "mask_rcnn": MaskRCNN}[kind]
     params = inspect.signature(cls.__init__).parameters
@@ -103,7 +103,7 @@ def _option_value(item: str, key: str, text: str, default: int | float) -> int |
     """Counts (proposals, samples, detections) are integers >= 1; thresholds and fractions lie in [0, 1]."""
     import math
 
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     unit = key.endswith(("_thresh", "_fraction"))
     if isinstance(default, int) and not unit:

@@ -14,7 +14,7 @@ from torch import nn
 from natsdeploy.arch import Arch
 from natsdeploy.checkpoint import TRAIN, fit_state_dict, load_checkpoint
 from natsdeploy.errors import CheckpointError
-from natsdeploy.shapes import UsageError
+from natsdeploy.errors import UsageError
 
 __all__ = ["backbone_weights", "build_train_detector", "detector_from_checkpoint", "load_detector_checkpoint",
            "read_checkpoint"]

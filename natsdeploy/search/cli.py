@@ -7,7 +7,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError, add_detector_option_argument, parse_float, parse_int
+from natsdeploy.cli_values import add_detector_option_argument, parse_float, parse_int
+
+from natsdeploy.errors import UsageError
 
 __all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli", "decode_checkpoint"]
 
@@ -56,7 +58,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 def search_cli(args: argparse.Namespace) -> int:
     import torch
 
-    from natsdeploy.loops import run_distributed
+    from natsdeploy.runtime.distributed import run_distributed
     from natsdeploy.models.detectors import DETECTORS, parse_detector_options
     from natsdeploy.specs import BACKBONES
     from natsdeploy.search.decode import PRESETS

@@ -21,8 +21,10 @@ from natsdeploy.arch import Arch
 from natsdeploy.checkpoint import SEARCH, save_checkpoint
 from natsdeploy.errors import DatasetError, UsageError
 from natsdeploy.files import atomic_write, atomic_write_text
-from natsdeploy.loop_skeleton import RunContext, config_dict
-from natsdeploy.loops import check_resume, rng_state, to_device, train_step
+from natsdeploy.runtime.context import RunContext, config_dict
+from natsdeploy.runtime.context import check_resume
+from natsdeploy.runtime.rng import rng_state
+from natsdeploy.runtime.step import to_device, train_step
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "split_indices", "alpha_summary"]
 

@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError, add_detector_option_argument, parse_float, parse_int
+from natsdeploy.cli_values import add_detector_option_argument, parse_float, parse_int
+
+from natsdeploy.errors import UsageError
 
 __all__ = ["add_train_arguments", "train_cli"]
 
@@ -42,7 +44,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def train_cli(args: argparse.Namespace) -> int:
     import torch
 
-    from natsdeploy.loops import run_distributed
+    from natsdeploy.runtime.distributed import run_distributed
     from natsdeploy.models.detectors import DETECTORS, parse_detector_options
     from natsdeploy.specs import BACKBONES
     from natsdeploy.train.loop import TrainConfig, format_metrics, resolve_arch, train

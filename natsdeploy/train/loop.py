@@ -32,11 +32,13 @@ from natsdeploy.arch import Arch, load_arch
 from natsdeploy.checkpoint import FORMATS, TRAIN, save_checkpoint
 from natsdeploy.errors import CheckpointError
 from natsdeploy.files import atomic_write_text
-from natsdeploy.loop_skeleton import RunContext, config_dict
-from natsdeploy.loops import check_resume, rng_state, to_device, train_step
+from natsdeploy.runtime.context import RunContext, config_dict
+from natsdeploy.runtime.context import check_resume
+from natsdeploy.runtime.rng import rng_state
+from natsdeploy.runtime.step import to_device, train_step
 from natsdeploy.models.trained import (backbone_weights, build_train_detector, detector_from_checkpoint,
                                        load_detector_checkpoint, read_checkpoint)
-from natsdeploy.shapes import UsageError
+from natsdeploy.errors import UsageError
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainConfig", "TrainResult", "CheckpointError", "train", "evaluate",
            "load_detector_checkpoint", "read_checkpoint", "detector_from_checkpoint", "lr_factor",

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from natsdeploy.data.evaluate import DetectionMatch, match_detections
-from natsdeploy.shapes import UsageError
+from natsdeploy.errors import UsageError
 
 __all__ = ["DEFAULT_AP_TOLERANCE", "DetectionParityResult", "detection_parity", "format_detection_parity",
            "check_same_arch"]

@@ -231,7 +231,7 @@ def _circle(centre: tuple[float, float], r: float, colour: str):
 
 # -- command line --------------------------------------------------------------------------------
 def _check_out_path(flag: str, value: str | None) -> None:
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     if value is None:
         return
@@ -245,7 +245,7 @@ def _check_out_path(flag: str, value: str | None) -> None:
 def erf_cli(args: argparse.Namespace) -> int:
     """`natsdeploy erf`: validate, compute both maps, write the PNG (and JSON), print the radii."""
     from natsdeploy.arch import load_arch
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     if args.input_size < MIN_INPUT_SIZE:
         raise UsageError(f"--input-size: got {args.input_size}, expected an int >= {MIN_INPUT_SIZE}")

@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from natsdeploy.shapes import UsageError, parse_float, parse_int
+from natsdeploy.cli_values import parse_float, parse_int
+
+from natsdeploy.errors import UsageError
 
 __all__ = ["add_parity_arguments", "parity_cli"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from natsdeploy.export.tensorrt import require_tensorrt
 from natsdeploy.export.tensorrt_audit import audit_concats, engine_layers, layer_counts, sync_counts
-from natsdeploy.shapes import UsageError
+from natsdeploy.errors import UsageError
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_exit_2
 

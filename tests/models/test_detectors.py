@@ -70,7 +70,7 @@ def test_detector_options_parse_to_typed_torchvision_keywords():
 ])
 def test_bad_detector_options_name_the_item(item, message):
     from natsdeploy.models.detectors import parse_detector_options
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     with pytest.raises(UsageError, match=message):
         parse_detector_options("faster_rcnn", [item])
@@ -78,7 +78,7 @@ def test_bad_detector_options_name_the_item(item, message):
 
 def test_repeated_detector_option_is_refused():
     from natsdeploy.models.detectors import parse_detector_options
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     with pytest.raises(UsageError, match=r"got box_score_thresh twice \('box_score_thresh=0.2'\), expected each key once"):
         parse_detector_options("faster_rcnn", ["box_score_thresh=0.1", "box_score_thresh=0.2"])

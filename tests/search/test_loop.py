@@ -188,7 +188,7 @@ def test_other_detectors_search(synth, tmp_path, detector, options):
 
 
 def test_resume_under_other_settings_is_refused(synth, tmp_path):
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     run_search(_cfg(synth, tmp_path, epochs=1, warmup_epochs=1, max_steps_per_epoch=1), log=lambda s: None)
     with pytest.raises(UsageError, match=r"--resume: .*checkpoint.pth was written with groups=8, expected 4"):
@@ -199,7 +199,7 @@ def test_resume_under_other_settings_is_refused(synth, tmp_path):
 def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys):
     import json
 
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
 
     out = tmp_path / "g"
     assert main(["search", "--data", synth, "--backbone", "resnet18", "--stages", ",".join(STAGES), "--epochs", "2",

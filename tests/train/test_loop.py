@@ -191,7 +191,7 @@ def test_bad_detector_option_exits_2(synth, tmp_path, capsys):
 
 def test_resume_under_other_settings_is_refused(synth, tmp_path):
     """A checkpoint trained from init (trainable BN) cannot be resumed as a pretrained run, nor with other heads."""
-    from natsdeploy.shapes import UsageError
+    from natsdeploy.errors import UsageError
     from tests.helpers import seeded_state_dict
 
     train(_cfg(synth, tmp_path / "r", epochs=1, max_steps_per_epoch=1), log=lambda s: None)

@@ -11,7 +11,7 @@ from torch import nn
 
 from natsdeploy.arch import Arch
 from natsdeploy.checkpoint import SEARCH
-from natsdeploy.loop_skeleton import RunContext, config_dict
+from natsdeploy.runtime.context import RunContext, config_dict
 
 
 @dataclass

@@ -9,8 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from natsdeploy.loops import average_bn_buffers, check_resume, rng_state, set_rng_state, to_device
-from natsdeploy.shapes import UsageError
+from natsdeploy.runtime.context import check_resume
+
+from natsdeploy.runtime.distributed import average_bn_buffers
+
+from natsdeploy.runtime.rng import rng_state, set_rng_state
+
+from natsdeploy.runtime.step import to_device
+from natsdeploy.errors import UsageError
 
 
 def test_rng_state_round_trip_replays_every_generator():
@@ -43,7 +49,7 @@ def test_to_device_moves_tensors_and_keeps_the_rest():
 
 
 def test_run_distributed_single_process_and_divergence(capsys):
-    from natsdeploy.loops import run_distributed
+    from natsdeploy.runtime.distributed import run_distributed
 
     assert run_distributed(lambda dev: f"ran on {dev}", "cpu") == ("ran on cpu", 0)
 
@@ -65,7 +71,7 @@ class _Toy(nn.Module):
 
 
 def test_train_step_updates_and_refuses_non_finite_loss():
-    from natsdeploy.loops import train_step
+    from natsdeploy.runtime.step import train_step
 
     net = _Toy(1.0)
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
