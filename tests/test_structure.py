@@ -110,7 +110,7 @@ def test_module_size_is_a_warning_not_a_rule():
 
 
 BASE = ("natsdeploy.errors", "natsdeploy.files", "natsdeploy.onnx_utils", "natsdeploy.cli_values", "natsdeploy.specs",
-        "natsdeploy.arch", "natsdeploy.targets", "natsdeploy.timing", "natsdeploy.runtime", "natsdeploy.checkpoint",
+        "natsdeploy.arch", "natsdeploy.arch_schema", "natsdeploy.targets", "natsdeploy.timing", "natsdeploy.runtime", "natsdeploy.checkpoint",
         "natsdeploy.shapes", "natsdeploy.loops", "natsdeploy.loop_skeleton")
 ABOVE_BASE = ("natsdeploy.models", "natsdeploy.data", "natsdeploy.export", "natsdeploy.verify", "natsdeploy.bench",
               "natsdeploy.search", "natsdeploy.train", "natsdeploy.runners", "natsdeploy.pipeline", "natsdeploy.cli",
