@@ -49,12 +49,9 @@ def _cmd_align(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from natsdeploy.convert import load_ic_conv
+    from natsdeploy.convert.cli import convert_cli
 
-    arch = load_ic_conv(args.pattern, args.backbone)
-    path = arch.save(args.output)
-    print(f"wrote {path} ({arch.backbone}, {len(arch.convs)} convs)")
-    return 0
+    return convert_cli(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -117,11 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-o", "--output", required=True, help="aligned arch.json to write")
     a.set_defaults(func=_cmd_align)
 
-    v = sub.add_parser("convert", help="import a published dilation pattern as an arch file")
-    v.add_argument("--from", dest="source_format", required=True, choices=["ic-conv"])
-    v.add_argument("pattern", help="pattern JSON file")
-    v.add_argument("--backbone", required=True)
-    v.add_argument("-o", "--output", required=True, help="arch.json to write")
+    from natsdeploy.convert.cli import add_convert_arguments
+
+    v = sub.add_parser("convert", help="import an IC-Conv or RF-Next dilation file as an arch file, or export an "
+                       "arch to one (--to)")
+    add_convert_arguments(v)
     v.set_defaults(func=_cmd_convert)
 
     from natsdeploy.pipeline import add_export_arguments
