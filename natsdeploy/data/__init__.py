@@ -6,6 +6,7 @@
 - `CocoDetection(root, split)` / `load_dataset(spec, split)` read `root/<split>/` +
   `root/annotations/instances_<split>.json` (or COCO's `<split>2017` names) into what torchvision
   detection models take; `collate` batches them.
+- `ImageFolder(root)` reads a plain folder of images (no annotations, recursive), as INT8 calibration does.
 - `coco_evaluate(coco_gt, detections)` runs pycocotools' COCOeval quietly;
   `to_coco_results(outputs, image_ids, label_to_cat_id)` converts model outputs to COCO results.
 
@@ -25,6 +26,8 @@ _LAZY = {
     "collate": "natsdeploy.data.coco",
     "load_dataset": "natsdeploy.data.coco",
     "default_synthetic_dir": "natsdeploy.data.coco",
+    "has_annotations": "natsdeploy.data.coco",
+    "ImageFolder": "natsdeploy.data.images",
     "coco_evaluate": "natsdeploy.data.evaluate",
     "to_coco_results": "natsdeploy.data.evaluate",
     "METRICS": "natsdeploy.data.evaluate",

@@ -21,12 +21,24 @@ from pycocotools.coco import COCO
 
 from natsdeploy.data.errors import DatasetError
 
-__all__ = ["DatasetError", "CocoDetection", "collate", "load_dataset", "default_synthetic_dir"]
+__all__ = ["DatasetError", "CocoDetection", "collate", "load_dataset", "default_synthetic_dir", "has_annotations"]
+
+
+def _layouts(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image folder, annotation file) of `split` in the two layouts this module reads."""
+    return [(root / split, root / "annotations" / f"instances_{split}.json"),
+            (root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json")]
+
+
+def has_annotations(root: str | os.PathLike) -> bool:
+    """Whether `root` holds a COCO annotation file of a train or val split (either layout): a COCO-format set,
+    not a plain folder of images."""
+    root = Path(root).expanduser()
+    return any(ann.is_file() for split in ("train", "val") for _, ann in _layouts(root, split))
 
 
 def _find_layout(root: Path, split: str) -> tuple[Path, Path]:
-    candidates = [(root / split, root / "annotations" / f"instances_{split}.json"),
-                  (root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json")]
+    candidates = _layouts(root, split)
     for image_dir, ann_file in candidates:
         if ann_file.is_file():
             if not image_dir.is_dir():

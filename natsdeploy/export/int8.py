@@ -34,7 +34,8 @@ import numpy as np
 
 from natsdeploy.errors import UsageError
 
-__all__ = ["DEFAULT_CALIBRATION_IMAGES", "check_int8_request", "IMAGENET_MEAN", "IMAGENET_STD", "open_calibration", "preprocess",
+__all__ = ["DEFAULT_CALIBRATION_IMAGES", "check_int8_request", "IMAGENET_MEAN", "IMAGENET_STD", "open_calibration",
+           "calibration_count", "preprocess",
            "calibration_inputs", "calibrate", "shared_scale_overrides", "quantize_model", "quantize_pair",
            "qdq_audit", "ACTIVATIONS"]
 
@@ -44,33 +45,52 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's detectors (GeneralizedRCN
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def open_calibration(spec: str, n: int, *, field: str = "--calibration", seed: int = 0) -> Any:
-    """The COCO-format split calibration reads (`train`, else `val`) of `spec` (a folder or `synthetic`),
-    checked to hold at least `n` images; a one-line `InputError` otherwise."""
-    from natsdeploy.data.coco import load_dataset
+def open_calibration(spec: str, n: int, *, field: str = "--calibration", seed: int = 0, log=None) -> Any:
+    """The images calibration reads from `spec`, `ds[i] -> (image, target)`: `synthetic` or a folder with COCO
+    annotations is a COCO-format set (its train split, else val); any other folder is a plain folder of
+    images (`data/images.py`: recursive, sorted by path; the first `n` checked readable). Fewer than `n`
+    images: calibration uses them all (`calibration_count`). `log` gets one line naming the source and,
+    when there are fewer than `n`, one saying so. A one-line `InputError` otherwise."""
+    from natsdeploy.data.coco import has_annotations, load_dataset
     from natsdeploy.errors import DatasetError
 
     if not isinstance(n, int) or n < 1:
         raise UsageError(f"--calibration-images: got {n!r}, expected a positive integer")
     if spec != "synthetic" and not Path(spec).expanduser().is_dir():
-        raise UsageError(f"{field}: got {spec!r}, expected a COCO-format folder or 'synthetic'")
-    try:
-        ds = load_dataset(spec, "train", seed=seed)
-    except DatasetError as train_error:
+        raise UsageError(f"{field}: got {spec!r}, expected a folder of images, a COCO-format folder or 'synthetic'")
+    if spec == "synthetic" or has_annotations(spec):
         try:
-            ds = load_dataset(spec, "val", seed=seed)
-        except DatasetError:
-            raise train_error from None
-    if len(ds) < n:
-        raise UsageError(f"--calibration-images: got {n}, expected at most {len(ds)} (the images in {spec}'s "
-                         f"{ds.split} split)")
+            ds = load_dataset(spec, "train", seed=seed)
+        except DatasetError as train_error:
+            try:
+                ds = load_dataset(spec, "val", seed=seed)
+            except DatasetError:
+                raise train_error from None
+        kind = f"COCO-format, {ds.split} split"
+    else:
+        from natsdeploy.data.images import ImageFolder
+
+        ds = ImageFolder(spec, field=field)
+        ds.check(n)
+        kind = "image folder, recursive" + (", sorted by path" if n < len(ds) else "")
+    if log is not None:
+        used = calibration_count(ds, n)
+        first = f"the first {used} of {len(ds)}" if used < len(ds) else f"{used}"
+        log(f"calibration: {first} images from {spec} ({kind})")
+        if used < n:
+            log(f"calibration: asked for {n} images (--calibration-images), found {len(ds)}: using all {used}")
     return ds
+
+
+def calibration_count(dataset: Any, n: int) -> int:
+    """How many images calibration uses when `n` are asked of `dataset`: `n`, or all it has if fewer."""
+    return min(int(n), len(dataset))
 
 
 def check_int8_request(precision: str, calibration: str | None, images: str | int | None, *, form: str = "branches",
                        dynamic: bool = False, engine: bool = False, activations: str | None = None) -> int:
     """Refuse, before any work, what `export --precision int8` cannot do; returns the number of calibration
-    images (checked against the data)."""
+    images asked (`open_calibration` checks the data; calibration uses fewer if it has fewer)."""
     from natsdeploy.cli_values import parse_int
 
     if activations is not None and activations not in ACTIVATIONS:
@@ -83,8 +103,8 @@ def check_int8_request(precision: str, calibration: str | None, images: str | in
                                  "--precision int8")
         return DEFAULT_CALIBRATION_IMAGES
     if calibration is None:
-        raise UsageError("--calibration: got nothing with --precision int8, expected a COCO-format folder or "
-                         "'synthetic'")
+        raise UsageError("--calibration: got nothing with --precision int8, expected a folder of images, a "
+                         "COCO-format folder or 'synthetic'")
     for bad, why in ((form != "branches", f"--form: got {form!r} with --precision int8, expected 'branches'"),
                      (dynamic, "--dynamic: got it with --precision int8, expected a static --input-shape "
                                "(calibration runs at it)"),

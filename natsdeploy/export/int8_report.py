@@ -124,11 +124,12 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
 
     import onnxruntime as ort
 
-    from natsdeploy.export.int8 import calibration_inputs, open_calibration, qdq_audit, quantize_pair
+    from natsdeploy.export.int8 import calibration_count, calibration_inputs, open_calibration, qdq_audit, quantize_pair
     from natsdeploy.verify.count import count_onnx
 
     threads = int(threads or os.cpu_count() or 1)
-    ds = open_calibration(calibration, calibration_images)
+    ds = open_calibration(calibration, calibration_images, log=log)
+    calibration_images = calibration_count(ds, calibration_images)
     int8 = quantize_pair(fp32, lambda: calibration_inputs(ds, calibration_images, shape), activations=activations,
                          log=log)
     evaluated_on, eval_inputs = _eval_inputs(calibration, ds, calibration_images, shape)

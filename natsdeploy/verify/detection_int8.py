@@ -4,7 +4,8 @@ The checkpoint's detector runs on the val split four times with the same transfo
 its backbone exported as fp32 ONNX and as an int8 QDQ graph (`natsdeploy.export.int8`), both on ONNX
 Runtime CPU, for the transformed backbone and for the baseline backbone (the same weights at
 dilation 1, `transformed_state_dict_to_baseline`, under the same FPN and heads). Both int8 graphs are
-calibrated on the same first N images of the data's train split, preprocessed by the detector's own
+calibrated on the same first N images of the data's train split (or of `calibration`: a folder of images
+or another COCO-format set, `export.int8.open_calibration`), preprocessed by the detector's own
 transform. Reported: the six COCO box metrics of each run and, per backbone, the int8 - fp32 delta
 (AP points, 0-100) and how the int8 run's detections match the fp32 run's. Verdict: per metric,
 |delta of the transformed| <= |delta of the baseline| + tolerance (default 0.5 AP points): the
@@ -79,16 +80,17 @@ def _backbones(detector: Any, arch: Any, shape: tuple[int, ...]) -> dict[str, An
 
 
 def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = "synthetic", *,
-                          calibration_images: int = 64, limit: int | None = None, tolerance: float | None = None,
-                          threads: int | None = None, activations: str = "s8", log=print) -> DetectionInt8Result:
+                          calibration: str | None = None, calibration_images: int = 64, limit: int | None = None,
+                          tolerance: float | None = None, threads: int | None = None, activations: str = "s8",
+                          log=print) -> DetectionInt8Result:
     """Run the checkpoint's detector with fp32 and int8 backbones (transformed and baseline) on ORT CPU
-    (`activations`: s8 or u8, as `export --int8-activations`)."""
+    (`activations`: s8 or u8, as `export --int8-activations`), calibrated on `calibration` (default: `data`)."""
     import torch
 
     from natsdeploy.data.coco import load_dataset
     from natsdeploy.data.errors import DatasetError
     from natsdeploy.data.evaluate import ap_points, coco_evaluate, match_detections, subset_coco, to_coco_results
-    from natsdeploy.export.int8 import open_calibration, quantize_pair
+    from natsdeploy.export.int8 import calibration_count, open_calibration, quantize_pair
     from natsdeploy.models.trained import detector_from_checkpoint, read_checkpoint
     from natsdeploy.runners import OrtRunner
     from natsdeploy.runners_detector import RuntimeBody
@@ -104,7 +106,10 @@ def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = 
     if dataset.label_to_cat_id != want:
         raise DatasetError(f"{dataset.ann_file}: category ids {sorted(dataset.label_to_cat_id.values())}; expected "
                            f"{sorted(want.values())}, those the checkpoint was trained on")
-    calib = open_calibration(data, calibration_images, field="--data", seed=seed)
+    calib_spec = data if calibration is None else calibration
+    calib = open_calibration(calib_spec, calibration_images, field="--data" if calibration is None else "--calibration",
+                             seed=seed, log=log)
+    calibration_images = calibration_count(calib, calibration_images)
     detector, _, meta = detector_from_checkpoint(ck, device="cpu", path=checkpoint)
     del ck
     detector.eval()
@@ -120,7 +125,7 @@ def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = 
     pad = lambda v: int(math.ceil(v / 32) * 32)  # noqa: E731
     fp32 = _backbones(detector, arch, (1, 3, pad(meta["min_size"]), pad(meta["max_size"])))
     log(f"int8: calibrating the transformed and the baseline backbone on {calibration_images} images of "
-        f"{data} {calib.split}")
+        f"{calib_spec} {calib.split}")
     int8 = quantize_pair(fp32, calibration_arrays, activations=activations, log=log)
     runners = {}
     with tempfile.TemporaryDirectory(prefix="natsdeploy-parity-int8-") as tmp:
@@ -154,7 +159,7 @@ def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = 
             "baseline": "the checkpoint's backbone weights at dilation 1 (the ResNet the arch transforms), "
                         "under the same FPN and heads", "reference": "the fp32 ONNX backbone on the same runtime"}
     return DetectionInt8Result(metrics=metrics, matching=matching, tolerance=tol, images=n, info=info,
-                               calibration={"data": str(data), "split": calib.split, "images": calibration_images,
+                               calibration={"data": str(calib_spec), "split": calib.split, "images": calibration_images,
                                             "preprocess": "the detector's transform (normalise, resize, pad to 32)",
                                             "activations": activations})
 

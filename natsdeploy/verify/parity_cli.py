@@ -30,7 +30,10 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the whole detector exported as one ONNX graph on ONNX Runtime (not only the backbone)")
     p.add_argument("--precision", default="fp32", help="fp32 (default) or int8: the detector with int8 QDQ backbones "
                    "(transformed and baseline) against fp32 ones on ONNX Runtime, both ΔAP rows")
-    p.add_argument("--calibration-images", default=None, help="int8: first N train images to calibrate on (default 64)")
+    p.add_argument("--calibration", default=None, help="int8: images to calibrate on: a folder of images (searched "
+                   "recursively, sorted by path), a COCO-format folder (its train split) or 'synthetic' (default: --data)")
+    p.add_argument("--calibration-images", default=None, help="int8: first N calibration images (default 64; all there "
+                   "are if fewer)")
     p.add_argument("--int8-activations", default=None, help="int8: s8 (default) or u8, as export --int8-activations")
     p.add_argument("--json", default=None, help="write the result as JSON here")
 
@@ -51,7 +54,8 @@ def parity_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--precision: got {args.precision!r}, expected fp32 or int8")
     if args.precision == "int8":
         return _int8(args, arch, limit, tol, threads)
-    for flag, value in (("--calibration-images", args.calibration_images), ("--int8-activations", args.int8_activations)):
+    for flag, value in (("--calibration", args.calibration), ("--calibration-images", args.calibration_images),
+                        ("--int8-activations", args.int8_activations)):
         if value is not None:
             raise UsageError(f"{flag}: got {value!r} with --precision fp32, expected it only with --precision int8")
     result = detection_parity(arch, args.checkpoint, args.data, backend=args.backend, fp16=args.fp16, limit=limit,
@@ -79,7 +83,7 @@ def _int8(args: argparse.Namespace, arch, limit: int | None, tol: float | None, 
     if act not in ACTIVATIONS:
         raise UsageError(f"--int8-activations: got {act!r}, expected one of {list(ACTIVATIONS)}")
     result = detection_parity_int8(arch, args.checkpoint, args.data, calibration_images=n, limit=limit,
-                                   tolerance=tol, threads=threads, activations=act)
+                                   tolerance=tol, threads=threads, activations=act, calibration=args.calibration)
     print(format_detection_int8(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")

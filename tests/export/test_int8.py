@@ -4,6 +4,7 @@ preprocessing, and what OpenVINO and TensorRT make of the QDQ graphs."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,82 @@ def test_int8_activations_request_errors(precision, activations, msg):
 
     with pytest.raises(UsageError, match=msg):
         check_int8_request(precision, "synthetic" if precision == "int8" else None, None, activations=activations)
+
+
+# -- calibration data: a COCO-format set or a plain folder of images -----------------------------------------
+def _write_images(root, n: int) -> Path:
+    """`n` small RGB PNGs of different sizes, the last ones in a subfolder, and a file that is not an image."""
+    from PIL import Image
+
+    (root / "sub").mkdir(parents=True)
+    for i in range(n):
+        pixels = np.random.default_rng(i).integers(0, 256, (40 + 8 * i, 56 - 4 * i, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / ("sub" if i >= n // 2 else ".") / f"img{i}.png")
+    (root / "labels.txt").write_text("no annotations here")
+    return root
+
+
+def test_calibration_reads_coco_as_coco_and_its_images_as_a_folder(synth_coco):
+    """A folder with COCO annotations is a COCO set (its train split); its `train/` images, read as a plain
+    folder, give the very same calibration tensors (same files in the same order, same preprocessing)."""
+    from natsdeploy.data.coco import CocoDetection
+    from natsdeploy.data.images import ImageFolder
+    from natsdeploy.export.int8 import calibration_inputs, open_calibration
+
+    root = Path(synth_coco(train_images=4, val_images=2))
+    lines: list[str] = []
+    coco = open_calibration(str(root), 4, log=lines.append)
+    folder = open_calibration(str(root / "train"), 4, log=lines.append)
+    assert isinstance(coco, CocoDetection) and coco.split == "train" and isinstance(folder, ImageFolder)
+    assert lines == [f"calibration: 4 images from {root} (COCO-format, train split)",
+                     f"calibration: 4 images from {root / 'train'} (image folder, recursive)"]
+    for shape in ((1, 3, 64, 96), (2, 3, 48, 40)):
+        a, b = list(calibration_inputs(coco, 4, shape)), list(calibration_inputs(folder, 4, shape))
+        assert len(a) == len(b) == 4 // shape[0]
+        for x, y in zip(a, b):
+            assert x.shape == tuple(shape) and np.array_equal(x, y)
+
+
+def test_fewer_images_than_asked_uses_them_all(tmp_path, synth_coco):
+    from natsdeploy.export.int8 import calibration_count, open_calibration
+
+    photos = _write_images(tmp_path / "photos", 3)
+    lines: list[str] = []
+    ds = open_calibration(str(photos), 64, log=lines.append)
+    assert calibration_count(ds, 64) == 3 == len(ds)
+    assert [p.relative_to(photos).as_posix() for p in ds.paths] == ["img0.png", "sub/img1.png", "sub/img2.png"]
+    assert lines == [f"calibration: 3 images from {photos} (image folder, recursive)",
+                     "calibration: asked for 64 images (--calibration-images), found 3: using all 3"]
+    lines.clear()
+    assert calibration_count(open_calibration(str(photos), 2, log=lines.append), 2) == 2
+    assert lines == [f"calibration: the first 2 of 3 images from {photos} (image folder, recursive, sorted by path)"]
+    lines.clear()
+    coco = synth_coco(train_images=4, val_images=2)
+    assert calibration_count(open_calibration(coco, 5, log=lines.append), 5) == 4
+    assert lines == [f"calibration: 4 images from {coco} (COCO-format, train split)",
+                     "calibration: asked for 5 images (--calibration-images), found 4: using all 4"]
+
+
+def test_calibration_source_errors(tmp_path):
+    """One line each: no such folder, no images, an unreadable image among those used, and a folder with a
+    COCO annotation file but not its images (read as COCO, not quietly as images)."""
+    from natsdeploy.errors import DatasetError, UsageError
+    from natsdeploy.export.int8 import open_calibration
+
+    with pytest.raises(UsageError, match=r"^--calibration: got '.*nowhere', expected a folder of images, a "
+                                         r"COCO-format folder or 'synthetic'$"):
+        open_calibration(str(tmp_path / "nowhere"), 4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"^--calibration: got '.*empty' with no \.jpg/\.jpeg/\.png/\.bmp file"):
+        open_calibration(str(tmp_path / "empty"), 4)
+    photos = _write_images(tmp_path / "photos", 2)
+    (photos / "sub" / "zz.jpg").write_bytes(b"not a jpeg")
+    assert len(open_calibration(str(photos), 2)) == 3  # zz.jpg is not among the 2 used: not opened
+    with pytest.raises(DatasetError, match=r"^.*/sub/zz\.jpg: got an unreadable image \(not an image format PIL "
+                                           r"recognises\), expected a JPEG, PNG or BMP image$"):
+        open_calibration(str(photos), 3)
+    (photos / "annotations").mkdir()
+    (photos / "annotations" / "instances_train.json").write_text("{}")
+    with pytest.raises(DatasetError, match=r"photos/train: image folder not found; expected the images of "
+                                           r"instances_train\.json there$"):
+        open_calibration(str(photos), 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -27,12 +29,23 @@ def trained(module_tmp, small_synth):
     return {"data": str(small_synth), "checkpoint": str(root / "run" / "checkpoint.pth")}
 
 
-def test_int8_parity_reports_both_delta_rows(trained, tmp_path, capsys):
-    out = tmp_path / "p.json"
-    rc = main(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"],
-               "--precision", "int8", "--calibration-images", "4", "--limit", "2", "--json", str(out)])
-    printed = capsys.readouterr().out
-    r = json.loads(out.read_text())
+def _int8_parity(trained, out, *extra: str) -> tuple[int, dict, str]:
+    """`parity --precision int8` on 4 calibration images and 2 val images: exit status, JSON and printed text."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"],
+                   "--precision", "int8", "--calibration-images", "4", "--limit", "2", "--json", str(out), *extra])
+    return rc, json.loads(out.read_text()), printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def coco_run(trained, module_tmp):
+    """Calibrated on --data's train split (the default)."""
+    return _int8_parity(trained, module_tmp("parity-int8-coco") / "p.json")
+
+
+def test_int8_parity_reports_both_delta_rows(coco_run):
+    rc, r, printed = coco_run
     assert rc == (0 if r["passed"] else 1), printed
     assert r["precision"] == "int8" and r["images"] == 2 and r["calibration"]["images"] == 4
     assert r["calibration"]["split"] == "train" and r["calibration"]["activations"] == "s8"
@@ -50,16 +63,35 @@ def test_int8_parity_reports_both_delta_rows(trained, tmp_path, capsys):
     assert "Δ model" in printed and "Δ baseline" in printed and "int8" in printed
 
 
-def test_int8_parity_bad_requests_exit_2(trained, capsys):
+def test_int8_parity_bad_requests_exit_2(trained, tmp_path, capsys):
     base = ["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"]]
     assert_exit_2(base + ["--precision", "int4"], capsys, contains="--precision: got 'int4'")
     assert_exit_2(base + ["--precision", "int8", "--backend", "openvino"], capsys, contains="--backend")
     assert_exit_2(base + ["--precision", "int8", "--calibration-images", "many"], capsys,
                   contains="--calibration-images: got 'many'")
-    assert_exit_2(base + ["--precision", "int8", "--calibration-images", "9"], capsys,
-                  contains="--calibration-images: got 9, expected at most 8")
+    assert_exit_2(base + ["--precision", "int8", "--calibration", str(tmp_path / "nowhere")], capsys,
+                  contains=f"--calibration: got {str(tmp_path / 'nowhere')!r}, expected a folder of images")
+    (tmp_path / "empty").mkdir()
+    assert_exit_2(base + ["--precision", "int8", "--calibration", str(tmp_path / "empty")], capsys,
+                  contains=f"--calibration: got {str(tmp_path / 'empty')!r} with no .jpg/.jpeg/.png/.bmp file")
     assert_exit_2(base + ["--calibration-images", "4"], capsys, contains="only with --precision int8")
+    assert_exit_2(base + ["--calibration", trained["data"]], capsys,
+                  contains=f"--calibration: got {trained['data']!r} with --precision fp32, expected it only with "
+                           "--precision int8")
     assert_exit_2(base + ["--int8-activations", "u8"], capsys,
                   contains="--int8-activations: got 'u8' with --precision fp32, expected it only with --precision int8")
     assert_exit_2(base + ["--precision", "int8", "--int8-activations", "u4"], capsys,
                   contains="--int8-activations: got 'u4', expected one of ['s8', 'u8']")
+
+
+def test_int8_parity_calibrates_on_a_folder_of_images(trained, coco_run, tmp_path):
+    """`--calibration` a plain folder: the data's own train images (no annotations there) give the same
+    calibration, hence the same int8 backbones and the very same metrics and matches as the default run; a
+    line names the folder and how many of its images are used."""
+    images = f"{trained['data']}/train"
+    rc, r, printed = _int8_parity(trained, tmp_path / "p.json", "--calibration", images)
+    c = r["calibration"]
+    assert (c["data"], c["split"], c["images"]) == (images, "image folder", 4)
+    assert f"calibration: the first 4 of 8 images from {images} (image folder, recursive, sorted by path)" in printed
+    assert r["metrics"] == coco_run[1]["metrics"] and r["matching"] == coco_run[1]["matching"]
+    assert rc == coco_run[0]
