@@ -34,26 +34,23 @@ Writes ``<out>/gpu_<device>.json`` and ``.md`` (device: a slug of the GPU's name
 
 from __future__ import annotations
 
-import time
-
-T_START = time.monotonic()  # the budget counts from here: importing torch is part of the run
-
 import argparse
 import copy
 import gc
-import json
 import math
-import re
-import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+T_START = time.monotonic()  # the budget counts from here: importing torch is part of the run
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "benchmarks"):  # natsdeploy from the source tree; gpu_report beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -63,10 +60,10 @@ from natsdeploy import align_arch, build_backbone, build_baseline, load_arch  # 
 from natsdeploy.arch import Arch  # noqa: E402
 from natsdeploy.cli_values import parse_float  # noqa: E402
 from natsdeploy.errors import InputError, UsageError  # noqa: E402
-from natsdeploy.files import atomic_write_text  # noqa: E402
 from natsdeploy.models.mixed_conv import MixedDilationConv  # noqa: E402
-from natsdeploy.timing.machine import machine_info  # noqa: E402
 from natsdeploy.timing.stats import paired_ratio, summarize  # noqa: E402
+
+from gpu_report import device_slug, machine_record, write  # noqa: E402
 
 FORMAT, VERSION = "natsdeploy-gpu-bench", 1
 ICCONV_NAME = "detection_ic_resnet50_k9.json"
@@ -473,7 +470,7 @@ class Models:
 
 
 def load_models(plan: Plan, icconv: Path | None, names: Sequence[str]) -> Models:
-    example = load_arch(plan.example)
+    example = load_arch(REPO / plan.example)  # `plan.example` is relative to the repo, or absolute
     archs: dict[str, Arch] = {}
     missing: dict[str, str] = {}
     for name in names:
@@ -577,6 +574,8 @@ def run_compile(section: Section, plan: Plan, models: Models, device: torch.devi
             def work(name=name, setting=setting, shape=shape, base_key=base_key) -> dict:
                 x = make_input(shape, setting, device)
                 run_b, base_s = compile_one(base_key, models.baseline_of(name), x)
+                if name not in compiled and section.left() < section.estimates["compile"]:
+                    return {"status": "skipped", "reason": TIME}  # the baseline compiled slower than assumed
                 run_s, subj_s = compile_one(name, models.trunks[name], x)
                 t0 = time.monotonic()
                 row = time_pair(lambda: run_b(x), lambda: run_s(x), clock=clock, timing=plan.trunk_timing)
@@ -771,120 +770,6 @@ def bound_trt_call(runner, x: np.ndarray) -> Callable[[], None]:
     return call
 
 
-# -- the record ---------------------------------------------------------------------------------------
-def driver_version() -> str | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        v = pynvml.nvmlSystemGetDriverVersion()
-        return v.decode() if isinstance(v, bytes) else str(v)
-    except Exception:
-        pass
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def machine_record(device: torch.device) -> dict:
-    info = machine_info()
-    info["torch"] = torch.__version__
-    info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    info["cudnn_settings"] = {"benchmark": torch.backends.cudnn.benchmark,
-                              "allow_tf32": torch.backends.cudnn.allow_tf32,
-                              "deterministic": torch.backends.cudnn.deterministic}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:
-        info["triton"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    gpu_sm_count=props.multi_processor_count, gpu_capability=f"{props.major}.{props.minor}",
-                    cuda_runtime=torch.version.cuda, driver=driver_version())
-    return info
-
-
-def device_slug(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "smoke_cpu"
-    return re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(device).lower()).strip("_")
-
-
-def cell(row: dict | None, *, ms: bool = False) -> str:
-    if row is None:
-        return ""
-    if row["status"] != "measured":
-        return row["status"]
-    r = row["ratio"]
-    text = f"{r['median']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})"
-    return text + (f", {row['baseline_ms']['p50']:.2f} ms" if ms else "")
-
-
-def table(rows: list[dict], label: Callable[[dict], tuple], header: Sequence[str], *, ms: bool = False) -> list[str]:
-    """One line per distinct `label(row)`, one column per setting, cells: ratio (95% CI)."""
-    settings = [s for s in dict.fromkeys(r["setting"] for r in rows)]
-    index: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        index.setdefault(label(r), {})[r["setting"]] = r
-    lines = ["| " + " | ".join([*header, *settings]) + " |", "|" + " --- |" * (len(header) + len(settings))]
-    for key, by in index.items():
-        lines.append("| " + " | ".join([*map(str, key), *(cell(by.get(s), ms=ms) for s in settings)]) + " |")
-    return lines
-
-
-LABELS = {
-    "conv_genotypes": (lambda r: (r["conv"], "x".join(map(str, r["input"][1:])),
-                                  " ".join(f"d{d[0]},{d[1]}:{c}" for d, c in r["branches"])),
-                       ("conv", "input CxHxW", "branches (dilation:channels)"), False),
-    "conv_widths": (lambda r: (r["stage"], "x".join(map(str, r["input"][1:])), r["width"], "{},{}".format(*r["dilation"])),
-                    ("stage", "input CxHxW", "width", "dilation"), False),
-    "trunks": (lambda r: (r["arch"], r["variant"]), ("arch", "variant"), True),
-    "trunks_compile": (lambda r: (r["arch"], r["variant"]), ("arch", "variant"), True),
-    "ort_cuda": (lambda r: (r["arch"],), ("arch",), True),
-    "tensorrt": (lambda r: (r["arch"], r["variant"]), ("arch", "variant"), True),
-}
-
-
-def markdown(record: dict) -> str:
-    m = record["machine"]
-    gpu = m.get("gpu", "no GPU (smoke run on the CPU)")
-    lines = [f"# GPU measurement: {gpu}", "", f"`{record['command']}`", "",
-             f"GPU {gpu}, driver {m.get('driver')}, CUDA {m.get('cuda_runtime')}, cuDNN {m.get('cudnn')}, "
-             f"torch {m.get('torch')}, triton {m.get('triton')}; CPU {m.get('cpu')}. Input "
-             f"{record['input_hw'][0]}x{record['input_hw'][1]}; budget {record['budget_s']:.0f} s, ran "
-             f"{record['elapsed_s']:.0f} s{'' if record['complete'] else ' (incomplete: interrupted)'}.", "",
-             "Cells: subject/baseline time, median of per-pair ratios (95% bootstrap interval); above 1 = the "
-             "transformed (or dilated) one is slower. Trunk cells add the baseline's p50.", ""]
-    for name in SECTIONS:
-        sec = record["sections"].get(name)
-        if sec is None:
-            continue
-        lines += [f"## {name}", ""]
-        if sec.get("note"):
-            lines += [sec["note"], ""]
-        if sec["status"] == "skipped":
-            lines += [f"Skipped: {sec['reason']}", ""]
-            continue
-        label, header, ms = LABELS[name]
-        lines += table(sec["rows"], label, header, ms=ms) + [""]
-        reasons = sorted({r["reason"] for r in sec["rows"] if r["status"] != "measured"})
-        lines += [f"- not measured: {r}" for r in reasons] + ([""] if reasons else [])
-    return "\n".join(lines)
-
-
-def write(out_dir: Path, slug: str, record: dict) -> Path:
-    path = out_dir / f"gpu_{slug}.json"
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-    atomic_write_text(path.with_suffix(".md"), markdown(record))
-    return path
-
-
 # -- main ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -898,37 +783,65 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> Path:
+def shown(path: str | Path | None) -> str | None:
+    """A path as the record shows it: relative to the repository when inside it."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
+@contextmanager
+def torch_settings(*, smoke: bool) -> Iterator[None]:
+    """cuDNN's benchmark mode, no autograd and (smoke) one CPU thread, for the run only."""
+    prev = torch.backends.cudnn.benchmark, torch.is_grad_enabled(), torch.get_num_threads()
+    torch.backends.cudnn.benchmark = True
+    torch.set_grad_enabled(False)
+    if smoke:  # tiny ops on a shared CPU: one thread, or oneDNN's barriers wait on descheduled threads
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = prev[0]
+        torch.set_grad_enabled(prev[1])
+        torch.set_num_threads(prev[2])
+
+
+def run(args: argparse.Namespace, command: str) -> Path:
+    """Check the arguments, then measure with `torch_settings` (a one-line `UsageError` on bad input)."""
     budget_s = parse_float("--budget-s", args.budget_s, lo=1.0)
     if args.smoke:
         device = torch.device("cpu")
-        plan = smoke_plan(args.example or str(REPO / "examples" / "resnet18_nats_c.json"))
+        plan = smoke_plan(shown(args.example or REPO / "examples" / "resnet18_nats_c.json"))
     else:
         if not torch.cuda.is_available():
             raise UsageError(f"device: got no CUDA GPU (torch {torch.__version__} sees none), expected one; "
                              "--smoke runs every section on the CPU")
         device = torch.device("cuda", torch.cuda.current_device())
-        plan = gpu_plan(args.example or str(REPO / "examples" / "resnet50_nats_c.json"))
+        plan = gpu_plan(shown(args.example or REPO / "examples" / "resnet50_nats_c.json"))
     icconv = Path(args.icconv) if args.icconv else next((p for p in ICCONV_DEFAULTS if p.is_file()), None)
-    torch.backends.cudnn.benchmark = True
-    torch.set_grad_enabled(False)
-    if plan.smoke:  # tiny ops on a shared CPU: one thread, or oneDNN's barriers wait on descheduled threads
-        torch.set_num_threads(1)
+    with torch_settings(smoke=plan.smoke):
+        return measure(plan, device, icconv=icconv, budget_s=budget_s, out_dir=Path(args.out), command=command)
+
+
+def measure(plan: Plan, device: torch.device, *, icconv: Path | None, budget_s: float, out_dir: Path,
+            command: str) -> Path:
+    """Every section in turn, each within its share of the budget; the files rewritten after each."""
     budget = Budget(budget_s, plan.shares, reserve_s=min(10.0, 0.05 * budget_s), t0=T_START)
-    out_dir, slug = Path(args.out), device_slug(device)
+    slug = device_slug(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(set(plan.trunk_archs) | set(plan.compile_archs) | set(plan.engine_archs))
     models = load_models(plan, icconv, names)
     clock = Clock(device)
     record = {"format": FORMAT, "version": VERSION, "smoke": plan.smoke, "complete": False,
-              "command": " ".join(["python3", "benchmarks/gpu.py", *sys.argv[1:]]), "device": str(device),
+              "command": command, "device": str(device),
               "input_hw": list(plan.hw), "budget_s": budget_s, "elapsed_s": 0.0, "machine": machine_record(device),
               "plan": {k: v for k, v in asdict(plan).items() if k not in ("shares", "first_estimates")},
               "archs": {n: {"backbone": a.backbone, "convs": len(a.convs),
                             "branches": sum(len(c.branches) for c in a.convs.values())}
                         for n, a in models.archs.items()},
-              "icconv": str(icconv) if icconv else None, "sections": {}}
-    example = load_arch(plan.example)
+              "icconv": shown(icconv), "sections": {}}
+    example = load_arch(REPO / plan.example)
     with tempfile.TemporaryDirectory(prefix="natsdeploy-gpu-") as tmp:
         steps = {"ort_cuda": lambda s: run_ort(s, plan, models, device, Path(tmp)),
                  "conv_genotypes": lambda s: run_conv_genotypes(s, plan, example, device, clock),
@@ -963,9 +876,10 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
-        run(args)
+        run(args, " ".join(["python3", "benchmarks/gpu.py", *argv]))
     except InputError as e:
         print(str(e), file=sys.stderr)
         return 2

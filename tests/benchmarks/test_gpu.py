@@ -165,3 +165,19 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(argv, expected, t
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_spent_budget_skips_every_part_for_time_and_leaves_torch_as_it_was(tmp_path):
+    gpu = _script()
+    threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
+    assert gpu.main(["--smoke", "--budget-s", "1", "--out", str(tmp_path)]) == 0
+    assert (torch.get_num_threads(), torch.is_grad_enabled()) == (threads, grad)
+    record = json.loads((tmp_path / "gpu_smoke_cpu.json").read_text())
+    assert record["complete"] is True and set(record["sections"]) == SECTIONS
+    for name, sec in record["sections"].items():
+        assert sec["status"] == "skipped" and sec["reason"], name
+        for row in sec["rows"]:
+            assert row["status"] == "skipped" and (row["reason"] == gpu.TIME or "CUDA" in row["reason"]), row
+    assert sum(len(s["rows"]) for s in record["sections"].values()) > 0
+    assert gpu.TIME in record["sections"]["conv_genotypes"]["reason"]
+    assert "## conv_genotypes" in (tmp_path / "gpu_smoke_cpu.md").read_text()
