@@ -94,7 +94,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:
-    from natsdeploy.verify.parity_cli import parity_cli
+    from natsdeploy.verify.cli import parity_cli
 
     return parity_cli(args)
 
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_erf)
 
     from natsdeploy.train.cli import add_train_arguments
-    from natsdeploy.verify.parity_cli import add_parity_arguments
+    from natsdeploy.verify.cli import add_parity_arguments
 
     t = sub.add_parser("train", help="train a detector on a transformed (or baseline) backbone, COCO AP each epoch")
     add_train_arguments(t)
