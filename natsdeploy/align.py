@@ -291,7 +291,8 @@ def alignment_entry(arch: Arch, target: Any, shape: Sequence[int], total_macs: i
 
 def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> list[str]:
     """Report lines: every unaligned branch (grouped per conv), the MAC share, the fix; then a note on
-    branches narrower than the target's full-rate width, where that is wider than the block."""
+    branches narrower than the target's full-rate width, where that is wider than the block. The fix is
+    the `natsdeploy align` command for the file at `arch_path`, as it runs (quoted, with an output path)."""
     t = check.target
     head = f"alignment for {t.name} ({t.reason})"
     if check.aligned:
@@ -306,7 +307,7 @@ def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> 
                                                for u in us))
     lines.append(f"  share of MACs in unaligned branches: {check.mac_share:.1%} "
                  f"({check.unaligned_macs:,} of {check.total_macs:,})")
-    lines.append(f"  suggestion: natsdeploy align {arch_path} --multiple {t.block} -o ALIGNED.json")
+    lines.append(f"  suggestion: {_align_command(arch_path, t.block)}")
     return lines + _full_rate_lines(check, arch_path)
 
 
@@ -321,9 +322,18 @@ def _full_rate_lines(check: AlignmentCheck, arch_path: str) -> list[str]:
     lines = [f"  full rate: {len(check.narrow)} branches in {convs} convs are not a multiple of {t.full_rate} "
              f"channels ({share:.1%} of MACs); {why} narrower branches cost more per channel"]
     if check.full_rate_alignable:
-        lines.append(f"  for the baseline's speed on {t.name}: natsdeploy align {arch_path} --multiple {t.full_rate} "
-                     "-o ALIGNED.json")
+        lines.append(f"  for the baseline's speed on {t.name}: {_align_command(arch_path, t.full_rate)}")
     else:
         lines.append(f"  aligning to {t.full_rate} is not possible for this arch (a listed conv's width does not allow "
                      "it)")
     return lines
+
+
+def _align_command(arch_path: str, multiple: int) -> str:
+    """`natsdeploy align` for `arch_path`, writing `<stem>_a<multiple>.json` beside it, quoted for a shell."""
+    import shlex
+    from pathlib import Path
+
+    p = Path(arch_path)
+    out = p.with_name(f"{p.stem}_a{multiple}.json")
+    return f"natsdeploy align {shlex.quote(str(arch_path))} --multiple {multiple} -o {shlex.quote(str(out))}"

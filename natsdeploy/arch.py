@@ -188,9 +188,26 @@ def load_arch(path: str | os.PathLike[str]) -> Arch:
         raise ArchError(f"arch file: got unparsable JSON in {str(p)!r} ({e}), expected a JSON object") from None
     if isinstance(data, list):  # the shape of a published IC-Conv pattern: point to the importer
         raise ArchError(f"arch file: got a JSON list in {str(p)!r} (an IC-Conv dilation pattern?), expected a JSON "
-                        f"object; import a pattern with: natsdeploy convert --from ic-conv {shlex.quote(str(p))} "
-                        "--backbone NAME -o arch.json")
+                        f"object; {_ic_conv_hint(p, data)}")
     return Arch.from_dict(data)
+
+
+def _ic_conv_hint(p: Path, pattern: list) -> str:
+    """The `natsdeploy convert` command that imports `pattern`, with the backbone whose 3x3 convs it fits
+    (one entry per conv, counts summing to its width), so the printed command runs as printed."""
+    def fits(spec: BackboneSpec) -> bool:
+        return len(pattern) == len(spec.convs) and all(
+            isinstance(e, dict) and sum(v for v in e.values() if isinstance(v, int)) == info.out_channels
+            for e, info in zip(pattern, spec.convs.values()))
+
+    names = [name for name, spec in BACKBONES.items() if fits(spec)]
+    backbone = names[0] if names else "resnet50"
+    out = shlex.quote(f"{p.stem}_{backbone}.json")  # into the working folder (the pattern's may be read-only)
+    command = f"natsdeploy convert --from ic-conv {shlex.quote(str(p))} --backbone {backbone} -o {out}"
+    if names:
+        return f"import it with: {command}" + (f" (it also fits {', '.join(names[1:])})" if names[1:] else "")
+    sizes = ", ".join(f"{name} {len(spec.convs)}" for name, spec in BACKBONES.items())
+    return (f"its {len(pattern)} entries fit no backbone's 3x3 convs ({sizes}), so `{command}` would refuse it")
 
 
 # -- validation helpers ------------------------------------------------------------------

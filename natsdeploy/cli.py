@@ -1,178 +1,110 @@
-"""The `natsdeploy` command: thin argument parsing over library functions."""
+"""The `natsdeploy` command: one table of subcommands, each parsed and run by its stage's cli module.
+
+`COMMANDS` maps a command name `x` to the module that holds `add_x_arguments(p)` (its flags) and
+`x_cli(args)` (its run), and to the one-line help `natsdeploy --help` lists. Modules are imported
+lazily: `natsdeploy --help` imports none of them, `natsdeploy x ...` only x's. A new command is a
+`cli.py` next to its stage plus one row here. Every cli module is torch-free at import.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from natsdeploy.errors import InputError, UsageError
-from natsdeploy.cli_values import parse_input_shape
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "build_parser", "main", "version"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("natsdeploy.verify.cli", "validate an arch file and prove params/MACs equal the baseline's"),
+    "align": ("natsdeploy.align_cli", "round every branch to a multiple of N channels, moving the fewest filters"),
+    "convert": ("natsdeploy.convert.cli", "import an IC-Conv or RF-Next dilation pattern as an arch file, or write one"),
+    "export": ("natsdeploy.pipeline", "export transformed and baseline ONNX with a parity/cost/latency report"),
+    "bench": ("natsdeploy.bench.cli", "latency of transformed vs baseline per runtime, interleaved, with percentiles"),
+    "search": ("natsdeploy.search.cli", "channel-level NATS search on a torchvision detector (torchrun for DDP)"),
+    "decode": ("natsdeploy.search.cli", "decode a search checkpoint into an arch file"),
+    "data": ("natsdeploy.data.cli", "datasets: `data synth` writes the synthetic multi-scale COCO set"),
+    "erf": ("natsdeploy.verify.cli", "effective receptive field of layer4's centre unit, baseline beside transformed"),
+    "train": ("natsdeploy.train.cli", "train a detector on a transformed (or baseline) backbone, COCO AP each epoch"),
+    "parity": ("natsdeploy.verify.cli", "detector COCO AP with the PyTorch backbone vs the exported one (ORT/TensorRT)"),
+}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each flag's default and allowed choices after its help, unless the help already says them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.help == argparse.SUPPRESS:
+            return text
+        said = text % {**vars(action), "prog": self._prog} if "%" in text else text
+        extra = ""
+        if any(str(c) not in said for c in action.choices or ()):
+            extra += f" (one of: {', '.join(str(c) for c in action.choices)})"
+        if (_has_default(action) and "default" not in said
+                and (action.option_strings or action.nargs in ("?", "*"))):
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+            extra += f" (default: {shown})"
+        return text + extra.replace("%", "%%")  # the help is %-formatted next: a literal % in a value stays one
+
+
+def _has_default(action: argparse.Action) -> bool:
+    """Whether the flag has a default worth showing (not None, a switch's False, an empty list or suppressed;
+    by identity, so that a default of 0 counts)."""
+    d = action.default
+    return not (d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, list) and not d))
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)  # also for nested subparsers (`data synth`)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        if message.startswith("the following arguments are required"):
+            message += f" (see: {self.prog} --help)"
         raise UsageError(message)
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    import shlex
+def version() -> str:
+    """The installed distribution's version, or the package's own where it is not installed (a source tree)."""
+    from importlib import metadata
 
-    from natsdeploy.arch import load_arch
-    from natsdeploy.targets import detect_target, get_target
-    from natsdeploy.verify.check import check_arch, format_check
+    try:
+        return metadata.version("natsdeploy")
+    except metadata.PackageNotFoundError:
+        from natsdeploy import __version__
 
-    target = get_target(args.target, field="--target") if args.target else detect_target()
-    arch = load_arch(args.arch)
-    result = check_arch(arch, parse_input_shape(args.input_shape), target=target)
-    print(format_check(result, arch_path=shlex.quote(args.arch)))
-    return 0 if result.equal else 1  # alignment is a warning, never the exit status
+        return __version__
 
 
-def _cmd_align(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from natsdeploy.align import align_arch, align_report, format_align_report, validate_multiple
-    from natsdeploy.arch import load_arch
-    from natsdeploy.cli_values import parse_int
-
-    arch = load_arch(args.arch)
-    n = validate_multiple(arch, parse_int("--multiple", args.multiple, 1), field="--multiple")
-    if Path(args.output).is_dir():
-        raise UsageError(f"--output: got {args.output!r}, a folder, expected an arch.json path")
-    aligned = align_arch(arch, n)
-    print(format_align_report(align_report(arch, aligned), n))
-    print(f"wrote {aligned.save(args.output)}")
-    return 0
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from natsdeploy.convert.cli import convert_cli
-
-    return convert_cli(args)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from natsdeploy.pipeline import export_cli
-
-    return export_cli(args)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from natsdeploy.bench.cli import bench_cli
-
-    return bench_cli(args)
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    from natsdeploy.search.cli import search_cli
-
-    return search_cli(args)
-
-
-def _cmd_decode(args: argparse.Namespace) -> int:
-    from natsdeploy.search.cli import decode_cli
-
-    return decode_cli(args)
-
-
-def _cmd_erf(args: argparse.Namespace) -> int:
-    from natsdeploy.verify.erf import erf_cli
-
-    return erf_cli(args)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from natsdeploy.train.cli import train_cli
-
-    return train_cli(args)
-
-
-def _cmd_parity(args: argparse.Namespace) -> int:
-    from natsdeploy.verify.parity_cli import parity_cli
-
-    return parity_cli(args)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `only`, just that command's flags are added (the others list their help alone,
+    so `natsdeploy x ...` imports x's module and no other; "" adds none, for `natsdeploy --help`)."""
     p = _Parser(prog="natsdeploy", description="NATS-transformed backbones from search to deployment.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    c = sub.add_parser("check", help="validate an arch file and prove params/MACs equal the baseline's")
-    c.add_argument("arch", help="arch.json")
-    c.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
-    c.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, ort-cpu-int8, openvino-cpu-int8, cuda-fp16 "
-                   "or cuda-int8: warn about branches that are not a multiple of its channel block (default: ort-cpu, "
-                   "block from this CPU)")
-    c.set_defaults(func=_cmd_check)
-
-    a = sub.add_parser("align", help="round every branch to a multiple of N channels, moving the fewest filters")
-    a.add_argument("arch", help="arch.json")
-    a.add_argument("--multiple", required=True, help="N: the channel block to align to (e.g. 16 or 32)")
-    a.add_argument("-o", "--output", required=True, help="aligned arch.json to write")
-    a.set_defaults(func=_cmd_align)
-
-    from natsdeploy.convert.cli import add_convert_arguments
-
-    v = sub.add_parser("convert", help="import an IC-Conv or RF-Next dilation file as an arch file, or export an "
-                       "arch to one (--to)")
-    add_convert_arguments(v)
-    v.set_defaults(func=_cmd_convert)
-
-    from natsdeploy.pipeline import add_export_arguments
-
-    e = sub.add_parser("export", help="export transformed and baseline ONNX with a parity/cost/latency report")
-    add_export_arguments(e)
-    e.set_defaults(func=_cmd_export)
-
-    from natsdeploy.bench.cli import add_bench_arguments
-
-    b = sub.add_parser("bench", help="latency of transformed vs baseline per runtime, interleaved, with percentiles")
-    add_bench_arguments(b)
-    b.set_defaults(func=_cmd_bench)
-
-    from natsdeploy.search.cli import add_decode_arguments, add_search_arguments
-
-    s = sub.add_parser("search", help="channel-level NATS search on a torchvision detector (torchrun for DDP)")
-    add_search_arguments(s)
-    s.set_defaults(func=_cmd_search)
-    d = sub.add_parser("decode", help="decode a search checkpoint into an arch file")
-    add_decode_arguments(d)
-    d.set_defaults(func=_cmd_decode)
-
-    from natsdeploy.data.cli import add_data_arguments
-
-    add_data_arguments(sub.add_parser("data", help="datasets: `data synth` writes the synthetic multi-scale COCO set"))
-
-    r = sub.add_parser("erf", help="effective receptive field of layer4's centre unit, baseline beside transformed")
-    r.add_argument("arch", help="arch.json")
-    r.add_argument("--weights", default=None, help="PATH.pth or 'imagenet' (default: torchvision init, seeded)")
-    r.add_argument("--input-size", type=int, default=512, help="input is 1x3xSxS of ones (default 512, >= 64)")
-    r.add_argument("--share", type=float, nargs="+", default=[0.5, 0.9], help="ERF mass shares for the radii")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("-o", "--output", required=True, help="PNG to write")
-    r.add_argument("--json", default=None, help="JSON report to write")
-    r.set_defaults(func=_cmd_erf)
-
-    from natsdeploy.train.cli import add_train_arguments
-    from natsdeploy.verify.parity_cli import add_parity_arguments
-
-    t = sub.add_parser("train", help="train a detector on a transformed (or baseline) backbone, COCO AP each epoch")
-    add_train_arguments(t)
-    t.set_defaults(func=_cmd_train)
-    q = sub.add_parser("parity", help="detector COCO AP with the PyTorch backbone vs the exported one (ORT/TensorRT)")
-    add_parity_arguments(q)
-    q.set_defaults(func=_cmd_parity)
+    for name, (module, help_text) in COMMANDS.items():
+        s = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            getattr(importlib.import_module(module), f"add_{name}_arguments")(s)
     return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Call the command's `x_cli(args)`, importing its module now."""
+    return int(getattr(importlib.import_module(COMMANDS[args.command][0]), f"{args.command}_cli")(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse (no torch import: `--help` answers at once), run, and map every bad input to exit 2 and one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.func(args))
+        args = build_parser(first if first in COMMANDS else "").parse_args(argv)  # "": no command's flags needed
+        return _run(args)
     except InputError as e:  # arch, usage, weights, dataset and checkpoint errors (natsdeploy.errors)
         return _fail(str(e))
     except OSError as e:  # an output path that cannot be written, a file that vanished under us

@@ -7,7 +7,12 @@ import re
 from natsdeploy.errors import UsageError  # raised here, imported from errors
 
 __all__ = ["parse_input_shape", "format_shape", "parse_int", "parse_float",
-           "add_detector_option_argument"]
+           "add_detector_option_argument", "DATA_HELP"]
+
+DATA_HELP = (  # --data of search and train
+    "COCO-format folder: train/ and val/ images with annotations/instances_{train,val}.json, or COCO's "
+    "train2017/ val2017/ (`natsdeploy data synth --out data/synth` writes a small one); or 'synthetic': "
+    "such a set written once under $NATSDEPLOY_CACHE (default ~/.cache/natsdeploy)")
 
 
 def parse_input_shape(text: str, *, flag: str = "--input-shape") -> tuple[int, int, int, int]:
@@ -52,4 +57,5 @@ def add_detector_option_argument(p) -> None:
     """`--detector-option KEY=VALUE` (repeatable) on an argparse parser; values are read, checked and typed
     by `natsdeploy.models.detectors.parse_detector_options` (kept here so building the CLI needs no torch)."""
     p.add_argument("--detector-option", action="append", default=None, metavar="KEY=VALUE",
-                   help="numeric keyword of torchvision's detector, repeatable (e.g. box_batch_size_per_image=128)")
+                   help="a numeric keyword argument of torchvision's FasterRCNN, RetinaNet or MaskRCNN (per --detector), "
+                        "repeatable, e.g. box_batch_size_per_image=128 (a bad key lists the allowed ones)")

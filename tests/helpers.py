@@ -257,3 +257,28 @@ def trt_importable() -> bool:
     import importlib.util
 
     return any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+
+
+def cli_parsers(parser=None, prefix: tuple[str, ...] = ()):
+    """(command path, parser) of every `natsdeploy` subcommand, nested ones (`data synth`) included."""
+    import argparse
+
+    from natsdeploy.cli import build_parser
+
+    parser = build_parser() if parser is None else parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from cli_parsers(sub, (*prefix, name))
+
+
+def flag_help(parser, action) -> str:
+    """The help text `--help` prints for `action` (with the default and choices the formatter adds), one line."""
+    return " ".join(parser._get_formatter()._expand_help(action).split())
+
+
+def command_flag_help(path: tuple[str, ...], flag: str) -> str:
+    """`flag_help` of `flag` in the subcommand at `path`, e.g. (("data", "synth"), "--classes")."""
+    parser = dict(cli_parsers())[path]
+    return flag_help(parser, next(a for a in parser._actions if flag in a.option_strings))

@@ -313,7 +313,7 @@ def test_mac_share_against_counted_model():
     assert "4 branches in 2 convs are not a multiple of 16" in lines[0]
     assert "  layer3.1.conv1: branch 0 d(3,1) 8 ch, branch 1 d2 232 ch" in lines
     assert any(f"{res.mac_share:.1%}" in ln for ln in lines)
-    assert "  suggestion: natsdeploy align a.json --multiple 16 -o ALIGNED.json" in lines
+    assert "  suggestion: natsdeploy align a.json --multiple 16 -o a_a16.json" in lines
     assert check_alignment(arch, get_target("ort-cpu"), shape, total_macs=10 ** 12).total_macs == 10 ** 12
 
 
@@ -335,7 +335,7 @@ def test_full_rate_note_names_branches_narrower_than_the_runtimes_full_width():
     assert lines[0].endswith("every branch is a multiple of 16 channels")
     assert lines[1].startswith(f"  full rate: {len(res.narrow)} branches in {len(convs)} convs are not a "
                                "multiple of 64 channels")
-    assert lines[2] == "  for the baseline's speed on ort-cpu: natsdeploy align a.json --multiple 64 -o ALIGNED.json"
+    assert lines[2] == "  for the baseline's speed on ort-cpu: natsdeploy align a.json --multiple 64 -o a_a64.json"
     a64 = align_arch(arch, 64)
     res64 = check_alignment(a64, ort, shape)
     assert res64.narrow == () and res64.narrow_macs == 0 and len(format_alignment(res64)) == 1

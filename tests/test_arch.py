@@ -204,3 +204,42 @@ def test_branch_mix_counts_unlisted_convs_as_d1():
     mix = a.branch_mix()
     assert mix["layer2"] == {(1, 1): 64 + 3 * 128, (2, 2): 32, (1, 3): 32}
     assert sum(mix["layer4"].values()) == 3 * 512
+
+
+def test_an_ic_conv_pattern_points_to_the_convert_command_that_imports_it(tmp_path, monkeypatch, capsys):
+    """A pattern list given where an arch is expected: the error names `natsdeploy convert` with the backbone
+    the pattern fits, and that command runs as printed (from the working folder)."""
+    import shlex
+
+    from natsdeploy.cli import main
+    from tests.conftest import EXAMPLES
+
+    arch = load_arch(EXAMPLES / "resnet18_nats_c.json")
+    pattern = []
+    for name, info in BACKBONES["resnet18"].convs.items():  # IC-Conv: one object per 3x3 conv, key (a-1, b-1)
+        ct = arch.convs.get(name)
+        branches = ct.branches if ct else (Branch((1, 1), info.out_channels),)
+        pattern.append({f"({b.dilation[0] - 1}, {b.dilation[1] - 1})": b.channels for b in branches})
+    src = tmp_path / "ic pattern.json"
+    src.write_text(json.dumps(pattern))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ArchError) as e:
+        load_arch(src)
+    command = str(e.value).split("import it with: ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[:7] == ["natsdeploy", "convert", "--from", "ic-conv", str(src), "--backbone", "resnet18"]
+    assert main(argv[1:]) == 0 and f"wrote {argv[-1]}" in capsys.readouterr().out
+    imported = load_arch(tmp_path / argv[-1])
+
+    def branches(a: Arch) -> dict:
+        return {n: a.convs[n].branches if n in a.convs else (Branch((1, 1), info.out_channels),)
+                for n, info in BACKBONES["resnet18"].convs.items()}
+
+    assert imported.backbone == "resnet18" and branches(imported) == branches(arch)
+
+
+def test_a_list_that_fits_no_backbone_says_so(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps([{"(0, 0)": 64}, {"(1, 1)": 64}]))
+    with pytest.raises(ArchError, match=r"its 2 entries fit no backbone's 3x3 convs \(resnet18 16, .*would refuse"):
+        load_arch(p)

@@ -1,47 +1,23 @@
-"""The `natsdeploy` command: exit codes and one-line errors."""
+"""The `natsdeploy` command (natsdeploy/cli.py): the command table and its lazy imports, `--version`, exit codes
+and one-line errors, long jobs that require their data and output folder, and every flag's help."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import random
+import os
+import subprocess
+import sys
 
 import pytest
 
-from natsdeploy.cli import main
-from tests.conftest import EXAMPLES
-from tests.helpers import ALL_PARAMS, assert_exit_2, random_arch
+import natsdeploy
+from natsdeploy import cli
+from natsdeploy.cli import COMMANDS, main
+from tests.conftest import EXAMPLES, REPO
+from tests.helpers import assert_exit_2, cli_parsers, command_flag_help, flag_help
 
-
-@pytest.mark.parametrize("backbone", ALL_PARAMS)
-def test_check_valid_arch_exits_0_with_equal(tmp_path, capsys, backbone):
-    p = random_arch(backbone, random.Random(5), max_dilation=5).save(tmp_path / "a.json")
-    assert main(["check", str(p), "--input-shape", "1x3x512x768"]) == 0
-    out = capsys.readouterr().out
-    assert "verdict: equal" in out and "DIFFERENT" not in out
-    assert "stage-5 (layer4)" in out
-
-
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.name)
-def test_check_shipped_examples(capsys, path):
-    assert main(["check", str(path)]) == 0
-    assert "verdict: equal" in capsys.readouterr().out
-
-
-BAD = [
-    ("", "empty"),
-    ("{", "invalid JSON"),
-    (json.dumps({"format": "natsdeploy-arch", "version": 1, "backbone": "resnet50",
-                 "convs": {"layer3.0.conv2": {"branches": [{"dilation": 2, "channels": 255}]}}}), "summing to 256"),
-    (json.dumps({"format": "natsdeploy-arch", "version": 3, "backbone": "resnet50", "convs": {}}), "version"),
-    (json.dumps({"format": "natsdeploy-arch", "version": 1, "backbone": "resnet50", "convs": {}, "x": 1}), "only keys"),
-]
-
-
-@pytest.mark.parametrize("content, expected", BAD)
-def test_check_malformed_exits_2_one_line(tmp_path, capsys, content, expected):
-    p = tmp_path / "bad.json"
-    p.write_text(content)
-    assert_exit_2(["check", p], capsys, contains=expected)
+ARCH = str(EXAMPLES / "resnet18_nats_c.json")
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -61,86 +37,150 @@ def test_console_script_has_no_traceback(tmp_path):
     assert_exit_2(["check", p], process=True, cwd=tmp_path, unchanged=tmp_path)
 
 
-def test_check_exits_1_when_counts_differ(monkeypatch, capsys):
-    import natsdeploy.verify.check as check_mod
-    from natsdeploy.verify.count import Counts
+# -- --version ---------------------------------------------------------------------------------------------------
+def test_version_prints_the_installed_version_and_exits_0(capsys):
+    from importlib import metadata
 
-    real = check_mod.check_arch
-
-    def skewed(arch, shape, **kw):
-        r = real(arch, shape, **kw)
-        return check_mod.CheckResult(r.arch, r.input_shape, Counts(r.transformed.params, r.transformed.macs + 1),
-                                     r.baseline, r.alignment)
-
-    monkeypatch.setattr(check_mod, "check_arch", skewed)
-    assert main(["check", str(EXAMPLES / "resnet18_nats_c.json"), "--input-shape", "1x3x64x64"]) == 1
-    assert "DIFFERENT" in capsys.readouterr().out
+    try:
+        expected = metadata.version("natsdeploy")
+    except metadata.PackageNotFoundError:
+        expected = natsdeploy.__version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"natsdeploy {expected}\n" and expected
 
 
-# -- alignment: check --target and the align command ------------------------------------------------
-def test_check_warns_about_unaligned_branches_but_exit_status_stays_0(capsys):
-    ex = str(EXAMPLES / "resnet50_nats_c.json")
-    assert main(["check", ex, "--input-shape", "1x3x64x64", "--target", "cuda-int8"]) == 0
-    out = capsys.readouterr().out
-    assert "alignment for cuda-int8" in out and "not a multiple of 32 channels" in out
-    assert "  layer2.1.conv2: " in out and "d(1,3) 8 ch" in out
-    assert "share of MACs in unaligned branches: " in out
-    assert f"suggestion: natsdeploy align {ex} --multiple 32" in out
-    assert out.rstrip().endswith("verdict: equal")
-    assert main(["check", ex, "--input-shape", "1x3x64x64", "--target", "cuda-fp16"]) == 0
-    assert "every branch is a multiple of 8 channels" in capsys.readouterr().out
+def test_version_falls_back_to_the_package_version_in_a_source_tree(monkeypatch):
+    from importlib import metadata
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    assert cli.version() == natsdeploy.__version__ == "0.1.0"
 
 
-def test_check_result_dict_carries_alignment():
-    from natsdeploy import load_arch
-    from natsdeploy.verify.check import check_arch
-
-    r = check_arch(load_arch(EXAMPLES / "resnet50_nats_c.json"), (1, 3, 64, 64), target="cuda-int8")
-    d = r.to_dict()["alignment"]
-    assert d["target"] == "cuda-int8" and d["block"] == 32 and not d["aligned"] and 0 < d["mac_share"] < 1
-    assert d["total_macs"] == r.transformed.macs and r.equal
-
-
-def test_check_bad_target_exits_2(capsys):
-    assert_exit_2(["check", EXAMPLES / "resnet18_nats_c.json", "--target", "tpu"], capsys,
-                  contains="--target: got 'tpu', expected one of")
-
-
-def test_align_writes_an_aligned_arch_and_reports(tmp_path, capsys):
-    from natsdeploy import load_arch
-
-    out = tmp_path / "a32.json"
-    assert main(["align", str(EXAMPLES / "resnet50_nats_c.json"), "--multiple", "32", "-o", str(out)]) == 0
-    text = capsys.readouterr().out
-    arch = load_arch(out)
-    assert all(b.channels % 32 == 0 for ct in arch.convs.values() for b in ct.branches)
-    assert arch.provenance["align"] == 32
-    assert "  layer2.0.conv2  d2:40 d3:32 d(1,3):16 d(3,1):40 -> d2:32 d3:32 d(1,3):32 d(3,1):32  " \
-           "(16 of 128 filters changed dilation)" in text
-    assert "total: " in text and "retrain or fine-tune" in text and f"wrote {out}" in text
-    assert main(["check", str(out), "--input-shape", "1x3x64x64", "--target", "cuda-int8"]) == 0
-    assert "every branch is a multiple of 32" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("arch_file, n, expected", [
-    ("resnet50_nats_c.json", "0", "--multiple: got '0', expected an integer >= 1"),
-    ("resnet50_nats_c.json", "-16", "--multiple: got '-16'"),
-    ("resnet50_nats_c.json", "1.5", "--multiple: got '1.5'"),
-    ("resnet50_nats_c.json", "sixteen", "--multiple: got 'sixteen'"),
-    ("resnet50_nats_c.json", "48", "--multiple: got 48, expected a divisor of 128 (out_channels of layer2.0.conv2)"),
-    ("RESNEXT", "2", "--multiple: got 2, expected a multiple of 4 (conv-group width of layer1.0.conv2"),
+# -- long jobs require their data and output folder --------------------------------------------------------------
+@pytest.mark.parametrize("argv, missing", [
+    (["search"], "--data, --out"),
+    (["search", "--data", "DATA"], "--out"),
+    (["search", "--out", "OUT", "--epochs", "1"], "--data"),
+    (["train"], "--data, --out"),
+    (["train", "ARCH", "--data", "DATA"], "--out"),
+    (["train", "ARCH", "--out", "OUT"], "--data"),
 ])
-def test_align_bad_multiple_exits_2_and_writes_nothing(tmp_path, capsys, arch_file, n, expected):
-    if arch_file == "RESNEXT":
-        from natsdeploy import Arch, Branch, ConvTransform
+def test_search_and_train_without_data_or_out_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys, argv, missing):
+    """No silent 25-epoch run on a synthetic set written to ~/.cache: one usage line naming what is missing
+    and the command that lists every flag; nothing written (home, cache and working folder untouched)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NATSDEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    paths = {"DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out"), "ARCH": ARCH}
+    err = assert_exit_2([paths.get(a, a) for a in argv], capsys, unchanged=tmp_path, absent=[tmp_path / "out"],
+                        contains=f"the following arguments are required: {missing} (see: natsdeploy {argv[0]} --help)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    fix = err.split("(see: ")[1].rstrip(")").split()  # the printed fix runs as printed
+    with pytest.raises(SystemExit) as e:
+        main(fix[1:])
+    assert e.value.code == 0 and f"usage: natsdeploy {argv[0]}" in capsys.readouterr().out
 
-        src = Arch(backbone="resnext101_32x4d", convs={"layer1.0.conv2": ConvTransform((
-            Branch((1, 1), 64), Branch((2, 2), 64)))}).save(tmp_path / "x.json")
-    else:
-        src = EXAMPLES / arch_file
-    out = tmp_path / "out.json"
-    assert main(["align", str(src), "--multiple", n, "-o", str(out)]) == 2
-    captured = capsys.readouterr()
-    assert expected in captured.err and captured.err.count("\n") == 1 and captured.out == ""
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["x.json"] if arch_file == "RESNEXT" else [])
+
+def test_search_without_arguments_as_a_console_command(tmp_path):
+    err = assert_exit_2(["search"], process=True, cwd=tmp_path, unchanged=tmp_path)
+    assert err == ("natsdeploy: error: the following arguments are required: --data, --out "
+                   "(see: natsdeploy search --help)")
+
+
+# -- help: every flag shows its default and allowed values -------------------------------------------------------
+def test_the_table_registers_every_command_with_its_conventional_functions():
+    import importlib
+
+    commands = {path[0] for path, _ in cli_parsers() if len(path) == 1}
+    assert commands == set(COMMANDS) | {"convert"}  # convert joins the table with natsdeploy/convert/cli.py
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        assert callable(getattr(mod, f"add_{name}_arguments")) and callable(getattr(mod, f"{name}_cli")), name
+        assert help_text and "\n" not in help_text
+
+
+def test_every_flag_shows_its_default_and_its_choices():
+    seen = 0
+    for path, parser in cli_parsers():
+        for action in parser._actions:
+            if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            where = f"natsdeploy {' '.join(path)} {action.option_strings[-1]}"
+            text = flag_help(parser, action)
+            if path[0] not in ("export", "convert"):  # their parsers have other owners; defaults/choices still hold
+                assert text, f"{where}: no help"
+            default = action.default
+            if not (default is None or default is False or default is argparse.SUPPRESS or default == []):
+                shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+                assert "default" in text and shown in text, f"{where}: default {shown!r} not in {text!r}"
+                seen += 1
+            for choice in action.choices or ():
+                assert str(choice) in text, f"{where}: choice {choice!r} not in {text!r}"
+    assert seen > 40  # the walk reached the subcommands' flags
+
+
+def test_flag_help_lists_the_values_the_code_accepts():
+    """Where the code checks a value against a list (torch-free help cannot import most of them), the help names
+    exactly that list, so the two cannot drift apart."""
+    from natsdeploy.bench.run import BACKENDS
+    from natsdeploy.data.synthetic import SHAPES
+    from natsdeploy.export.int8 import ACTIVATIONS, DEFAULT_CALIBRATION_IMAGES
+    from natsdeploy.models.detectors import DETECTORS
+    from natsdeploy.runners import OPENVINO_PRECISIONS
+    from natsdeploy.search.decode import PRESETS
+    from natsdeploy.specs import BACKBONES
+    from natsdeploy.targets import TARGET_NAMES
+    from natsdeploy.verify.erf import MIN_INPUT_SIZE
+
+    stages = {s for preset in PRESETS.values() for s in preset}
+    wanted = {
+        (("bench",), "--backend"): BACKENDS, (("bench",), "--precision"): OPENVINO_PRECISIONS,
+        (("bench",), "--device"): ("cpu", "cuda"), (("search",), "--device"): ("cpu", "cuda"),
+        (("train",), "--device"): ("cpu", "cuda"),
+        (("search",), "--detector"): DETECTORS, (("train",), "--detector"): DETECTORS,
+        (("search",), "--backbone"): BACKBONES, (("train",), "--backbone"): BACKBONES,
+        (("search",), "--preset"): PRESETS, (("search",), "--stages"): stages,
+        (("check",), "--target"): TARGET_NAMES, (("parity",), "--backend"): ("ort", "openvino", "trt"),
+        (("parity",), "--precision"): ("fp32", "int8"), (("parity",), "--int8-activations"): ACTIVATIONS,
+        (("parity",), "--calibration-images"): (f"default {DEFAULT_CALIBRATION_IMAGES}",),
+        (("erf",), "--input-size"): (f">= {MIN_INPUT_SIZE}",), (("data", "synth"), "--classes"): (f"1..{len(SHAPES)}",),
+        (("train",), "--trainable-layers"): ("0..5",),
+    }
+    for (path, flag), values in wanted.items():
+        text = command_flag_help(path, flag)
+        assert all(str(v) in text for v in values), (path, flag, sorted(map(str, values)), text)
+
+
+def test_search_help_explains_its_flags_and_the_stages_format():
+    for flag in ("--backbone", "--epochs", "--momentum", "--weight-decay", "--seed", "--out", "--stages"):
+        assert len(command_flag_help(("search",), flag)) > 30, flag
+    stages = command_flag_help(("search",), "--stages")
+    assert "comma-separated" in stages and "layer2,layer3,layer4" in stages
+
+
+LAZY = """
+import contextlib, io, json, sys
+from natsdeploy.cli import COMMANDS, main
+loaded = []
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 0, argv
+    loaded.append(sorted({module for module, _ in COMMANDS.values()} & set(sys.modules)))
+print(json.dumps(loaded))
+"""
+
+
+def test_a_command_imports_only_its_own_module():
+    r = subprocess.run([sys.executable, "-c", LAZY, json.dumps([["--help"], ["--version"], ["check", "--help"]])],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == [[], [], ["natsdeploy.verify.cli"]]

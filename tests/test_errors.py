@@ -41,14 +41,14 @@ def test_old_import_locations_are_the_same_classes():
 
 @pytest.mark.parametrize("cls", CLASSES + [FileNotFoundError], ids=lambda c: c.__name__)
 def test_cli_maps_each_to_exit_2_and_one_line(monkeypatch, capsys, cls):
-    import natsdeploy.cli as cli
+    import natsdeploy.verify.cli as cli  # check's module in natsdeploy.cli.COMMANDS, its check_cli called at run time
 
     def boom(args):
         if cls is FileNotFoundError:
             raise FileNotFoundError(2, "No such file or directory", "/no/such/dir/out.json")
         raise cls("field: got 'x\nsecond line', expected y")
 
-    monkeypatch.setattr(cli, "_cmd_check", boom)
+    monkeypatch.setattr(cli, "check_cli", boom)
     assert main(["check", str(EXAMPLES / "resnet18_nats_c.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("natsdeploy: error: ")
@@ -57,12 +57,12 @@ def test_cli_maps_each_to_exit_2_and_one_line(monkeypatch, capsys, cls):
 
 
 def test_a_bug_is_not_mapped_to_exit_2(monkeypatch):
-    import natsdeploy.cli as cli
+    import natsdeploy.verify.cli as cli
 
     def bug(args):
         raise KeyError("internal")
 
-    monkeypatch.setattr(cli, "_cmd_check", bug)
+    monkeypatch.setattr(cli, "check_cli", bug)
     with pytest.raises(KeyError):
         main(["check", str(EXAMPLES / "resnet18_nats_c.json")])
 

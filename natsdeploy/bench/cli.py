@@ -14,27 +14,34 @@ __all__ = ["add_bench_arguments", "bench_cli"]
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The `natsdeploy bench` arguments on `p`."""
     p.add_argument("arch", nargs="?", default=None, help="arch.json (optional with --onnx or --engines)")
-    p.add_argument("--backend", nargs="+", default=["torch", "ort"], help="torch, ort, openvino and/or trt")
+    p.add_argument("--backend", nargs="+", default=["torch", "ort"], help="one or more of torch, ort, openvino, trt")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
-    p.add_argument("--batch", nargs="+", default=[], help="extra batch sizes to time")
+    p.add_argument("--input-shape", default="1x3x800x1216",
+                   help="NxCxHxW: N >= 1, C = 3, H and W >= 32 (default 1x3x800x1216)")
+    p.add_argument("--batch", nargs="+", default=[], help="extra batch sizes to time, integers >= 1 (default: none)")
     p.add_argument("--weights", default=None, help="torchvision-layout .pth (default: seeded init)")
-    p.add_argument("--onnx", default=None, help="folder from `natsdeploy export` (model.onnx, baseline.onnx)")
-    p.add_argument("--engines", nargs=2, default=None, metavar=("BASELINE", "MODEL"), help="TensorRT engines")
+    p.add_argument("--onnx", default=None,
+                   help="folder from `natsdeploy export` (model.onnx, baseline.onnx) to time (default: export the arch)")
+    p.add_argument("--engines", nargs=2, default=None, metavar=("BASELINE", "MODEL"),
+                   help="TensorRT engine files to time with --backend trt (default: built from the ONNX)")
     p.add_argument("--fp16", action="store_true", help="fp16 (torch CUDA autocast, TensorRT fp16)")
     p.add_argument("--precision", default="f32", help="OpenVINO inference precision: f32 (default), bf16 or f16")
-    p.add_argument("--threads", default=None, help="CPU threads (default: all logical CPUs)")
-    p.add_argument("--warmup-s", default="2", help="warm-up seconds (default 2)")
+    p.add_argument("--threads", default=None, help="CPU threads, an integer >= 1 (default: all logical CPUs)")
+    p.add_argument("--warmup-s", default="2", help="warm-up seconds, a number >= 0 (default 2)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--duration-s", default=None, help="time pairs for this many seconds")
-    g.add_argument("--runs", default=None, help="number of interleaved pairs (default 20)")
-    p.add_argument("--per-conv", action="store_true", help="also time each transformed conv vs its baseline conv")
-    p.add_argument("--json", default=None, help="write the report here")
-    p.add_argument("--plot", default=None, help="write a PNG box plot here")
+    g.add_argument("--duration-s", default=None,
+                   help="time pairs for this many seconds, a number >= 0 (at least 3 pairs; default: --runs)")
+    g.add_argument("--runs", default=None, help="number of interleaved pairs, an integer >= 1 (default 20)")
+    p.add_argument("--per-conv", action="store_true",
+                   help="also time each transformed conv vs its baseline conv (torch and ort; needs the arch file)")
+    p.add_argument("--json", default=None, help="write the report here (default: not written)")
+    p.add_argument("--plot", default=None, help="write a PNG box plot here (default: not written)")
 
 
 def bench_cli(args: argparse.Namespace) -> int:
+    """Validate every flag, time each backend (and each conv with --per-conv), print and write the report."""
     from natsdeploy.arch import load_arch
     from natsdeploy.bench.run import BACKENDS, bench, format_bench, plot_bench
 
@@ -69,14 +76,15 @@ def bench_cli(args: argparse.Namespace) -> int:
 
         require_tensorrt()
     arch = load_arch(args.arch) if args.arch else None
+    if args.per_conv and arch is None:  # before any timing
+        raise UsageError("--per-conv: got no arch file, expected one as the first argument (the ONNX files do "
+                         "not say which convs were transformed)")
     if args.onnx and not Path(args.onnx).is_dir():
         raise UsageError(f"--onnx: got {args.onnx!r}, expected a folder written by natsdeploy export")
     report = bench(arch, weights=args.weights, onnx_dir=args.onnx, engines=args.engines, backends=args.backend,
                    device=args.device, input_shape=shape, batches=batches, fp16=args.fp16, threads=threads,
                    warmup_s=warm, duration_s=duration, runs=runs, openvino_precision=args.precision)
     if args.per_conv:
-        if arch is None:
-            raise UsageError("--per-conv: got no arch file, expected ARCH.json")
         from natsdeploy.bench.per_conv import per_conv_bench
 
         print("per-conv (transformed conv vs its baseline conv, p50):")

@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from natsdeploy.align import format_dilation
 from natsdeploy.arch import Arch
+from natsdeploy.targets import detect_target
 from natsdeploy.timing.latency import time_interleaved
 
-__all__ = ["conv_input_shapes", "per_conv_bench"]
+__all__ = ["conv_input_shapes", "per_conv_bench", "format_per_conv_row", "per_conv_legend"]
 
 
 def conv_input_shapes(arch: Arch, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
@@ -69,6 +71,8 @@ def per_conv_bench(arch: Arch, *, backends: Sequence[str], input_shape: Sequence
     torch.manual_seed(0)
     transformed, baseline = build_backbone(arch), build_baseline(arch.backbone)
     rows = []
+    block = detect_target().block  # torch's oneDNN and ORT's MLAS CPU kernels share this machine's vector block
+    log(per_conv_legend(block))
     for name, shape in conv_input_shapes(arch, input_shape).items():
         x_np = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         t_mod, b_mod = transformed.get_submodule(name), baseline.get_submodule(name)
@@ -94,6 +98,20 @@ def per_conv_bench(arch: Arch, *, backends: Sequence[str], input_shape: Sequence
                          "baseline_p50_ms": timing.baseline.p50, "transformed_p50_ms": timing.transformed.p50,
                          "ratio": ratio.median, "ci95": [ratio.ci_low, ratio.ci_high], "pairs": runs,
                          "warmup_s": warmup_s})
-            log(f"  {name:<16} {backend:<6} {len(ct.branches):>2} branches  "
-                f"{timing.baseline.p50:8.3f} ms -> {timing.transformed.p50:8.3f} ms  {ratio.median:.3f}x")
+            log(format_per_conv_row(rows[-1], block=block))
     return rows
+
+
+def per_conv_legend(block: int) -> str:
+    """The table's column legend, naming the channel block its `*` marks are against."""
+    return (f"  {'conv':<16} {'backend':<7} {'baseline':>11}    {'transformed':>11}  ratio [95% interval]  branches "
+            f"(dilation:channels; * not a multiple of this CPU's {block}-channel block)")
+
+
+def format_per_conv_row(row: dict[str, Any], *, block: int) -> str:
+    """One table line of a `per_conv_bench` row: both p50s, the ratio and its 95% interval, and every
+    branch's width, marked `*` where it is not a multiple of `block` (it leaves the blocked kernels)."""
+    lo, hi = row["ci95"]
+    widths = " ".join(f"{format_dilation(tuple(d))}:{c}{'' if c % block == 0 else '*'}" for d, c in row["branches"])
+    return (f"  {row['conv']:<16} {row['backend']:<7} {row['baseline_p50_ms']:8.3f} ms -> "
+            f"{row['transformed_p50_ms']:8.3f} ms  {row['ratio']:.3f}x [{lo:.3f}, {hi:.3f}]  {widths}")

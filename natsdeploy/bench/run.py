@@ -126,7 +126,8 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
     if arch is None and onnx_dir is None and engines is None:
         raise UsageError("bench: got neither an arch file nor --onnx/--engines, expected one of them")
     if "torch" in backends and arch is None:
-        raise UsageError("--backend torch: got no arch file, expected ARCH.json (torch builds the modules)")
+        raise UsageError("--backend torch: got no arch file, expected one as the first argument (torch builds "
+                         "the modules)")
     if "openvino" in backends and device != "cpu":
         raise UsageError(f"--backend openvino: got --device {device}, expected cpu (OpenVINO's CPU plugin)")
     shapes = [tuple(input_shape)] + [(b, *tuple(input_shape)[1:]) for b in batches if b != input_shape[0]]

@@ -10,18 +10,19 @@ from natsdeploy.cli_values import parse_int
 
 from natsdeploy.errors import UsageError
 
-__all__ = ["add_data_arguments", "synth_cli"]
+__all__ = ["add_data_arguments", "data_cli", "synth_cli"]
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The `natsdeploy data` subcommands (today `synth`) and their arguments on `p`."""
     sub = p.add_subparsers(dest="data_command", metavar="{synth}", required=True)  # parser_class defaults to type(p)
     s = sub.add_parser("synth", help="write the synthetic multi-scale COCO-format shapes dataset")
     s.add_argument("--out", required=True, help="folder to create (must be new or empty)")
-    s.add_argument("--images", default="64", help="training images (default 64)")
-    s.add_argument("--val-images", default="16", help="validation images (default 16)")
+    s.add_argument("--images", default="64", help="training images, an integer >= 1 (default 64)")
+    s.add_argument("--val-images", default="16", help="validation images, an integer >= 1 (default 16)")
     s.add_argument("--size", default="256x320", help="image HxW, each 32..4096 (default 256x320)")
     s.add_argument("--classes", default="3", help="classes (one shape each), 1..6 (default 3)")
-    s.add_argument("--max-objects", default="6", help="most objects per image (default 6)")
+    s.add_argument("--max-objects", default="6", help="most objects per image, an integer >= 1 (default 6)")
     s.add_argument("--seed", default="0", help="seed, >= 0 (default 0)")
     s.set_defaults(func=synth_cli)
 
@@ -31,6 +32,11 @@ def _size(text: str) -> tuple[int, int]:
     if not m or not all(32 <= int(g) <= 4096 for g in m.groups()):
         raise UsageError(f"--size: got {text!r}, expected HxW with H and W in 32..4096, such as 256x320")
     return int(m.group(1)), int(m.group(2))
+
+
+def data_cli(args: argparse.Namespace) -> int:
+    """`natsdeploy data SUBCOMMAND`: run the chosen subcommand."""
+    return {"synth": synth_cli}[args.data_command](args)
 
 
 def synth_cli(args: argparse.Namespace) -> int:

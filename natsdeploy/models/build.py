@@ -68,8 +68,10 @@ def _imagenet_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # offline, proxy, partial download ...
+        local = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # where torchvision caches it
         raise WeightsError(f"--weights: could not download torchvision's {enum_name}.IMAGENET1K_V1 "
-                           f"({type(e).__name__}); pass a local file instead: --weights PATH.pth") from None
+                           f"({type(e).__name__}); fetch {weights.url} elsewhere and pass the file instead: "
+                           f"--weights {local}") from None
 
 
 def _load_file(path: Path) -> Mapping[str, torch.Tensor]:

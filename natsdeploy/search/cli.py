@@ -1,43 +1,54 @@
-"""Argument parsing for `natsdeploy search` and `natsdeploy decode` (thin wrappers)."""
+"""`natsdeploy search` and `natsdeploy decode`: arguments, validation and the call into the library (thin)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
-from natsdeploy.cli_values import add_detector_option_argument, parse_float, parse_int
-
+from natsdeploy.cli_values import DATA_HELP, add_detector_option_argument, parse_float, parse_int
 from natsdeploy.errors import UsageError
+from natsdeploy.specs import BACKBONES
 
-__all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli", "decode_checkpoint"]
+__all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli"]
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="synthetic", help="COCO-format folder, or 'synthetic' (generated, no download)")
+    """The `natsdeploy search` arguments on `p` (--data and --out required: a search runs for hours)."""
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--detector", default="faster_rcnn", help="faster_rcnn, retinanet or mask_rcnn")
-    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--backbone", default="resnet50", help=f"backbone to search: {', '.join(sorted(BACKBONES))}")
     p.add_argument("--weights", default=None, help="torchvision-layout backbone .pth or 'imagenet' (default: init)")
-    p.add_argument("--preset", default="NATS-C", help="NATS-A, NATS-B or NATS-C")
+    p.add_argument("--preset", default="NATS-C", help="search space, the candidate dilations per stage "
+                   "(ARCH_FORMAT.md): NATS-A, NATS-B or NATS-C")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--groups", default=None, help="channel groups per conv (default 16)")
-    g.add_argument("--channels-per-group", default=None, help="fixed channels per group instead of --groups")
-    p.add_argument("--stages", default="layer2,layer3,layer4", help="searched stages (torchvision names)")
-    p.add_argument("--epochs", default="25")
-    p.add_argument("--warmup-epochs", default="10", help="epochs with alpha frozen (paper: 10 of 25)")
-    p.add_argument("--batch-size", default="1", help="images per process (paper: 1 per GPU)")
-    p.add_argument("--lr-per-image", default="0.00125", help="SGD lr per image of the global batch")
-    p.add_argument("--lr-min-per-image", default="0.00005", help="cosine floor per image")
-    p.add_argument("--momentum", default="0.9")
-    p.add_argument("--weight-decay", default="0.0001")
-    p.add_argument("--alpha-lr", default="0.01", help="Adam lr for alpha")
-    p.add_argument("--alpha-weight-decay", default="0.00001")
-    p.add_argument("--min-size", default="800", help="detector resize: shorter side")
-    p.add_argument("--max-size", default="1333", help="detector resize: longer side cap")
-    p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
+    g.add_argument("--groups", default=None,
+                   help="channel groups per conv, an integer >= 1 that divides each searched conv's width (default 16)")
+    g.add_argument("--channels-per-group", default=None,
+                   help="fixed channels per group instead of --groups, an integer >= 1 (default: --groups 16)")
+    p.add_argument("--stages", default="layer2,layer3,layer4",
+                   help="stages to search, comma-separated torchvision names from layer2, layer3 and layer4 (the "
+                        "paper's stages 3-5; each in the preset), e.g. layer3,layer4")
+    p.add_argument("--epochs", default="25", help="super-net training epochs, an integer >= 1 (default 25, as the "
+                   "paper)")
+    p.add_argument("--warmup-epochs", default="10", help="first epochs with alpha frozen, an integer >= 0 (default 10: "
+                   "the paper's 10 of 25)")
+    p.add_argument("--batch-size", default="1", help="images per process, an integer >= 1 (default 1: the paper's 1 "
+                   "per GPU)")
+    p.add_argument("--lr-per-image", default="0.00125", help="SGD lr per image of the global batch, a number >= 0")
+    p.add_argument("--lr-min-per-image", default="0.00005", help="cosine floor of the lr per image, a number >= 0")
+    p.add_argument("--momentum", default="0.9", help="SGD momentum of the super-net's weights, a number >= 0")
+    p.add_argument("--weight-decay", default="0.0001",
+                   help="SGD weight decay of the super-net's weights, a number >= 0")
+    p.add_argument("--alpha-lr", default="0.01", help="Adam lr for alpha (the architecture weights), a number >= 0")
+    p.add_argument("--alpha-weight-decay", default="0.00001", help="Adam weight decay for alpha, a number >= 0")
+    p.add_argument("--min-size", default="800", help="detector resize: shorter side in pixels, an integer >= 32")
+    p.add_argument("--max-size", default="1333", help="detector resize: longer side cap in pixels, an integer >= 32")
+    p.add_argument("--max-steps-per-epoch", default=None,
+                   help="cap steps per epoch, an integer >= 1 (quick runs; default: the whole split)")
     add_detector_option_argument(p)
-    p.add_argument("--seed", default="0")
+    p.add_argument("--seed", default="0", help="seed of the init, the weights/alpha split of the train set, the data "
+                   "order and the gumbel draws, an integer >= 0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--sampling", default="softmax", choices=("softmax", "gumbel"),
                    help="softmax: every genotype weighted (paper); gumbel: one sampled genotype per group and step "
@@ -45,22 +56,27 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimator", default=None, choices=("local", "st"),
                    help="gumbel: how alpha learns; local (default): per-group score-function credit; st: GDAS's "
                         "straight-through gate (recovers far fewer planted groups: benchmarks/README.md)")
-    p.add_argument("--tau-start", default=None, help="--estimator st: temperature at the first alpha epoch (default 10)")
-    p.add_argument("--tau-end", default=None, help="--estimator st: temperature at the last epoch (default 0.1)")
-    p.add_argument("--tau-schedule", default="linear", choices=("linear", "exp"), help="gumbel temperature anneal")
+    p.add_argument("--tau-start", default=None,
+                   help="--estimator st: temperature at the first alpha epoch, a number > 0 (default 10)")
+    p.add_argument("--tau-end", default=None, help="--estimator st: temperature at the last epoch, a number > 0 "
+                   "(default 0.1)")
+    p.add_argument("--tau-schedule", default="linear", choices=("linear", "exp"),
+                   help="--estimator st: the anneal from --tau-start to --tau-end, linear or exp")
     p.add_argument("--recompute", action="store_true", help="recompute replica activations in backward (less memory)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
-    p.add_argument("--out", default="search-out")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--align", default=None, help="decode with every branch a multiple of N channels (e.g. 16, 32)")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint.pth in the --out folder")
+    p.add_argument("--out", required=True, help="output folder: checkpoint.pth (each epoch), arch_epoch_N.json, and at "
+                   "the end arch.json, alpha.png, history.json")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--align", default=None, help="decode with every branch a multiple of N channels, an integer >= 1 "
+                   "(e.g. 16, 32; default: plain decode)")
 
 
 def search_cli(args: argparse.Namespace) -> int:
+    """Validate every flag, then run the search (DDP under torchrun) and print what it wrote."""
     import torch
 
     from natsdeploy.runtime.distributed import run_distributed
     from natsdeploy.models.detectors import DETECTORS, parse_detector_options
-    from natsdeploy.specs import BACKBONES
     from natsdeploy.search.decode import PRESETS
     from natsdeploy.search.loop import SearchConfig, run_search
 
@@ -97,14 +113,13 @@ def search_cli(args: argparse.Namespace) -> int:
         **_sampling_options(args),
         progress=not args.no_progress, align=parse_int("--align", args.align, 1) if args.align is not None else None)
     # validate the search space against the backbone before any data or model work
-    from natsdeploy.specs import BACKBONES as _B
     from natsdeploy.search.decode import groups_per_unit, searchable_convs
     from natsdeploy.search.supernet import group_width
 
     for name in searchable_convs(cfg.backbone, cfg.stages):
-        width = group_width(_B[cfg.backbone].convs[name], groups=cfg.groups, channels_per_group=cfg.channels_per_group)
+        width = group_width(BACKBONES[cfg.backbone].convs[name], groups=cfg.groups, channels_per_group=cfg.channels_per_group)
         if cfg.align is not None:
-            groups_per_unit(_B[cfg.backbone].convs[name], width, cfg.align, field="--align")
+            groups_per_unit(BACKBONES[cfg.backbone].convs[name], width, cfg.align, field="--align")
     result, code = run_distributed(lambda dev: run_search(dataclasses.replace(cfg, device=dev)), device)
     if code:
         return code
@@ -141,38 +156,17 @@ def _sampling_options(args: argparse.Namespace) -> dict:
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="search checkpoint (OUT/checkpoint.pth)")
+    """The `natsdeploy decode` arguments on `p`."""
+    p.add_argument("checkpoint", help="search checkpoint: checkpoint.pth in the search's --out folder")
     p.add_argument("-o", "--output", required=True, help="arch.json to write")
-    p.add_argument("--align", default=None,
-                   help="every branch a multiple of N channels (default: the search's --align; 1: plain decode)")
-
-
-def decode_checkpoint(path: str | os.PathLike[str], *, align: int | None = None):
-    """The arch a search checkpoint decodes to (its alphas, backbone and preset; `align` as the
-    search recorded it unless given). The file is loaded safely and checked against the schema of
-    `natsdeploy.checkpoint`: every problem is a one-line CheckpointError."""
-    from natsdeploy.checkpoint import SEARCH, load_checkpoint
-    from natsdeploy.errors import ArchError, CheckpointError
-    from natsdeploy.search.supernet import decode_supernet
-
-    ck = load_checkpoint(path, SEARCH, flag="checkpoint")
-    cfg = ck["config"]
-    alphas = {k[k.find("layer"):-len(".alpha")]: v for k, v in ck["model"].items() if k.endswith(".alpha")}
-    if not alphas:
-        raise CheckpointError(f"checkpoint: {path}: key 'model': got no '*.alpha' entries, expected the "
-                              "super-net's architecture weights")
-    extra = {"detector": cfg["detector"], "epochs_done": ck["epoch"], "data": cfg["data"]}
-    try:
-        arch = decode_supernet(alphas, cfg["backbone"], cfg["preset"], extra=extra)
-    except ArchError as e:
-        raise CheckpointError(f"checkpoint: {path}: does not decode ({e})") from None
-    align = align if align is not None else cfg.get("align")
-    if align is None:
-        return arch
-    return decode_supernet(alphas, cfg["backbone"], cfg["preset"], extra=extra, align=align)  # ArchError: bad align
+    p.add_argument("--align", default=None, help="every branch a multiple of N channels, an integer >= 1 "
+                   "(default: the search's --align; 1: plain decode)")
 
 
 def decode_cli(args: argparse.Namespace) -> int:
+    """Decode the checkpoint's alphas (`search.decode.decode_checkpoint`) and write the arch."""
+    from natsdeploy.search.decode import decode_checkpoint
+
     align = parse_int("--align", args.align, 1) if args.align is not None else None
     arch = decode_checkpoint(args.checkpoint, align=align)
     print(f"wrote {arch.save(args.output)} ({len(arch.convs)} convs)")

@@ -1,7 +1,9 @@
-"""Search-space presets and the decode rule (paper section 3.3, ARCH_FORMAT.md "Decode")."""
+"""Search-space presets and the decode rule (paper section 3.3, ARCH_FORMAT.md "Decode"), and the decode of a
+search checkpoint (`natsdeploy decode`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -11,7 +13,7 @@ from natsdeploy.arch import Arch, Branch, ConvTransform
 from natsdeploy.errors import ArchError
 from natsdeploy.specs import BACKBONES, ConvInfo
 
-__all__ = ["PRESETS", "genotypes", "decode", "groups_per_unit", "sample_arch"]
+__all__ = ["PRESETS", "genotypes", "decode", "groups_per_unit", "sample_arch", "decode_checkpoint"]
 
 _C34 = ((1, 1), (2, 2), (3, 3), (1, 3), (3, 1))
 _C5 = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (1, 3), (3, 1), (1, 5), (5, 1))
@@ -148,3 +150,28 @@ def sample_arch(backbone: str, *, preset: str = "NATS-C", groups: int = 16, seed
     prov = {k: v for k, v in arch.provenance.items() if k != "alpha_softmax"}
     prov["random_seed"] = seed
     return Arch(backbone=arch.backbone, convs=arch.convs, provenance=prov)
+
+
+def decode_checkpoint(path: str | os.PathLike[str], *, align: int | None = None) -> Arch:
+    """The arch a search checkpoint decodes to (its alphas, backbone and preset; `align` as the
+    search recorded it unless given). The file is loaded safely and checked against the schema of
+    `natsdeploy.checkpoint`: every problem is a one-line CheckpointError."""
+    from natsdeploy.checkpoint import SEARCH, load_checkpoint
+    from natsdeploy.errors import CheckpointError
+    from natsdeploy.search.supernet import decode_supernet
+
+    ck = load_checkpoint(path, SEARCH, flag="checkpoint")
+    cfg = ck["config"]
+    alphas = {k[k.find("layer"):-len(".alpha")]: v for k, v in ck["model"].items() if k.endswith(".alpha")}
+    if not alphas:
+        raise CheckpointError(f"checkpoint: {path}: key 'model': got no '*.alpha' entries, expected the "
+                              "super-net's architecture weights")
+    extra = {"detector": cfg["detector"], "epochs_done": ck["epoch"], "data": cfg["data"]}
+    try:
+        arch = decode_supernet(alphas, cfg["backbone"], cfg["preset"], extra=extra)
+    except ArchError as e:
+        raise CheckpointError(f"checkpoint: {path}: does not decode ({e})") from None
+    align = align if align is not None else cfg.get("align")
+    if align is None:
+        return arch
+    return decode_supernet(alphas, cfg["backbone"], cfg["preset"], extra=extra, align=align)  # ArchError: bad align

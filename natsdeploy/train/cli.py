@@ -6,47 +6,55 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from natsdeploy.cli_values import add_detector_option_argument, parse_float, parse_int
-
+from natsdeploy.cli_values import DATA_HELP, add_detector_option_argument, parse_float, parse_int
 from natsdeploy.errors import UsageError
+from natsdeploy.specs import BACKBONES
 
 __all__ = ["add_train_arguments", "train_cli"]
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The `natsdeploy train` arguments on `p` (--data and --out required: training runs for hours)."""
     p.add_argument("arch", nargs="?", default=None,
-                   help="arch.json (omit, or give an all-dilation-1 arch, to train the baseline; then --backbone)")
-    p.add_argument("--data", default="synthetic", help="COCO-format folder, or 'synthetic' (generated, no download)")
+                   help="arch.json (omit it, or give an all-dilation-1 arch, to train the baseline; then --backbone)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--detector", default="faster_rcnn", help="faster_rcnn, retinanet or mask_rcnn")
-    p.add_argument("--backbone", default=None, help="backbone name; required without ARCH.json")
+    p.add_argument("--backbone", default=None, help=f"{', '.join(sorted(BACKBONES))}: the baseline to train without an "
+                   "arch file (default: the arch file's backbone)")
     p.add_argument("--weights", default=None,
                    help="torchvision-layout backbone .pth or 'imagenet' (default: torchvision init, seeded)")
-    p.add_argument("--epochs", default="13", help="epochs (default 13: the 1x schedule)")
-    p.add_argument("--batch-size", default="2", help="images per process (default 2)")
-    p.add_argument("--lr-per-image", default="0.00125", help="SGD lr per image of the global batch (default 0.00125)")
-    p.add_argument("--steps", nargs="+", default=["8", "11"], help="epochs (0-based) from which lr / 10 (default 8 11)")
-    p.add_argument("--warmup-iters", default="500", help="linear warm-up iterations, factor 0.001 -> 1 (default 500)")
-    p.add_argument("--momentum", default="0.9")
-    p.add_argument("--weight-decay", default="0.0001")
-    p.add_argument("--min-size", default="800", help="detector resize: shorter side (default 800)")
-    p.add_argument("--max-size", default="1333", help="detector resize: longer side cap (default 1333)")
-    p.add_argument("--max-steps-per-epoch", default=None, help="cap steps per epoch (quick runs)")
+    p.add_argument("--epochs", default="13", help="epochs, an integer >= 1 (default 13: the 1x schedule)")
+    p.add_argument("--batch-size", default="2", help="images per process, an integer >= 1 (default 2)")
+    p.add_argument("--lr-per-image", default="0.00125",
+                   help="SGD lr per image of the global batch, a number >= 0 (default 0.00125)")
+    p.add_argument("--steps", nargs="+", default=["8", "11"],
+                   help="epochs (0-based, integers >= 1) from which lr / 10 (default 8 11)")
+    p.add_argument("--warmup-iters", default="500",
+                   help="linear warm-up iterations, factor 0.001 -> 1, an integer >= 0 (default 500)")
+    p.add_argument("--momentum", default="0.9", help="SGD momentum, a number >= 0")
+    p.add_argument("--weight-decay", default="0.0001", help="SGD weight decay, a number >= 0")
+    p.add_argument("--min-size", default="800", help="detector resize: shorter side in pixels, an integer >= 32 "
+                   "(default 800)")
+    p.add_argument("--max-size", default="1333", help="detector resize: longer side cap in pixels, an integer >= "
+                   "--min-size (default 1333)")
+    p.add_argument("--max-steps-per-epoch", default=None,
+                   help="cap steps per epoch, an integer >= 1 (quick runs; default: the whole split)")
     p.add_argument("--trainable-layers", default=None,
                    help="backbone stages trained, 0..5 (default: 3 with --weights, frozen BN; 5 without, trainable BN)")
     add_detector_option_argument(p)
-    p.add_argument("--seed", default="0")
+    p.add_argument("--seed", default="0", help="seed of the init and the data order, an integer >= 0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint.pth in the --out folder")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--out", required=True, help="output folder (checkpoint.pth, metrics.json)")
 
 
 def train_cli(args: argparse.Namespace) -> int:
+    """Validate every flag and the arch, then train (DDP under torchrun) and print the final AP."""
     import torch
 
     from natsdeploy.runtime.distributed import run_distributed
     from natsdeploy.models.detectors import DETECTORS, parse_detector_options
-    from natsdeploy.specs import BACKBONES
     from natsdeploy.train.loop import TrainConfig, format_metrics, resolve_arch, train
 
     if args.detector not in DETECTORS:

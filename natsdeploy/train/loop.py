@@ -103,8 +103,8 @@ def resolve_arch(cfg: TrainConfig) -> Arch:
     """The arch to train: `cfg.arch` (path or Arch), or the baseline of `cfg.backbone`."""
     if cfg.arch is None:
         if not cfg.backbone:
-            raise UsageError("--backbone: got nothing without ARCH.json, expected a backbone name "
-                             "(training the baseline needs --backbone)")
+            raise UsageError("--backbone: got nothing and no arch file, expected a backbone name such as resnet50 "
+                             "(training the baseline needs --backbone; natsdeploy train --help lists them)")
         return Arch(backbone=cfg.backbone)
     arch = cfg.arch if isinstance(cfg.arch, Arch) else load_arch(cfg.arch)
     if cfg.backbone and cfg.backbone != arch.backbone:

@@ -13,7 +13,7 @@ as one ONNX graph (transform, backbone, FPN, heads, NMS; `export_whole_detector`
 
 The stages live where they belong: the trunk in `natsdeploy.models.trunk`, the exports in
 `natsdeploy.export.detector`, the runtime body in `natsdeploy.runners_detector`, matching and COCO
-subsets in `natsdeploy.data.evaluate`, the CLI in `natsdeploy.verify.parity_cli`.
+subsets in `natsdeploy.data.evaluate`, the CLI in `natsdeploy.verify.cli`.
 
 Reported: the six COCO metrics of both runs (AP points, 0-100) and their differences; the share
 of PyTorch detections matched by a runtime detection of the same class at IoU >= 0.99 and the max

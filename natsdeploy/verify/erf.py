@@ -13,9 +13,7 @@ is zero-padded on one side until the unit is at the array's centre index.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -25,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from natsdeploy.arch import Arch
-from natsdeploy.files import atomic_write, atomic_write_text
+from natsdeploy.files import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["erf_of", "erf_maps", "erf_radius", "erf_report", "plot_erf", "strip_relu", "erf_cli",
+__all__ = ["erf_of", "erf_maps", "erf_radius", "erf_report", "plot_erf", "strip_relu",
            "SCHEMA", "DEFAULT_SHARES", "MIN_INPUT_SIZE"]
 
 SCHEMA = "natsdeploy-erf/1"
@@ -227,56 +225,3 @@ def _circle(centre: tuple[float, float], r: float, colour: str):
     from matplotlib.patches import Circle
 
     return Circle(centre, r, fill=False, edgecolor=colour, linewidth=1.3, linestyle="--")
-
-
-# -- command line --------------------------------------------------------------------------------
-def _check_out_path(flag: str, value: str | None) -> None:
-    from natsdeploy.errors import UsageError
-
-    if value is None:
-        return
-    p = Path(value)
-    if p.is_dir() or value.endswith(("/", os.sep)):
-        raise UsageError(f"{flag}: got {value!r}, a folder; expected a file path")
-    if p.parent.exists() and not p.parent.is_dir():
-        raise UsageError(f"{flag}: got {value!r}, whose parent is not a folder; expected a file path")
-
-
-def erf_cli(args: argparse.Namespace) -> int:
-    """`natsdeploy erf`: validate, compute both maps, write the PNG (and JSON), print the radii."""
-    from natsdeploy.arch import load_arch
-    from natsdeploy.errors import UsageError
-
-    if args.input_size < MIN_INPUT_SIZE:
-        raise UsageError(f"--input-size: got {args.input_size}, expected an int >= {MIN_INPUT_SIZE}")
-    shares = list(args.share)
-    for s in shares:
-        if not (0.0 < s < 1.0):  # also rejects NaN
-            raise UsageError(f"--share: got {s}, expected a number strictly between 0 and 1")
-    _check_out_path("-o/--output", args.output)
-    _check_out_path("--json", args.json)
-    arch = load_arch(args.arch)
-    base, trans = erf_maps(arch, weights=args.weights, input_size=args.input_size, seed=args.seed)
-    weights_desc = args.weights if args.weights is not None else f"torchvision init, torch.manual_seed({args.seed})"
-    meta = {"arch": str(args.arch), "backbone": arch.backbone, "input_size": args.input_size,
-            "weights": str(weights_desc), "seed": args.seed,
-            "method": "NATS 4.4 / Luo et al.: input ones, ReLUs removed, eval, d(sum_c layer4[c, h//2, w//2])/d input, "
-                      "|grad| summed over input channels, normalised to sum 1"}
-    report = erf_report(base, trans, shares=shares, meta=meta)
-    title_radii = "; ".join(
-        f"r{int(round(r['share'] * 100))}: {r['baseline_px']:.1f} -> {r['transformed_px']:.1f} px"
-        + (f" ({r['ratio_transformed_over_baseline']:.2f}x)" if r["ratio_transformed_over_baseline"] else "")
-        for r in report["radii"])
-    title = f"ERF of layer4 centre unit, {arch.backbone}, input {args.input_size}px, {weights_desc}\n{title_radii}"
-    png = plot_erf(base, trans, args.output, shares=shares, title=title)
-    lines = [f"ERF {arch.backbone} input {args.input_size}x{args.input_size} ({weights_desc})"]
-    for r in report["radii"]:
-        ratio = r["ratio_transformed_over_baseline"]
-        lines.append(f"  {int(round(r['share'] * 100))}% radius: baseline {r['baseline_px']:.1f} px, "
-                     f"transformed {r['transformed_px']:.1f} px, ratio "
-                     + (f"{ratio:.3f}" if ratio is not None else "n/a"))
-    lines.append(f"wrote {png}")
-    if args.json:
-        lines.append(f"wrote {atomic_write_text(Path(args.json), json.dumps(report, indent=2) + chr(10))}")
-    print("\n".join(lines))
-    return 0

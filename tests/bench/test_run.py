@@ -8,6 +8,7 @@ import pytest
 
 from natsdeploy.cli import main
 from natsdeploy.runners import OPENVINO_PRECISIONS, openvino_supports
+from natsdeploy.targets import detect_target
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_exit_2, torch_cuda, trt_importable
 
@@ -37,6 +38,14 @@ def test_bench_torch_and_ort_writes_json_and_plot(tmp_path, capsys):
     assert {"cpu", "versions", "logical_cpus"} <= set(rep["machine"])
     assert rep["per_conv"] and {p["conv"] for p in rep["per_conv"]} <= set(json.loads(open(EX).read())["convs"])
     assert {(p["pairs"], p["warmup_s"]) for p in rep["per_conv"]} == {(3, 0.0)}  # the user's --runs and --warmup-s
+    block = detect_target().block  # the per-conv table: each row's interval and widths, * off this CPU's block
+    assert f"not a multiple of this CPU's {block}-channel block" in out
+    for p in rep["per_conv"]:
+        (line,) = [ln for ln in out.splitlines() if ln.startswith(f"  {p['conv']:<16} {p['backend']:<7}")]
+        lo, hi = p["ci95"]
+        widths = " ".join(f"d{d[0]}:{c}" if d[0] == d[1] else f"d({d[0]},{d[1]}):{c}" for d, c in p["branches"])
+        marked = " ".join(w + ("*" if c % block else "") for w, (_, c) in zip(widths.split(), p["branches"]))
+        assert f"{p['ratio']:.3f}x [{lo:.3f}, {hi:.3f}]" in line and line.endswith(marked)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -57,5 +57,5 @@ def test_decode_align_defaults_to_the_searchs_and_can_be_overridden(aligned_sear
                                              ("0", "--align: got '0', expected an integer >= 1")])
 def test_search_bad_align_exits_2_before_any_work(tmp_path, capsys, value, expected):
     out = tmp_path / "s"
-    assert_exit_2(["search", "--backbone", "resnet18", "--groups", "8", "--out", out, "--align", value], capsys,
-                  contains=expected, absent=[out])
+    assert_exit_2(["search", "--data", tmp_path, "--backbone", "resnet18", "--groups", "8", "--out", out,
+                   "--align", value], capsys, contains=expected, absent=[out])

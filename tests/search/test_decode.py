@@ -224,3 +224,50 @@ def test_sample_arch_rejects_groups_that_do_not_divide():
 
     with pytest.raises(ArchError, match=r"groups: got 7, expected a divisor of"):
         sample_arch("resnet18", groups=7, seed=0)
+
+
+# -- decode_checkpoint: a search checkpoint's alphas, backbone, preset and recorded --align ------------------------
+def _search_checkpoint(path, alphas: dict, *, align=None):
+    """A schema-complete search checkpoint (natsdeploy.checkpoint.SEARCH) holding `alphas` as the super-net's
+    `*.alpha` entries, as `natsdeploy search` writes them (optimiser states from a tiny stand-in model)."""
+    from natsdeploy.checkpoint import SEARCH, save_checkpoint
+    from natsdeploy.runtime.rng import rng_state
+
+    lin = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2)
+    model = {f"backbone.body.{name}.alpha": torch.as_tensor(a, dtype=torch.float32) for name, a in alphas.items()}
+    model["backbone.body.conv1.weight"] = torch.zeros(1)
+    config = {"backbone": "resnet18", "preset": "NATS-C", "detector": "faster_rcnn", "data": "synthetic",
+              "stages": ["layer2"], "groups": 8, "channels_per_group": None, "detector_kwargs": {}, "align": align}
+    return save_checkpoint(path, SEARCH, {
+        "model": model, "scaler": torch.amp.GradScaler("cuda", enabled=False).state_dict(), "rng": rng_state(),
+        "epoch": 2, "pretrained": False, "opt_w": opt.state_dict(), "opt_a": opt.state_dict(),
+        "sched": sched.state_dict(), "history": [], "config": config})
+
+
+def test_decode_checkpoint_decodes_its_alphas_with_the_recorded_align(tmp_path):
+    from natsdeploy.search.decode import decode_checkpoint
+
+    rng = np.random.default_rng(0)
+    alphas = {"layer2.0.conv1": rng.standard_normal((8, 5)), "layer2.1.conv1": rng.standard_normal((8, 5))}
+    plain = decode(alphas, "resnet18", "NATS-C")
+    arch = decode_checkpoint(_search_checkpoint(tmp_path / "plain.pth", alphas))
+    assert arch.convs == plain.convs
+    assert {k: arch.provenance[k] for k in ("detector", "epochs_done", "data")} == {
+        "detector": "faster_rcnn", "epochs_done": 2, "data": "synthetic"}
+    recorded = _search_checkpoint(tmp_path / "a32.pth", alphas, align=32)
+    aligned = decode(alphas, "resnet18", "NATS-C", align=32)
+    assert aligned.convs != plain.convs  # these alphas decode differently aligned: the next lines tell them apart
+    assert decode_checkpoint(recorded).convs == aligned.convs
+    assert decode_checkpoint(recorded, align=1).convs == plain.convs  # an explicit align wins over the recorded one
+    assert all(b.channels % 32 == 0 for ct in decode_checkpoint(recorded).convs.values() for b in ct.branches)
+
+
+def test_decode_checkpoint_without_alphas_is_a_checkpoint_error(tmp_path):
+    from natsdeploy.errors import CheckpointError
+    from natsdeploy.search.decode import decode_checkpoint
+
+    path = _search_checkpoint(tmp_path / "none.pth", {})
+    with pytest.raises(CheckpointError, match=r"got no '\*\.alpha' entries"):
+        decode_checkpoint(path)

@@ -220,12 +220,12 @@ def test_gumbel_search_smoke_anneals_tau_and_records_it(synth, tmp_path, capsys)
     with pytest.raises(UsageError, match="written with estimator='st', expected 'local'"):
         run_search(_cfg(synth, out, epochs=3, resume=True, detector_kwargs=dict(FAST), groups=16, sampling="gumbel"),
                    log=lambda s: None)
-    assert_exit_2(["search", "--sampling", "gumbel", "--tau-start", "2", "--out", tmp_path / "x"], capsys,
-                  contains="--tau-start: got '2' with --estimator local, expected it only with --estimator st",
+    assert_exit_2(["search", "--data", tmp_path, "--sampling", "gumbel", "--tau-start", "2", "--out", tmp_path / "x"],
+                  capsys, contains="--tau-start: got '2' with --estimator local, expected it only with --estimator st",
                   absent=[tmp_path / "x"])
-    assert_exit_2(["search", "--estimator", "st", "--out", tmp_path / "x"], capsys,
+    assert_exit_2(["search", "--data", tmp_path, "--estimator", "st", "--out", tmp_path / "x"], capsys,
                   contains="--estimator: got 'st' with --sampling softmax", absent=[tmp_path / "x"])
-    assert_exit_2(["search", "--tau-start", "2", "--out", tmp_path / "x"], capsys,
+    assert_exit_2(["search", "--data", tmp_path, "--tau-start", "2", "--out", tmp_path / "x"], capsys,
                   contains="--tau-start: got '2' with --sampling softmax", absent=[tmp_path / "x"])
 
 
