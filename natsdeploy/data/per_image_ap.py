@@ -54,7 +54,8 @@ class PerImageMatches:
         """Read an evaluated pycocotools `COCOeval` (default bbox/segm parameters, categories used)."""
         p = ev.params
         if not isinstance(getattr(ev, "evalImgs", None), list):  # COCOeval() starts it as a defaultdict
-            raise InputError("ev.evalImgs: got none, expected a COCOeval after evaluate()")
+            raise InputError(f"ev.evalImgs: got {type(getattr(ev, 'evalImgs', None)).__name__}, expected the list "
+                             "a COCOeval's evaluate() leaves")
         if p.useCats != 1 or list(p.maxDets)[-1] != MAX_DETS or list(p.areaRngLbl) != list(AREAS):
             raise InputError(f"ev.params: got useCats={p.useCats}, maxDets={list(p.maxDets)}, "
                              f"areas={list(p.areaRngLbl)}; expected pycocotools' defaults (useCats=1, "

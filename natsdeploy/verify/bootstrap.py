@@ -77,8 +77,9 @@ def paired_bootstrap(arms: Mapping[Any, Any], weights: Mapping[Any, float], *, r
     if any(not np.array_equal(ids[0], i) for i in ids[1:]):
         raise InputError("arms: got different image ids between arms, expected the same images for every arm (paired)")
     counts = resample_counts(len(ids[0]), replicates=replicates, seed=seed)
-    full = _contrast(arms, weights, None)
-    return full, np.stack([_contrast(arms, weights, c) for c in counts])
+    distinct, which = np.unique(counts, axis=0, return_inverse=True)  # few images: many draws coincide
+    values = np.stack([_contrast(arms, weights, c) for c in distinct])
+    return _contrast(arms, weights, None), values[which.reshape(-1)]
 
 
 def decide(low: float, high: float, *, tolerance: float) -> str:

@@ -169,6 +169,7 @@ def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = 
     coco_gt = subset_coco(dataset.coco, image_ids)
     evaluated = {kp: coco_evaluate_per_image(coco_gt, results[kp]) for kp in results}  # one COCOeval per arm
     metrics = {k: {p: ap_points(evaluated[k, p][0]) for p in ("fp32", "int8")} for k in KEYS}
+    log(f"int8 verdict: {replicates} paired bootstrap resamples of the {n} images (seed {bootstrap_seed})")
     verdict = int8_verdict({kp: e[1] for kp, e in evaluated.items()}, tolerance=tol, replicates=replicates,
                            seed=bootstrap_seed)
     matching = {k: match_detections(outs[k, "fp32"], outs[k, "int8"]).to_dict() for k in KEYS}

@@ -136,6 +136,10 @@ def test_bad_counts_and_cocoeval_raise():
         m.precision([1, 1, 1])
     with pytest.raises(InputError, match=r"^counts: got shape \(4,\) \(min -1\)"):
         m.precision([1, -1, 1, 1])
+    from pycocotools.cocoeval import COCOeval
+
+    with pytest.raises(InputError, match=r"^ev.evalImgs: got defaultdict, expected the list a COCOeval's evaluate"):
+        PerImageMatches.from_cocoeval(COCOeval(gt, gt, iouType="bbox"))
     ev.params.maxDets = [1, 10, 50]
     with pytest.raises(InputError, match=r"^ev.params: got useCats=1, maxDets=\[1, 10, 50\]"):
         PerImageMatches.from_cocoeval(ev)

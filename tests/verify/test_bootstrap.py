@@ -88,6 +88,9 @@ def test_inconclusive_until_more_images_decide():
     assert few.outcome == INCONCLUSIVE and few.metrics["AP"].outcome == INCONCLUSIVE
     assert few.metrics["AP"].low < -1.0 <= few.metrics["AP"].high
     assert few.metrics["APl"].outcome == PASS  # the lost object was small: large ones untouched
+    assert EXIT_CODES == {"pass": 0, "fail": 1, "bad input": 2, "inconclusive": 3}
+    assert format_verdict(few).splitlines()[-1] == ("verdict: INCONCLUSIVE: more images needed (exit status 3; "
+                                                   "0 pass, 1 fail, 2 bad input, 3 inconclusive)")
     assert int8_verdict(few_arms, tolerance=50.0, replicates=200, seed=0).outcome == PASS  # a tolerance it clears
     many = int8_verdict(matches(int8_arms(images=150, missed={MODEL_INT8: range(0, 150, 30)})), tolerance=1.0,
                         replicates=200, seed=0)
@@ -116,17 +119,10 @@ def test_undefined_metric_takes_no_part_and_report_fields():
 
 def test_seed_decides_the_draws():
     m = matches(int8_arms(images=30, missed={MODEL_INT8: [0, 1]}))
-    a, b = (int8_verdict(m, tolerance=0.5, replicates=100, seed=0) for _ in range(2))
+    a, b = (int8_verdict(m, tolerance=0.5, replicates=50, seed=0) for _ in range(2))
     assert a.to_dict() == b.to_dict()
-    reps = [paired_bootstrap(m, INT8_CONTRAST, replicates=100, seed=s)[1] for s in (0, 0, 1)]
-    assert np.array_equal(reps[0], reps[1]) and not np.array_equal(reps[0], reps[2])
-
-
-def test_exit_codes_and_inconclusive_line():
-    assert EXIT_CODES == {"pass": 0, "fail": 1, "bad input": 2, "inconclusive": 3}
-    v = int8_verdict(matches(int8_arms(images=30, missed={MODEL_INT8: [0]})), tolerance=2.0, replicates=200, seed=0)
-    assert format_verdict(v).splitlines()[-1] == ("verdict: INCONCLUSIVE: more images needed (exit status 3; "
-                                                 "0 pass, 1 fail, 2 bad input, 3 inconclusive)")
+    reps = [paired_bootstrap(m, INT8_CONTRAST, replicates=50, seed=s)[1] for s in (0, 1)]
+    assert not np.array_equal(reps[0], reps[1])
 
 
 def test_bad_inputs_raise_one_line():
