@@ -53,7 +53,8 @@ def random_set(seed: int, images: int = 14):
                          "score": round(float(rng.integers(1, 20)) * 0.05, 2)})
     for j in range(130):  # image 4: many low-confidence boxes of one class, some on its objects
         x, y = rng.uniform(0, 220, 2)
-        dets.append({"image_id": 4, "category_id": CATS[0], "bbox": [x, y, 30.0, 30.0], "score": 0.01 + 0.001 * (j % 7)})
+        dets.append({"image_id": 4, "category_id": CATS[0], "bbox": [x, y, 30.0, 30.0],
+                     "score": 0.01 + 0.001 * (j % 7)})
     return _coco(imgs, anns), dets
 
 

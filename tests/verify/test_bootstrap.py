@@ -1,4 +1,4 @@
-"""The int8 AP verdict: a paired bootstrap over images on real pycocotools per-image matches of constructed detectors."""
+"""The int8 AP verdict: a paired bootstrap over images, on pycocotools per-image matches of constructed detectors."""
 
 from __future__ import annotations
 
