@@ -282,3 +282,36 @@ def command_flag_help(path: tuple[str, ...], flag: str) -> str:
     """`flag_help` of `flag` in the subcommand at `path`, e.g. (("data", "synth"), "--classes")."""
     parser = dict(cli_parsers())[path]
     return flag_help(parser, next(a for a in parser._actions if flag in a.option_strings))
+
+
+def int8_arms(*, images: int, missed: dict | None = None) -> dict:
+    """Per-image COCO matches of four constructed detectors, from real pycocotools `evaluate()` runs: `images`
+    images with one object each (20, 60 and 150 px in turn: small, medium and large), every arm
+    (("model" | "baseline", "fp32" | "int8")) finding each exactly, except in the images (indices) that
+    `missed[arm]` lists, where it reports a same-class box elsewhere instead (a false positive and a miss).
+
+    Returns {arm: (metrics 0-1, PerImageMatches)}: what `parity --precision int8` evaluates per arm.
+    """
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from natsdeploy.data.per_image_ap import coco_evaluate_per_image
+
+    missed = missed or {}
+    sides = (20.0, 60.0, 150.0)
+    imgs = [{"id": i + 1, "file_name": f"{i + 1}.png", "height": 256, "width": 256} for i in range(images)]
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [10.0, 10.0, sides[i % 3], sides[i % 3]],
+             "area": sides[i % 3] ** 2, "iscrowd": 0} for i in range(images)]
+    gt = COCO()
+    gt.dataset = {"images": imgs, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    out = {}
+    for arm in (("model", "fp32"), ("baseline", "fp32"), ("model", "int8"), ("baseline", "int8")):
+        miss = set(missed.get(arm, ()))
+        dets = [{"image_id": a["image_id"], "category_id": 1, "score": 0.9,
+                 "bbox": [200.0, 200.0, 40.0, 40.0] if i in miss else list(a["bbox"])} for i, a in enumerate(anns)]
+        out[arm] = coco_evaluate_per_image(gt, dets)
+    return out

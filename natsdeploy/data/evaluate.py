@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["METRICS", "MATCH_IOU", "TIE_IOU", "TIE_SCORE", "CocoEvaluator", "DetectionMatch", "ap_points", "coco_evaluate", "match_detections", "subset_coco",
-           "to_coco_results"]
+from natsdeploy.errors import DatasetError, InputError
+
+__all__ = ["METRICS", "MATCH_IOU", "TIE_IOU", "TIE_SCORE", "CocoEvaluator", "DetectionMatch", "ap_points",
+           "coco_evaluate", "match_detections", "run_cocoeval", "subset_coco", "to_coco_results"]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MATCH_IOU = 0.99
@@ -42,6 +44,37 @@ def _empty_results(coco_gt):
     return res
 
 
+def run_cocoeval(coco_gt, detections: Sequence[Mapping[str, Any]], *, iou_type: str = "bbox") -> Any:
+    """pycocotools' COCOeval of `detections` against every image of `coco_gt`, quiet, after `evaluate()`,
+    `accumulate()` and `summarize()`: its `stats` are the metrics, its `evalImgs` the per-image matches
+    (`natsdeploy.data.per_image_ap` re-accumulates those over resamples of the images).
+
+    `detections` are checked (`image_id`, `category_id` known to `coco_gt`) and not modified; see
+    `coco_evaluate` for the conventions.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if iou_type not in ("bbox", "segm"):
+        raise InputError(f"iou_type: got {iou_type!r}, expected 'bbox' or 'segm'")
+    known_images, known_cats = set(coco_gt.getImgIds()), set(coco_gt.getCatIds())
+    dets = []
+    for i, d in enumerate(detections):
+        if d.get("image_id") not in known_images:
+            raise DatasetError(f"detections[{i}].image_id: got {d.get('image_id')!r}, "
+                               "expected an image id of the ground truth")
+        if d.get("category_id") not in known_cats:
+            raise DatasetError(f"detections[{i}].category_id: got {d.get('category_id')!r}, "
+                               f"expected one of {sorted(known_cats)}")
+        dets.append(copy.deepcopy(dict(d)))  # loadRes adds fields (area, id, segmentation) in place
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(dets) if dets else _empty_results(coco_gt)
+        ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
 def coco_evaluate(coco_gt, detections: Sequence[Mapping[str, Any]], *, iou_type: str = "bbox") -> dict[str, float]:
     """COCO AP of `detections` against `coco_gt` (a pycocotools COCO, e.g. `CocoDetection.coco`).
 
@@ -54,26 +87,7 @@ def coco_evaluate(coco_gt, detections: Sequence[Mapping[str, Any]], *, iou_type:
     give 0.0 for every metric that has ground truth (and -1.0 where it has none), like any other
     detections would; pycocotools' own `loadRes([])` cannot do this, so it is side-stepped.
     """
-    from pycocotools.cocoeval import COCOeval
-
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"coco_evaluate: iou_type={iou_type!r}, expected 'bbox' or 'segm'")
-    known_images, known_cats = set(coco_gt.getImgIds()), set(coco_gt.getCatIds())
-    dets = []
-    for i, d in enumerate(detections):
-        if d.get("image_id") not in known_images:
-            raise ValueError(f"coco_evaluate: detections[{i}].image_id={d.get('image_id')!r}, "
-                             "expected an image id of the ground truth")
-        if d.get("category_id") not in known_cats:
-            raise ValueError(f"coco_evaluate: detections[{i}].category_id={d.get('category_id')!r}, "
-                             f"expected one of {sorted(known_cats)}")
-        dets.append(copy.deepcopy(dict(d)))  # loadRes adds fields (area, id, segmentation) in place
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(dets) if dets else _empty_results(coco_gt)
-        ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    ev = run_cocoeval(coco_gt, detections, iou_type=iou_type)
     return {name: float(v) for name, v in zip(METRICS, ev.stats[:6])}
 
 
@@ -107,20 +121,21 @@ def to_coco_results(outputs: Sequence[Mapping[str, Any]], image_ids: Sequence[in
     of its mask thresholded at `mask_threshold`, for `coco_evaluate(..., iou_type="segm")`.
     """
     if len(outputs) != len(image_ids):
-        raise ValueError(f"to_coco_results: {len(outputs)} outputs for {len(image_ids)} image ids, expected as many")
+        raise InputError(f"outputs: got {len(outputs)} outputs for {len(image_ids)} image ids, "
+                         "expected one per image id")
     results = []
-    for out, image_id in zip(outputs, image_ids):
+    for j, (out, image_id) in enumerate(zip(outputs, image_ids)):
         boxes, scores, labels = _as_list(out["boxes"]), _as_list(out["scores"]), _as_list(out["labels"])
         if masks and "masks" not in out:
-            raise ValueError(f"to_coco_results: masks=True but the output for image {image_id} has no 'masks' "
-                             f"(keys {sorted(out)}), expected Mask R-CNN outputs")
+            raise InputError(f"outputs[{j}]: got keys {sorted(out)} (image {image_id}) with masks=True, "
+                             "expected Mask R-CNN outputs with 'masks'")
         rles = _mask_rles(out["masks"], mask_threshold) if masks else [None] * len(boxes)
         for (x0, y0, x1, y1), score, label, rle in zip(boxes, scores, labels, rles):
             if int(label) == 0 and 0 not in label_to_cat_id:
                 continue  # background: RetinaNet's head scores it like any class and can emit it; never a detection
             if int(label) not in label_to_cat_id:
-                raise ValueError(f"to_coco_results: label {label!r} for image {image_id}, "
-                                 f"expected one of {sorted(label_to_cat_id)}")
+                raise DatasetError(f"outputs[{j}].labels: got {label!r} (image {image_id}), "
+                                   f"expected one of {sorted(label_to_cat_id)}")
             r = {"image_id": int(image_id), "category_id": int(label_to_cat_id[int(label)]),
                  "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score)}
             if rle is not None:

@@ -28,7 +28,7 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", default=None, help="evaluate only the first N val images, an integer >= 1 (default: all)")
     p.add_argument("--tolerance", default=None,
                    help="bound on |runtime - PyTorch| per COCO metric in AP points, 0-100 scale, a number >= 0 "
-                        "(default 0.1 for fp32, 0.5 for fp16)")
+                        "(default 0.1 for fp32, 0.5 for fp16; int8: the extra ΔAP loss allowed, default 0.5)")
     p.add_argument("--threads", default=None,
                    help="ONNX Runtime intra-op threads, an integer >= 1 (default: all logical CPUs)")
     p.add_argument("--whole", action="store_true",
@@ -40,11 +40,18 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-images", default=None, help="int8: first N calibration images, an integer >= 1 "
                    "(default 64; all there are if fewer)")
     p.add_argument("--int8-activations", default=None, help="int8: s8 (default) or u8, as export --int8-activations")
+    p.add_argument("--bootstrap-replicates", default=None,
+                   help="int8: resamples of the val images for the verdict's interval, an integer >= 100 (default 1000)")
+    p.add_argument("--bootstrap-seed", default=None, help="int8: seed of the resampling (default 0)")
     p.add_argument("--json", default=None, help="write the result as JSON here (default: not written)")
+    p.epilog = ("int8 verdict: per metric, D = ΔAP transformed - ΔAP baseline (Δ = int8 - fp32) with a 95%% paired "
+                "bootstrap interval over the val images; pass if its lower end > -tolerance (default 0.5 AP), fail "
+                "if its upper end < -tolerance, else inconclusive (more images needed). Exit status: 0 pass, "
+                "1 fail, 2 bad input, 3 inconclusive (int8 only; verify.bootstrap.EXIT_CODES).")
 
 
 def parity_cli(args: argparse.Namespace) -> int:
-    """Run detector parity from parsed arguments; 0 when it passes, 1 when it does not."""
+    """Run detector parity from parsed arguments; the exit status: 0 pass, 1 fail, 3 inconclusive (int8 only)."""
     from natsdeploy.arch import load_arch
     from natsdeploy.files import atomic_write_text
     from natsdeploy.verify.detection_parity import detection_parity, format_detection_parity
@@ -59,8 +66,10 @@ def parity_cli(args: argparse.Namespace) -> int:
         raise UsageError(f"--precision: got {args.precision!r}, expected fp32 or int8")
     if args.precision == "int8":
         return _int8(args, arch, limit, tol, threads)
-    for flag, value in (("--calibration", args.calibration), ("--calibration-images", args.calibration_images),
-                        ("--int8-activations", args.int8_activations)):
+    int8_only = (("--calibration", args.calibration), ("--calibration-images", args.calibration_images),
+                 ("--int8-activations", args.int8_activations), ("--bootstrap-replicates", args.bootstrap_replicates),
+                 ("--bootstrap-seed", args.bootstrap_seed))
+    for flag, value in int8_only:
         if value is not None:
             raise UsageError(f"{flag}: got {value!r} with --precision fp32, expected it only with --precision int8")
     result = detection_parity(arch, args.checkpoint, args.data, backend=args.backend, fp16=args.fp16, limit=limit,
@@ -75,6 +84,7 @@ def parity_cli(args: argparse.Namespace) -> int:
 def _int8(args: argparse.Namespace, arch, limit: int | None, tol: float | None, threads: int | None) -> int:
     from natsdeploy.export.int8 import ACTIVATIONS, DEFAULT_CALIBRATION_IMAGES
     from natsdeploy.files import atomic_write_text
+    from natsdeploy.verify.bootstrap import DEFAULT_REPLICATES, DEFAULT_SEED, EXIT_CODES
     from natsdeploy.verify.detection_int8 import detection_parity_int8, format_detection_int8
 
     for bad, what in ((args.backend != "ort", f"--backend: got {args.backend!r} with --precision int8, expected ort"),
@@ -87,13 +97,17 @@ def _int8(args: argparse.Namespace, arch, limit: int | None, tol: float | None, 
     act = args.int8_activations or "s8"
     if act not in ACTIVATIONS:
         raise UsageError(f"--int8-activations: got {act!r}, expected one of {list(ACTIVATIONS)}")
+    replicates = (parse_int("--bootstrap-replicates", args.bootstrap_replicates, 100)
+                  if args.bootstrap_replicates is not None else DEFAULT_REPLICATES)
+    seed = parse_int("--bootstrap-seed", args.bootstrap_seed, 0) if args.bootstrap_seed is not None else DEFAULT_SEED
     result = detection_parity_int8(arch, args.checkpoint, args.data, calibration_images=n, limit=limit,
-                                   tolerance=tol, threads=threads, activations=act, calibration=args.calibration)
+                                   tolerance=tol, threads=threads, activations=act, calibration=args.calibration,
+                                   replicates=replicates, bootstrap_seed=seed)
     print(format_detection_int8(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0 if result.passed else 1
+    return EXIT_CODES[result.outcome]
 
 
 def add_erf_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import torch
 from pycocotools.coco import COCO
 
 from natsdeploy.data.evaluate import METRICS, CocoEvaluator, ap_points, coco_evaluate, subset_coco, to_coco_results
+from natsdeploy.errors import DatasetError, InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
 
@@ -103,16 +104,18 @@ def test_segm_perfect():
 
 
 @pytest.mark.parametrize("det, expected", [
-    ({"image_id": 9, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0}, "image_id=9"),
-    ({"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 1.0}, "category_id=3"),
+    ({"image_id": 9, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.0},
+     r"^detections\[0\]\.image_id: got 9, expected an image id of the ground truth$"),
+    ({"image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 1.0},
+     r"^detections\[0\]\.category_id: got 3, expected one of \[1, 2\]$"),
 ])
 def test_unknown_ids_raise(det, expected):
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(DatasetError, match=expected):
         coco_evaluate(make_gt([(1, 1, (0, 0, 10, 10))]), [det])
 
 
 def test_bad_iou_type():
-    with pytest.raises(ValueError, match="iou_type='keypoints'"):
+    with pytest.raises(InputError, match=r"^iou_type: got 'keypoints', expected 'bbox' or 'segm'$"):
         coco_evaluate(make_gt([(1, 1, (0, 0, 10, 10))]), [], iou_type="keypoints")
 
 
@@ -133,9 +136,9 @@ def test_to_coco_results_roundtrip():
     assert coco_evaluate(gt, results) == exactly({m: 1.0 for m in METRICS})
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
     assert to_coco_results([empty], [1], label_to_cat_id) == []
-    with pytest.raises(ValueError, match="2 outputs for 1 image ids"):
+    with pytest.raises(InputError, match=r"^outputs: got 2 outputs for 1 image ids, expected one per image id$"):
         to_coco_results(outputs, [1], label_to_cat_id)
-    with pytest.raises(ValueError, match="label 5"):
+    with pytest.raises(DatasetError, match=r"^outputs\[0\]\.labels: got 5 \(image 1\), expected one of \[1, 2\]$"):
         to_coco_results([{**empty, "boxes": torch.zeros(1, 4), "scores": torch.ones(1),
                           "labels": torch.tensor([5])}], [1], label_to_cat_id)
 
@@ -166,7 +169,8 @@ def test_to_coco_results_masks_score_segm():
 
 def test_to_coco_results_masks_need_mask_outputs():
     out = [{"boxes": torch.zeros((0, 4)), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
-    with pytest.raises(ValueError, match=r"masks=True but the output for image 1 has no 'masks'"):
+    with pytest.raises(InputError, match=r"^outputs\[0\]: got keys \['boxes', 'labels', 'scores'\] \(image 1\) "
+                                         r"with masks=True, expected Mask R-CNN outputs with 'masks'$"):
         to_coco_results(out, [1], {1: 1}, masks=True)
 
 
@@ -176,7 +180,7 @@ def test_to_coco_results_drops_background_label():
             "labels": torch.tensor([0, 1])}]
     assert [r["category_id"] for r in to_coco_results(out, [1], {1: 7})] == [7]
     out[0]["labels"] = torch.tensor([4, 1])
-    with pytest.raises(ValueError, match=r"label 4 for image 1, expected one of \[1\]"):
+    with pytest.raises(DatasetError, match=r"^outputs\[0\]\.labels: got 4 \(image 1\), expected one of \[1\]$"):
         to_coco_results(out, [1], {1: 7})
 
 
