@@ -9,6 +9,7 @@ import random
 import pytest
 
 from natsdeploy import Arch, ArchError, Branch, ConvTransform, load_arch
+from natsdeploy.arch import format_dilation
 from natsdeploy.specs import BACKBONES
 from tests.helpers import ALL, random_arch
 
@@ -204,3 +205,12 @@ def test_branch_mix_counts_unlisted_convs_as_d1():
     mix = a.branch_mix()
     assert mix["layer2"] == {(1, 1): 64 + 3 * 128, (2, 2): 32, (1, 3): 32}
     assert sum(mix["layer4"].values()) == 3 * 512
+
+
+def test_format_dilation_is_the_one_the_reports_share():
+    from natsdeploy import align
+    from natsdeploy.verify import check
+
+    assert [format_dilation(d) for d in ((1, 1), (3, 3), (1, 2), (5, 1))] == ["d1", "d3", "d(1,2)", "d(5,1)"]
+    assert align.format_dilation is format_dilation and check.format_dilation is format_dilation
+
