@@ -169,7 +169,7 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
                     models = (_trt_engines(files, [Path(e) for e in engines] if engines else None, fp16, shape)
                               if backend == "trt" else files)
                 runners, notes, sync = _runner_pair(backend, models, device=device, fp16=fp16, threads=threads,
-                                              openvino_precision=openvino_precision)
+                                                    openvino_precision=openvino_precision)
                 precision = runners[1].describe()["precision"]
                 asked = runners[0].precision_record() if backend == "openvino" else None
                 if backend == "openvino" and runners[0].fallback_note:

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from torch import nn
 from natsdeploy.arch import Arch
 from natsdeploy.checkpoint import TRAIN, fit_state_dict, load_checkpoint
 from natsdeploy.errors import CheckpointError, DatasetError, UsageError
+
+if TYPE_CHECKING:
+    from natsdeploy.data.coco import CocoDetection
 
 __all__ = ["backbone_weights", "build_train_detector", "detector_from_checkpoint", "load_detector_checkpoint",
            "read_checkpoint", "check_same_arch", "EvaluationSetup", "open_for_evaluation"]
@@ -144,7 +147,7 @@ class EvaluationSetup:
 
     detector: nn.Module
     meta: dict[str, Any]
-    dataset: Any  # natsdeploy.data.coco.CocoDetection
+    dataset: CocoDetection
     seed: int
     """The train run's seed: `--data synthetic` means the synthetic set that run trained on."""
 
