@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NamedTuple
 
-from natsdeploy.arch import Arch, Branch, ConvTransform
+from natsdeploy.arch import Arch, Branch, ConvTransform, format_dilation
 from natsdeploy.errors import ArchError
 from natsdeploy.models.macs import backbone_macs, conv3x3_macs_per_channel
 from natsdeploy.specs import ConvInfo
@@ -128,10 +128,6 @@ def filter_dilations(ct: ConvTransform | None, info: ConvInfo) -> list[tuple[int
         for f in perm[o:o + b.channels]:
             out[f] = b.dilation
     return out
-
-
-def format_dilation(d: tuple[int, int]) -> str:
-    return f"d{d[0]}" if d[0] == d[1] else f"d({d[0]},{d[1]})"
 
 
 def _widths(ct: ConvTransform | None, info: ConvInfo) -> tuple[tuple[tuple[int, int], int], ...]:

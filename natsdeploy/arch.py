@@ -20,7 +20,7 @@ from natsdeploy.errors import ArchError
 from natsdeploy.files import atomic_write_text
 from natsdeploy.specs import BACKBONES, BackboneSpec, ConvInfo
 
-__all__ = ["ArchError", "Branch", "ConvTransform", "Arch", "load_arch", "FORMAT", "VERSION"]
+__all__ = ["ArchError", "Branch", "ConvTransform", "Arch", "load_arch", "format_dilation", "FORMAT", "VERSION"]
 
 FORMAT = "natsdeploy-arch"
 VERSION = 1
@@ -38,6 +38,11 @@ def _fail(path: str, value: Any, expected: str) -> ArchError:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def format_dilation(d: tuple[int, int]) -> str:
+    """A dilation as reports write it: `d2` when both axes agree, `d(1,2)` when they differ."""
+    return f"d{d[0]}" if d[0] == d[1] else f"d({d[0]},{d[1]})"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ Every class is a bad input, not a bug: its message is one line, `field: got X, e
 
 from __future__ import annotations
 
-__all__ = ["InputError", "ArchError", "UsageError", "WeightsError", "DatasetError", "CheckpointError"]
+__all__ = ["InputError", "ArchError", "UsageError", "WeightsError", "DatasetError", "CheckpointError",
+           "RuntimeBackendError"]
 
 
 class InputError(ValueError):
@@ -34,4 +35,13 @@ class CheckpointError(UsageError):
     """A search or train checkpoint that is missing, unreadable, unsafe, of another kind or schema.
 
     A `UsageError` as well, since it is always a file named on the command line (older callers catch that).
+    """
+
+
+class RuntimeBackendError(UsageError, RuntimeError):
+    """A runtime backend (ONNX Runtime, OpenVINO, TensorRT) that cannot do what was asked on this machine: a
+    missing provider or GPU, an unknown backend or precision, an engine it cannot load.
+
+    A `UsageError` (the backend, device and precision are command-line choices) and a `RuntimeError`, as the
+    runners raised before, so callers that caught either still do.
     """

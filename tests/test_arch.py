@@ -9,6 +9,7 @@ import random
 import pytest
 
 from natsdeploy import Arch, ArchError, Branch, ConvTransform, load_arch
+from natsdeploy.arch import format_dilation
 from natsdeploy.specs import BACKBONES
 from tests.helpers import ALL, random_arch
 
@@ -243,3 +244,12 @@ def test_a_list_that_fits_no_backbone_says_so(tmp_path):
     p.write_text(json.dumps([{"(0, 0)": 64}, {"(1, 1)": 64}]))
     with pytest.raises(ArchError, match=r"its 2 entries fit no backbone's 3x3 convs \(resnet18 16, .*would refuse"):
         load_arch(p)
+
+
+def test_format_dilation_is_the_one_the_reports_share():
+    from natsdeploy import align
+    from natsdeploy.verify import check
+
+    assert [format_dilation(d) for d in ((1, 1), (3, 3), (1, 2), (5, 1))] == ["d1", "d3", "d(1,2)", "d(5,1)"]
+    assert align.format_dilation is format_dilation and check.format_dilation is format_dilation
+

@@ -11,6 +11,7 @@ OLD = {
     "natsdeploy.loops": ("natsdeploy.runtime.", ["rng_state", "train_step", "run_distributed", "check_resume"]),
     "natsdeploy.loop_skeleton": ("natsdeploy.runtime.context", ["RunContext", "config_dict"]),
     "natsdeploy.shapes": ("natsdeploy.cli_values", ["parse_input_shape", "parse_int", "UsageError"]),
+    "natsdeploy.runners_detector": ("natsdeploy.runners.detector", ["RuntimeBody", "feature_name"]),
 }
 
 
@@ -24,4 +25,5 @@ def test_old_path_warns_and_reexports_the_same_objects(old):
         obj = getattr(mod, name)
         home = importlib.import_module(obj.__module__)
         assert getattr(home, name) is obj
-        assert obj.__module__.startswith(("natsdeploy.runtime", "natsdeploy.cli_values", "natsdeploy.errors"))
+        assert obj.__module__.startswith(("natsdeploy.runtime", "natsdeploy.cli_values", "natsdeploy.errors",
+                                          "natsdeploy.runners"))

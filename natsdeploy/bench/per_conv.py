@@ -35,12 +35,10 @@ def conv_input_shapes(arch: Arch, input_shape: Sequence[int]) -> dict[str, tuple
 
 def _ort_single(conv_module, shape, name: str, threads: int):
     """A one-conv ONNX graph (branch form for a MixedDilationConv) on ORT CPU."""
-    import onnxruntime as ort
-
     from natsdeploy.export.fold import ConvOp, SplitConv
     from natsdeploy.export.graph import GraphBuilder, emit_split
     from natsdeploy.models.mixed_conv import MixedDilationConv
-    from natsdeploy.runners import ort_session_options
+    from natsdeploy.runners import OrtRunner
 
     def op(c, n):
         w = c.weight.detach().float().numpy()
@@ -56,9 +54,8 @@ def _ort_single(conv_module, shape, name: str, threads: int):
         y = g.conv("x", op(conv_module, name))
     g.node("Identity", [y], "y", "out")
     model = g.model([("x", shape)], ["y"], name=name)
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=ort_session_options(threads=threads),
-                                providers=["CPUExecutionProvider"])
-    return lambda x: sess.run(None, {"x": x})
+    runner = OrtRunner(model, threads=threads)
+    return lambda x: runner.run({"x": x})
 
 
 def per_conv_bench(arch: Arch, *, backends: Sequence[str], input_shape: Sequence[int], threads: int,

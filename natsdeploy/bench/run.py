@@ -13,12 +13,12 @@ import numpy as np
 
 from natsdeploy.arch import Arch
 from natsdeploy.cli_values import format_shape
-from natsdeploy.errors import UsageError
+from natsdeploy.errors import RuntimeBackendError, UsageError
+from natsdeploy.runners import BACKENDS
 from natsdeploy.timing.latency import PairedTiming, time_interleaved
 
 __all__ = ["BACKENDS", "SCHEMA", "BenchCase", "bench", "format_bench"]
 
-BACKENDS = ("torch", "ort", "openvino", "trt")
 SCHEMA = "natsdeploy-bench/1"
 CV_WARN = 0.025  # trtexec's threshold
 
@@ -42,24 +42,17 @@ class BenchCase:
                 "notes": list(self.notes), **self.timing.to_dict()}
 
 
-def _torch_pair(arch: Arch, weights: Any, device: str, fp16: bool, seed: int):
+def _torch_modules(arch: Arch, weights: Any, seed: int) -> list[Any]:
+    """The baseline and the transformed backbone with the same weights (seeded ones without `weights`)."""
     import torch
 
     from natsdeploy.models.build import build_backbone, build_baseline, resolve_weights
-    from natsdeploy.runners import TorchRunner
 
     sd = resolve_weights(weights, arch.spec)
     if sd is None:
         torch.manual_seed(seed)
         sd = build_baseline(arch.backbone).state_dict()
-    cuda = device == "cuda"
-    runners = [TorchRunner(m, device=device, channels_last=cuda, fp16=fp16 and cuda)
-               for m in (build_baseline(arch.backbone, sd), build_backbone(arch, sd))]
-    sync = torch.cuda.synchronize if cuda else None
-    notes = ["channels_last"] if cuda else []
-    if fp16 and cuda:
-        notes.append("fp16 autocast")
-    return runners, sync, notes
+    return [build_baseline(arch.backbone, sd), build_backbone(arch, sd)]
 
 
 def _onnx_files(arch: Arch | None, onnx_dir: Path | None, weights: Any, shape: Sequence[int], seed: int,
@@ -84,31 +77,53 @@ def _onnx_files(arch: Arch | None, onnx_dir: Path | None, weights: Any, shape: S
     return out[0], out[1]
 
 
-def _ort_pair(files, device: str, threads: int | None):
-    from natsdeploy.runners import OrtRunner
-
-    providers = ("CUDAExecutionProvider",) if device == "cuda" else ("CPUExecutionProvider",)
-    try:
-        return [OrtRunner(f, providers=providers, threads=threads) for f in files]
-    except RuntimeError as e:
-        raise UsageError(f"--backend ort --device {device}: {e}") from None
-
-
-def _openvino_pair(files, threads: int | None, precision: str):
-    from natsdeploy.runners import OpenVinoRunner
-
-    return [OpenVinoRunner(f, threads=threads, precision=precision) for f in files]
-
-
-def _trt_pair(files, engines: Sequence[Path] | None, fp16: bool, shape):
-    from natsdeploy.export.tensorrt import TrtRunner, build_engine, require_trt_runtime
+def _trt_engines(files, engines: Sequence[Path] | None, fp16: bool, shape) -> list[Path]:
+    """The given engines, or engines built from the ONNX files (after checking TensorRT and a GPU are here)."""
+    from natsdeploy.export.tensorrt import build_engine, require_trt_runtime
 
     require_trt_runtime()
-    if engines is None:
-        prec = "fp16" if fp16 else "fp32"
-        engines = [build_engine(f, f.with_suffix(f".{prec}.engine"), fp16=fp16, dynamic=True, input_shape=shape)
-                   for f in files]
-    return [TrtRunner(e) for e in engines]
+    if engines is not None:
+        return list(engines)
+    prec = "fp16" if fp16 else "fp32"
+    return [build_engine(f, f.with_suffix(f".{prec}.engine"), fp16=fp16, dynamic=True, input_shape=shape)
+            for f in files]
+
+
+def _runner_pair(backend: str, models: Sequence[Any], *, device: str, fp16: bool, threads: int,
+                 openvino_precision: str) -> tuple[list[Any], list[str], Callable[[], None] | None]:
+    """Baseline and transformed runners of `backend` (`runners.create` makes them), the notes the report keeps,
+    and what waits for the device (torch on CUDA; the other runners return host arrays)."""
+    from natsdeploy.runners import create
+
+    cuda = device == "cuda"
+    options: dict[str, Any] = {"threads": threads}
+    notes: list[str] = []
+    sync = None
+    if backend == "torch":
+        import torch
+
+        options = {"device": device, "channels_last": cuda, "fp16": fp16 and cuda}
+        sync = torch.cuda.synchronize if cuda else None
+        notes = (["channels_last"] + (["fp16 autocast"] if fp16 else [])) if cuda else []
+        if fp16 and not cuda:
+            notes.append("fp16 ignored on CPU")
+    elif backend == "ort":
+        options["providers"] = ("CUDAExecutionProvider",) if cuda else ("CPUExecutionProvider",)
+        notes = [] if cuda else [f"{threads} intra-op threads, no spinning"]
+    elif backend == "openvino":
+        options["precision"] = openvino_precision
+    elif backend == "trt":
+        options = {"precision": "fp16" if fp16 else "fp32"}
+    try:
+        runners = [create(backend, m, **options) for m in models]
+    except RuntimeBackendError as e:
+        raise UsageError(f"--backend {backend} --device {device}: {e}") from None
+    if backend == "openvino":
+        r = runners[0]
+        notes = [f"OpenVINO {r.version}, {r.threads} threads, LATENCY hint, INFERENCE_PRECISION_HINT={r.precision}"]
+        if r.fallback_note:
+            notes.append(r.fallback_note)
+    return runners, notes, sync
 
 
 def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.PathLike[str] | None = None,
@@ -121,7 +136,6 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
 
     `openvino_precision` (f32, bf16 or f16) is pinned as OpenVINO's inference precision."""
     from natsdeploy.timing.machine import machine_info
-    from natsdeploy.runners import OPENVINO_PRECISIONS
 
     if arch is None and onnx_dir is None and engines is None:
         raise UsageError("bench: got neither an arch file nor --onnx/--engines, expected one of them")
@@ -146,33 +160,21 @@ def bench(arch: Arch | None = None, *, weights: Any = None, onnx_dir: str | os.P
             for shape in shapes:
                 x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
                 feed = {"images": x}
-                sync, notes, asked = None, [], None
                 if backend == "torch":
                     assert arch is not None
-                    runners, sync, notes = _torch_pair(arch, weights, device, fp16, seed)
-                    precision = "fp16" if (fp16 and device == "cuda") else "fp32"
-                    if fp16 and device != "cuda":
-                        notes.append("fp16 ignored on CPU")
+                    models = _torch_modules(arch, weights, seed)
                 else:
                     if files is None and engines is None:
                         files = _onnx_files(arch, Path(onnx_dir) if onnx_dir else None, weights, shape, seed,
                                             Path(tmpdir))
-                    if backend == "ort":
-                        runners = _ort_pair(files, device, threads)
-                        precision = "fp32"
-                        notes = [f"{threads} intra-op threads, no spinning"] if device == "cpu" else []
-                    elif backend == "openvino":
-                        runners = _openvino_pair(files, threads, openvino_precision)
-                        precision = OPENVINO_PRECISIONS[runners[0].precision]
-                        notes = [f"OpenVINO {runners[0].version}, {runners[0].threads} threads, LATENCY hint, "
-                                 f"INFERENCE_PRECISION_HINT={runners[0].precision}"]
-                        asked = runners[0].precision_record()
-                        if runners[0].fallback_note:
-                            log(runners[0].fallback_note)
-                            notes.append(runners[0].fallback_note)
-                    else:
-                        runners = _trt_pair(files, [Path(e) for e in engines] if engines else None, fp16, shape)
-                        precision = "fp16" if fp16 else "fp32"
+                    models = (_trt_engines(files, [Path(e) for e in engines] if engines else None, fp16, shape)
+                              if backend == "trt" else files)
+                runners, notes, sync = _runner_pair(backend, models, device=device, fp16=fp16, threads=threads,
+                                                    openvino_precision=openvino_precision)
+                precision = runners[1].describe()["precision"]
+                asked = runners[0].precision_record() if backend == "openvino" else None
+                if backend == "openvino" and runners[0].fallback_note:
+                    log(runners[0].fallback_note)
                 log(f"timing {backend} on {device}, {precision}, input {format_shape(shape)}")
                 b, t = runners
                 timing = time_interleaved(lambda: b.run(feed), lambda: t.run(feed), pairs=runs, warmup_s=warmup_s,

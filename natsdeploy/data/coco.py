@@ -42,9 +42,9 @@ def _find_layout(root: Path, split: str) -> tuple[Path, Path]:
     for image_dir, ann_file in candidates:
         if ann_file.is_file():
             if not image_dir.is_dir():
-                raise DatasetError(f"{image_dir}: image folder not found; expected the images of {ann_file.name} there")
+                raise DatasetError(f"{image_dir}: got no image folder, expected the images of {ann_file.name} there")
             return image_dir, ann_file
-    raise DatasetError(f"{candidates[0][1]}: annotation file not found; expected annotations/instances_{split}.json "
+    raise DatasetError(f"{candidates[0][1]}: got no annotation file, expected annotations/instances_{split}.json "
                        f"(or instances_{split}2017.json) under {root}")
 
 
@@ -53,46 +53,46 @@ def _load_json(ann_file: Path) -> dict:
         with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"{ann_file}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg}); "
+        raise DatasetError(f"{ann_file}: got invalid JSON at line {e.lineno} column {e.colno} ({e.msg}), "
                            "expected a COCO annotation file") from None
     except UnicodeDecodeError:
-        raise DatasetError(f"{ann_file}: not UTF-8 text; expected a COCO annotation JSON file") from None
+        raise DatasetError(f"{ann_file}: got bytes that are not UTF-8 text, expected a COCO annotation JSON file") from None
     if not isinstance(data, dict):
-        raise DatasetError(f"{ann_file}: top level is a {type(data).__name__}; expected a JSON object with "
+        raise DatasetError(f"{ann_file}: got a {type(data).__name__} at the top level, expected a JSON object with "
                            "'images', 'annotations' and 'categories'")
     for key in ("images", "categories"):
         value = data.get(key)
         if not isinstance(value, list) or not value:
             if key not in data:
-                got = "missing"
+                got = "no such key"
             elif isinstance(value, list):
                 got = "an empty list"
             else:
                 got = f"a {type(value).__name__}"
-            raise DatasetError(f"{ann_file}: field '{key}' is {got}; expected a non-empty list")
+            raise DatasetError(f"{ann_file}: {key}: got {got}, expected a non-empty list")
     anns = data.setdefault("annotations", [])
     if not isinstance(anns, list):
-        raise DatasetError(f"{ann_file}: field 'annotations' is a {type(anns).__name__}; expected a list")
+        raise DatasetError(f"{ann_file}: annotations: got a {type(anns).__name__}, expected a list")
     for i, img in enumerate(data["images"]):
         if not (isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get("file_name"), str)):
-            raise DatasetError(f"{ann_file}: images[{i}] is {str(img)[:80]}; expected an object with integer "
+            raise DatasetError(f"{ann_file}: images[{i}]: got {str(img)[:80]}, expected an object with integer "
                                "'id' and string 'file_name'")
     for i, cat in enumerate(data["categories"]):
         if not (isinstance(cat, dict) and isinstance(cat.get("id"), int)):
-            raise DatasetError(f"{ann_file}: categories[{i}] is {str(cat)[:80]}; expected an object with integer 'id'")
+            raise DatasetError(f"{ann_file}: categories[{i}]: got {str(cat)[:80]}, expected an object with integer 'id'")
     image_ids = {img["id"] for img in data["images"]}
     cat_ids = {cat["id"] for cat in data["categories"]}
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict):
-            raise DatasetError(f"{ann_file}: annotations[{i}] is a {type(ann).__name__}; expected an object")
+            raise DatasetError(f"{ann_file}: annotations[{i}]: got a {type(ann).__name__}, expected an object")
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise DatasetError(f"{ann_file}: annotations[{i}].bbox is {bbox!r}; expected [x, y, w, h] numbers")
+            raise DatasetError(f"{ann_file}: annotations[{i}].bbox: got {bbox!r}, expected [x, y, w, h] numbers")
         if ann.get("image_id") not in image_ids:
-            raise DatasetError(f"{ann_file}: annotations[{i}].image_id is {ann.get('image_id')!r}; "
+            raise DatasetError(f"{ann_file}: annotations[{i}].image_id: got {ann.get('image_id')!r}, "
                                "expected the id of an entry of 'images'")
         if ann.get("category_id") not in cat_ids:
-            raise DatasetError(f"{ann_file}: annotations[{i}].category_id is {ann.get('category_id')!r}; "
+            raise DatasetError(f"{ann_file}: annotations[{i}].category_id: got {ann.get('category_id')!r}, "
                                f"expected one of the category ids {sorted(cat_ids)}")
     return data
 
@@ -112,7 +112,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", *, masks: bool = False):
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise DatasetError(f"{root}: dataset folder not found; expected a folder with {split}/ images "
+            raise DatasetError(f"{root}: got no dataset folder, expected a folder with {split}/ images "
                                f"and annotations/instances_{split}.json")
         self.root, self.split, self.masks = root, split, masks
         self.image_dir, self.ann_file = _find_layout(root, split)
@@ -121,7 +121,7 @@ class CocoDetection(torch.utils.data.Dataset):
         for img in data["images"]:
             name = img["file_name"]
             if not (name in present or ("/" in name and (self.image_dir / name).is_file())):
-                raise DatasetError(f"{self.image_dir / name}: image file not found; expected the file named by "
+                raise DatasetError(f"{self.image_dir / name}: got no image file, expected the file named by "
                                    f"image id {img['id']} in {self.ann_file.name}")
         self.coco = COCO()
         self.coco.dataset = data
@@ -144,11 +144,11 @@ class CocoDetection(torch.utils.data.Dataset):
             with Image.open(path) as im:
                 pixels = np.asarray(im.convert("RGB"))
         except FileNotFoundError:
-            raise DatasetError(f"{path}: image file not found; "
+            raise DatasetError(f"{path}: got no image file, "
                                f"expected the file named by image id {image_id}") from None
         h, w = pixels.shape[:2]
         if (info.get("height", h), info.get("width", w)) != (h, w):
-            raise DatasetError(f"{path}: image is {h}x{w} (HxW); expected {info.get('height')}x{info.get('width')} "
+            raise DatasetError(f"{path}: got a {h}x{w} (HxW) image, expected {info.get('height')}x{info.get('width')} "
                                f"as image id {image_id} says in {self.ann_file.name}")
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
 

@@ -35,11 +35,10 @@ def block_input_shapes(trunk: Trunk, input_shape: Sequence[int]) -> dict[str, tu
     return out
 
 
-def _block_session(blk: Block, shape: tuple[int, ...], rows_form: bool, threads: int):
-    import onnxruntime as ort
-
+def _block_runner(blk: Block, shape: tuple[int, ...], rows_form: bool, threads: int):
+    """One block in the branches or rows form as its own graph on ONNX Runtime CPU."""
     from natsdeploy.export import graph, rows
-    from natsdeploy.runners import ort_session_options
+    from natsdeploy.runners import OrtRunner
 
     g = graph.GraphBuilder(opset=18)
     if rows_form:
@@ -49,8 +48,7 @@ def _block_session(blk: Block, shape: tuple[int, ...], rows_form: bool, threads:
         y = graph.emit_block(g, "x", blk)
     g.node("Identity", [y], "y", "out")
     model = g.model([("x", shape)], ["y"], name=blk.name)
-    return ort.InferenceSession(model.SerializeToString(), sess_options=ort_session_options(threads=threads),
-                                providers=["CPUExecutionProvider"])
+    return OrtRunner(model, threads=threads)
 
 
 def choose_rows(trunk: Trunk, input_shape: Sequence[int], *, threads: int, pairs: int = 7, warmup_s: float = 0.3,
@@ -68,9 +66,9 @@ def choose_rows(trunk: Trunk, input_shape: Sequence[int], *, threads: int, pairs
             continue
         shape = shapes[blk.name]
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        sb, sr = _block_session(blk, shape, False, threads), _block_session(blk, shape, True, threads)
-        t = time_interleaved(lambda: sb.run(None, {"x": x}), lambda: sr.run(None, {"x": x}), pairs=pairs,
-                             warmup_s=warmup_s)
+        sb, sr = _block_runner(blk, shape, False, threads), _block_runner(blk, shape, True, threads)
+        feed = {"x": x}
+        t = time_interleaved(lambda: sb.run(feed), lambda: sr.run(feed), pairs=pairs, warmup_s=warmup_s)
         r = t.ratio.median
         use = r < 1.0
         if use:

@@ -14,8 +14,9 @@ Three Python APIs, chosen by what is importable (`require_tensorrt`, ``--trt aut
 The builder runs with ``ProfilingVerbosity.DETAILED`` and a verbose logger, so its log lists the
 engine's layers without deserialising the engine (that needs CUDA); `natsdeploy.export.tensorrt_audit`
 reads it. The function form is parsed as written: each `MixedDilationConv.<conv>` node finds its own
-model-local function (`natsdeploy.export.function`). Running an engine (`TrtRunner`) needs a CUDA GPU
-and torch CUDA buffers; it uses ``execute_async_v3`` and tensor addresses, which all three APIs share.
+model-local function (`natsdeploy.export.function`). Running an engine is `natsdeploy.runners.tensorrt.TrtRunner`
+(also importable from here): it needs a CUDA GPU and torch CUDA buffers, and uses ``execute_async_v3`` and
+tensor addresses, which all three APIs share.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 __all__ = ["TRT_CHOICES", "TrtApi", "BuildResult", "require_tensorrt", "parse_onnx", "build", "build_engine",
            "TrtRunner", "gpu_available", "require_trt_runtime"]
@@ -213,46 +212,10 @@ def require_trt_runtime(choice: str = "auto", *, field: str = "--backend trt") -
     return api
 
 
-class TrtRunner:
-    """Runs a serialised engine with torch CUDA tensors as device buffers (``execute_async_v3``)."""
+def __getattr__(name: str) -> Any:
+    """`TrtRunner` moved to `natsdeploy.runners.tensorrt`; the old import path keeps working (PEP 562)."""
+    if name == "TrtRunner":
+        from natsdeploy.runners.tensorrt import TrtRunner
 
-    def __init__(self, engine_path: str | os.PathLike[str], *, device: str = "cuda", trt: str = "auto") -> None:
-        api = require_tensorrt(trt)
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("TrtRunner: torch sees no CUDA device; a TensorRT engine runs only on an NVIDIA GPU")
-        self.torch, self.api = torch, api
-        self.device = torch.device(device)
-        self.runtime = api.trt.Runtime(VerboseLog(api.trt))
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"{api.trt.__name__} {api.version} could not deserialise {engine_path}")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = api.trt.TensorIOMode
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == mode.INPUT]
-        self.output_names = tuple(n for n in names if self.engine.get_tensor_mode(n) == mode.OUTPUT)
-        self.name = api.describe()["flavour"]
-        self.stream = torch.cuda.Stream(device=self.device)
-
-    def _dtype(self, name: str):
-        t = self.api.trt.DataType
-        return {t.FLOAT: self.torch.float32, t.HALF: self.torch.float16}[self.engine.get_tensor_dtype(name)]
-
-    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
-        name = self.input_names[0]
-        x = torch.from_numpy(np.ascontiguousarray(next(iter(feed.values())))).to(self.device, self._dtype(name))
-        self.context.set_input_shape(name, tuple(x.shape))
-        self.context.set_tensor_address(name, x.data_ptr())
-        outs = {}
-        for o in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(o))
-            outs[o] = torch.empty(shape, dtype=self._dtype(o), device=self.device)
-            self.context.set_tensor_address(o, outs[o].data_ptr())
-        with torch.cuda.stream(self.stream):
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-        self.stream.synchronize()
-        return {k: v.float().cpu().numpy() for k, v in outs.items()}
+        return TrtRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

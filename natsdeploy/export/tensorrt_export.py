@@ -61,8 +61,7 @@ def build_engines_for_export(out_dir, api, *, precision: str, dynamic: bool, inp
 
 def _run_or_not(api, out_dir, engines, input_shape, fp16: bool):
     """Run each engine once against ONNX Runtime (only where a GPU is present)."""
-    from natsdeploy.export.tensorrt import TrtRunner
-    from natsdeploy.runners import OrtRunner
+    from natsdeploy.runners import OrtRunner, TrtRunner
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
 
     try:

@@ -5,19 +5,25 @@ trained. Here, in the models layer, so train and verify (detection parity) both 
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from natsdeploy.arch import Arch
 from natsdeploy.checkpoint import TRAIN, fit_state_dict, load_checkpoint
-from natsdeploy.errors import CheckpointError
-from natsdeploy.errors import UsageError
+from natsdeploy.errors import CheckpointError, DatasetError, UsageError
+
+if TYPE_CHECKING:
+    from natsdeploy.data.coco import CocoDetection
 
 __all__ = ["backbone_weights", "build_train_detector", "detector_from_checkpoint", "load_detector_checkpoint",
-           "read_checkpoint"]
+           "read_checkpoint", "check_same_arch", "EvaluationSetup", "open_for_evaluation"]
 
 
 def build_train_detector(kind: str, arch: Arch, weights: Any, num_classes: int, min_size: int, max_size: int,
@@ -88,3 +94,82 @@ def backbone_weights(checkpoint: str | os.PathLike | dict[str, Any]) -> dict[str
         raise CheckpointError("--checkpoint: no 'backbone.body.*' weights in the checkpoint, expected a detector "
                               "written by natsdeploy train")
     return restore_weights(sd, Arch.from_dict(ck["arch"]))
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k not in a or k not in b:
+                return f'{path}["{k}"]' if path else str(k)
+            d = _first_difference(a[k], b[k], f'{path}["{k}"]' if path else str(k))
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{path}[{i}]")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else path
+
+
+def _lookup(d: Any, path: str) -> Any:
+    cur = d
+    for m in re.finditer(r'^([^\[]+)|\["([^"]*)"\]|\[(\d+)\]', path):
+        key = m.group(1) or m.group(2)
+        try:
+            cur = cur[int(m.group(3))] if m.group(3) is not None else cur[key]
+        except (KeyError, IndexError, TypeError):
+            return "absent"
+    return cur
+
+
+def check_same_arch(ck_arch: Mapping, arch: Arch, checkpoint: str) -> None:
+    """A one-line `UsageError` naming the first field where the checkpoint's arch differs from `arch`."""
+    want = {k: v for k, v in arch.to_dict().items() if k != "provenance"}
+    got = {k: v for k, v in ck_arch.items() if k != "provenance"}
+    diff = _first_difference(got, want)
+    if diff is None:
+        return
+    shown_got, shown_want = json.dumps(_lookup(got, diff)), json.dumps(_lookup(want, diff))
+    if len(shown_got) > 60:
+        shown_got = shown_got[:57] + "..."
+    if len(shown_want) > 60:
+        shown_want = shown_want[:57] + "..."
+    raise UsageError(f"--checkpoint: got {checkpoint!r} trained on another arch: {diff} is {shown_got} in the "
+                     f"checkpoint, expected {shown_want} as in ARCH.json")
+
+
+@dataclass(frozen=True)
+class EvaluationSetup:
+    """A trained detector and the split it is scored on, checked against each other (`open_for_evaluation`)."""
+
+    detector: nn.Module
+    meta: dict[str, Any]
+    dataset: CocoDetection
+    seed: int
+    """The train run's seed: `--data synthetic` means the synthetic set that run trained on."""
+
+
+def open_for_evaluation(checkpoint: str | os.PathLike, arch: Arch, data: str, *, split: str = "val",
+                        device: str = "cpu") -> EvaluationSetup:
+    """A train checkpoint's detector (eval mode, on `device`) and the `split` of `data` to score it on.
+
+    One-line errors before any work: a checkpoint that is unreadable or trained on another arch
+    (`CheckpointError`/`UsageError`), a dataset whose category ids are not those it was trained on
+    (`DatasetError`). `data="synthetic"` is the synthetic set of the run's own seed.
+    """
+    from natsdeploy.data.coco import load_dataset
+
+    path = str(checkpoint)
+    ck = read_checkpoint(path)
+    check_same_arch(ck["arch"], arch, path)
+    seed = int((ck.get("config") or {}).get("seed", 0) or 0)
+    dataset = load_dataset(data, split, seed=seed)
+    want = {int(k): int(v) for k, v in ck["label_to_cat_id"].items()}
+    if dataset.label_to_cat_id != want:
+        raise DatasetError(f"{dataset.ann_file}: got category ids {sorted(dataset.label_to_cat_id.values())}, "
+                           f"expected {sorted(want.values())}, those the checkpoint was trained on")
+    detector, _, meta = detector_from_checkpoint(ck, device=device, path=path)
+    return EvaluationSetup(detector=detector.eval(), meta=meta, dataset=dataset, seed=seed)

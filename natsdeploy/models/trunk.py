@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from natsdeploy.errors import WeightsError
+
 __all__ = ["trunk_from_detector"]
 
 
@@ -11,7 +13,8 @@ def trunk_from_detector(detector: Any, arch: Any) -> Any:
     """A plain (BatchNorm2d) transformed ResNet computing what `detector.backbone.body` computes.
 
     `build_backbone(arch)` with the `backbone.body.*` weights loaded (FrozenBatchNorm2d buffers ->
-    BatchNorm2d, eps kept), so the exporter's fold and rewrites apply to it unchanged.
+    BatchNorm2d, eps kept), so the exporter's fold and rewrites apply to it unchanged. A body whose keys
+    or shapes are not the arch's is a one-line `WeightsError`.
     """
     import torch
     from torchvision.ops import FrozenBatchNorm2d
@@ -27,11 +30,12 @@ def trunk_from_detector(detector: Any, arch: Any) -> Any:
     missing = [k for k in needed if k not in body_sd]
     extra = sorted(set(body_sd) - set(sd))
     if missing or extra:
-        raise ValueError(f"detector backbone does not match arch {arch.backbone}: "
-                         f"missing {missing[:3]}, unexpected {extra[:3]}")
+        raise WeightsError(f"detector.backbone.body: got keys missing {missing[:3]} and unexpected {extra[:3]}, "
+                           f"expected those of the {arch.backbone} arch")
     for k in needed:
         if tuple(body_sd[k].shape) != tuple(sd[k].shape):
-            raise ValueError(f"detector backbone[{k!r}]: shape {tuple(body_sd[k].shape)}, expected {tuple(sd[k].shape)}")
+            raise WeightsError(f"detector.backbone.body[{k!r}]: got shape {tuple(body_sd[k].shape)}, "
+                               f"expected {tuple(sd[k].shape)} as the arch builds it")
         sd[k] = body_sd[k].detach().to(device="cpu", dtype=sd[k].dtype)
     trunk.load_state_dict(sd, strict=True)
     for name, m in body.named_modules():

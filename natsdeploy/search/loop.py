@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from natsdeploy.arch import Arch
+from natsdeploy.arch import Arch, format_dilation
 from natsdeploy.checkpoint import SEARCH, save_checkpoint
 from natsdeploy.errors import DatasetError, UsageError
 from natsdeploy.files import atomic_write, atomic_write_text
@@ -304,7 +304,7 @@ def plot_alpha_history(history: list[dict[str, Any]], path: Path, *, preset: str
     for ax, stage in zip(axes[0], stages):
         vals = np.array([h["alpha_softmax"][stage] for h in history])
         for g, d in enumerate(genotypes(preset, stage)):
-            ax.plot(epochs, vals[:, g], marker="o", ms=3, label=f"d{d[0]}" if d[0] == d[1] else f"d({d[0]},{d[1]})")
+            ax.plot(epochs, vals[:, g], marker="o", ms=3, label=format_dilation(d))
         ax.set_title(f"{stage} (paper stage-{int(stage[-1]) + 1})", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean softmax(alpha)")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from natsdeploy.align import AlignmentCheck, check_alignment, format_alignment
-from natsdeploy.arch import Arch
+from natsdeploy.arch import Arch, format_dilation
 from natsdeploy.targets import Target, detect_target, get_target
 from natsdeploy.verify.count import Counts, count
 
@@ -54,17 +54,13 @@ def check_arch(arch: Arch, input_shape: Sequence[int] = (1, 3, 800, 1216), *,
     return CheckResult(arch, shape, counted, count(baseline, shape), alignment)
 
 
-def _fmt_dil(d: tuple[int, int]) -> str:
-    return f"d{d[0]}" if d[0] == d[1] else f"d({d[0]},{d[1]})"
-
-
 def format_check(result: CheckResult, *, arch_path: str = "ARCH.json") -> str:
     arch = result.arch
     lines = [f"arch: {arch.backbone}, {len(arch.convs)} of {len(arch.spec.convs)} 3x3 convs transformed",
              "", "branch mix (output channels per dilation, summed over the stage's 3x3 convs)"]
     for stage, mix in arch.branch_mix().items():
         total = sum(mix.values())
-        parts = ", ".join(f"{_fmt_dil(d)} {c} ({100 * c / total:.0f}%)" for d, c in sorted(mix.items()))
+        parts = ", ".join(f"{format_dilation(d)} {c} ({100 * c / total:.0f}%)" for d, c in sorted(mix.items()))
         lines.append(f"  {_STAGE_NAMES.get(stage, stage):<17} {parts}")
     t, b = result.transformed, result.baseline
     shape = "x".join(map(str, result.input_shape))

@@ -109,33 +109,21 @@ def detection_parity_int8(arch: Any, checkpoint: str | os.PathLike, data: str = 
     the verdict bootstraps `replicates` resamples of the val images drawn with `bootstrap_seed`."""
     import torch
 
-    from natsdeploy.data.coco import load_dataset
-    from natsdeploy.data.errors import DatasetError
     from natsdeploy.data.evaluate import ap_points, match_detections, subset_coco, to_coco_results
     from natsdeploy.data.per_image_ap import coco_evaluate_per_image
     from natsdeploy.export.int8 import calibration_count, open_calibration, quantize_pair
-    from natsdeploy.models.trained import detector_from_checkpoint, read_checkpoint
+    from natsdeploy.models.trained import open_for_evaluation
     from natsdeploy.runners import OrtRunner
-    from natsdeploy.runners_detector import RuntimeBody
-    from natsdeploy.verify.detection_parity import check_same_arch
+    from natsdeploy.runners.detector import RuntimeBody
 
     tol = float(DEFAULT_INT8_AP_TOLERANCE if tolerance is None else tolerance)
     checkpoint = str(checkpoint)
-    ck = read_checkpoint(checkpoint)
-    check_same_arch(ck["arch"], arch, checkpoint)
-    seed = int((ck.get("config") or {}).get("seed", 0) or 0)
-    dataset = load_dataset(data, "val", seed=seed)
-    want = {int(k): int(v) for k, v in ck["label_to_cat_id"].items()}
-    if dataset.label_to_cat_id != want:
-        raise DatasetError(f"{dataset.ann_file}: category ids {sorted(dataset.label_to_cat_id.values())}; expected "
-                           f"{sorted(want.values())}, those the checkpoint was trained on")
+    setup = open_for_evaluation(checkpoint, arch, data, device="cpu")
+    detector, meta, dataset = setup.detector, setup.meta, setup.dataset
     calib_spec = data if calibration is None else calibration
     calib = open_calibration(calib_spec, calibration_images, field="--data" if calibration is None else "--calibration",
-                             seed=seed, log=log)
+                             seed=setup.seed, log=log)
     calibration_images = calibration_count(calib, calibration_images)
-    detector, _, meta = detector_from_checkpoint(ck, device="cpu", path=checkpoint)
-    del ck
-    detector.eval()
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     image_ids = dataset.ids[:n]
     body, return_layers = detector.backbone.body, dict(detector.backbone.body.return_layers)

@@ -12,8 +12,10 @@ With `whole=True` (`--whole`, ONNX Runtime) the runtime side is instead the whol
 as one ONNX graph (transform, backbone, FPN, heads, NMS; `export_whole_detector`), run per image.
 
 The stages live where they belong: the trunk in `natsdeploy.models.trunk`, the exports in
-`natsdeploy.export.detector`, the runtime body in `natsdeploy.runners_detector`, matching and COCO
-subsets in `natsdeploy.data.evaluate`, the CLI in `natsdeploy.verify.cli`.
+`natsdeploy.export.detector`, the runners (`natsdeploy.runners.create`) and the runtime body
+(`natsdeploy.runners.detector`) in `natsdeploy.runners`, the checkpoint opened for evaluation in
+`natsdeploy.models.trained`, matching and COCO subsets in `natsdeploy.data.evaluate`, the CLI in
+`natsdeploy.verify.cli`.
 
 Reported: the six COCO metrics of both runs (AP points, 0-100) and their differences; the share
 of PyTorch detections matched by a runtime detection of the same class at IoU >= 0.99 and the max
@@ -24,11 +26,9 @@ of the six metrics (default 0.1 for fp32, 0.5 for fp16).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import numpy as np
 
 from natsdeploy.data.evaluate import DetectionMatch, match_detections
 from natsdeploy.errors import UsageError
+from natsdeploy.models.trained import check_same_arch, open_for_evaluation
 
 __all__ = ["DEFAULT_AP_TOLERANCE", "DetectionParityResult", "detection_parity", "format_detection_parity",
            "check_same_arch"]
@@ -90,53 +91,6 @@ class DetectionParityResult:
                 "matching": self.match.to_dict(), "backbone_features": self.features, **self.info}
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for k in list(a) + [k for k in b if k not in a]:
-            if k not in a or k not in b:
-                return f'{path}["{k}"]' if path else str(k)
-            d = _first_difference(a[k], b[k], f'{path}["{k}"]' if path else str(k))
-            if d is not None:
-                return d
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            d = _first_difference(x, y, f"{path}[{i}]")
-            if d is not None:
-                return d
-        return None
-    return None if a == b else path
-
-
-def _lookup(d: Any, path: str) -> Any:
-    import re
-
-    cur = d
-    for m in re.finditer(r'^([^\[]+)|\["([^"]*)"\]|\[(\d+)\]', path):
-        key = m.group(1) or m.group(2)
-        try:
-            cur = cur[int(m.group(3))] if m.group(3) is not None else cur[key]
-        except (KeyError, IndexError, TypeError):
-            return "absent"
-    return cur
-
-
-def check_same_arch(ck_arch: Mapping, arch, checkpoint: str) -> None:
-    """A one-line `UsageError` naming the first field where the checkpoint's arch differs from `arch`."""
-    want = {k: v for k, v in arch.to_dict().items() if k != "provenance"}
-    got = {k: v for k, v in ck_arch.items() if k != "provenance"}
-    diff = _first_difference(got, want)
-    if diff is None:
-        return
-    shown_got, shown_want = json.dumps(_lookup(got, diff)), json.dumps(_lookup(want, diff))
-    if len(shown_got) > 60:
-        shown_got = shown_got[:57] + "..."
-    if len(shown_want) > 60:
-        shown_want = shown_want[:57] + "..."
-    raise UsageError(f"--checkpoint: got {checkpoint!r} trained on another arch: {diff} is {shown_got} in the "
-                     f"checkpoint, expected {shown_want} as in ARCH.json")
-
-
 def _tensorrt_or_exit():
     from natsdeploy.export.tensorrt import require_trt_runtime
 
@@ -162,31 +116,28 @@ def _pad32(v: int) -> int:
 
 def _backbone_runner(backend: str, onnx_path: Path, tmp: Path, *, shape: tuple[int, ...], max_side: int,
                      fp16: bool, threads: int | None) -> tuple[Any, str]:
-    """The exported backbone on `backend`, and the runtime's name for the report."""
-    if backend == "ort":
-        import onnxruntime as ort
+    """The exported backbone on `backend` (made by `runners.create`), and what ran it in one line for the report."""
+    from natsdeploy.runners import create, describe_line
 
-        from natsdeploy.runners import OrtRunner
-
-        return (OrtRunner(onnx_path, threads=threads or os.cpu_count()),
-                f"onnxruntime {ort.__version__} CPUExecutionProvider")
+    model: Any = onnx_path
+    options: dict[str, Any] = {"threads": threads or os.cpu_count()}
     if backend == "openvino":
-        from natsdeploy.runners import OpenVinoRunner
+        options["precision"] = "f32"
+    elif backend == "trt":
+        from natsdeploy.export.tensorrt import build_engine
 
-        runner = OpenVinoRunner(onnx_path, threads=threads or os.cpu_count(), precision="f32")
-        return runner, f"OpenVINO {runner.version} CPU ({runner.precision})"
-    from natsdeploy.export.tensorrt import TrtRunner, build_engine
-
-    engine = build_engine(onnx_path, tmp / "backbone.engine", fp16=fp16, dynamic=True,
-                          input_shape=shape, max_shape=(1, 3, max_side, max_side))
-    return TrtRunner(engine), f"TensorRT ({'fp16' if fp16 else 'fp32'})"
+        model = build_engine(onnx_path, tmp / "backbone.engine", fp16=fp16, dynamic=True,
+                             input_shape=shape, max_shape=(1, 3, max_side, max_side))
+        options = {"precision": "fp16" if fp16 else "fp32"}
+    runner = create(backend, model, **options)
+    return runner, describe_line(runner)
 
 
 def _feature_parity(body: Any, runner: Any, *, shape: tuple[int, ...], device: str, precision: str) -> dict:
     """The backbone alone on a seeded input at the largest padded size vs PyTorch (the one comparator)."""
     import torch
 
-    from natsdeploy.runners_detector import feature_name
+    from natsdeploy.runners.detector import feature_name
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
 
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -207,29 +158,19 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
     """
     import torch
 
-    from natsdeploy.data.coco import load_dataset
-    from natsdeploy.data.errors import DatasetError
     from natsdeploy.data.evaluate import ap_points, coco_evaluate, subset_coco, to_coco_results
     from natsdeploy.export.detector import export_detector_backbone, export_whole_detector
-    from natsdeploy.runners_detector import RuntimeBody
-    from natsdeploy.models.trained import detector_from_checkpoint, read_checkpoint
+    from natsdeploy.runners import create
+    from natsdeploy.runners.detector import RuntimeBody
 
     _check_options(backend, fp16, whole)
     precision = "fp16" if fp16 else "fp32"
     tol = float(DEFAULT_AP_TOLERANCE[precision] if tolerance is None else tolerance)
 
     checkpoint = str(checkpoint)
-    ck = read_checkpoint(checkpoint)
-    check_same_arch(ck["arch"], arch, checkpoint)
-    seed = int((ck.get("config") or {}).get("seed", 0) or 0)  # `synthetic` means the set the run trained on
-    dataset = load_dataset(data, "val", seed=seed)
-    want = {int(k): int(v) for k, v in ck["label_to_cat_id"].items()}
-    if dataset.label_to_cat_id != want:
-        raise DatasetError(f"{dataset.ann_file}: category ids {sorted(dataset.label_to_cat_id.values())}; expected "
-                           f"{sorted(want.values())}, those the checkpoint was trained on")
     device = "cuda" if backend == "trt" and torch.cuda.is_available() else "cpu"
-    detector, _, meta = detector_from_checkpoint(ck, device=device, path=checkpoint)
-    del ck
+    setup = open_for_evaluation(checkpoint, arch, data, device=device)
+    detector, meta, dataset = setup.detector, setup.meta, setup.dataset
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     image_ids = dataset.ids[:n]
     body = detector.backbone.body
@@ -257,10 +198,8 @@ def detection_parity(arch, checkpoint: str | os.PathLike, data: str = "synthetic
 
         whole_runner = None
         if whole:
-            from natsdeploy.runners import OrtRunner
-
             whole_path = export_whole_detector(detector, Path(tmp) / "detector.onnx", sample=dataset[0][0].to(device))
-            whole_runner = OrtRunner(whole_path, threads=threads or os.cpu_count())
+            whole_runner = create("ort", whole_path, threads=threads or os.cpu_count())
             runtime_name += " (whole detector in one graph)"
             log(f"exported the whole {meta['detector']} to ONNX (dynamic H, W); it runs on {runtime_name}")
         whole_calls = 0

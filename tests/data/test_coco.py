@@ -131,25 +131,25 @@ def _base_doc():
 
 
 @pytest.mark.parametrize("setup, expected", [
-    (lambda r: None, r"nope: dataset folder not found; expected a folder with train/"),
-    (lambda r: (r / "nope").mkdir(), r"instances_train.json: annotation file not found; expected"),
-    (lambda r: write_tiny(r / "nope", image_dir="elsewhere"), r"nope/train: image folder not found"),
-    (lambda r: write_tiny(r / "nope", doc="{\"images\": ["), r"instances_train.json: invalid JSON at line 1 column"),
-    (lambda r: write_tiny(r / "nope", doc="[1, 2]"), r"top level is a list; expected a JSON object"),
+    (lambda r: None, r"nope: got no dataset folder, expected a folder with train/"),
+    (lambda r: (r / "nope").mkdir(), r"instances_train.json: got no annotation file, expected annotations/instances_train.json"),
+    (lambda r: write_tiny(r / "nope", image_dir="elsewhere"), r"nope/train: got no image folder, expected the images of instances_train.json there"),
+    (lambda r: write_tiny(r / "nope", doc="{\"images\": ["), r"instances_train.json: got invalid JSON at line 1 column \d+ \(.+\), expected a COCO annotation file"),
+    (lambda r: write_tiny(r / "nope", doc="[1, 2]"), r"instances_train.json: got a list at the top level, expected a JSON object"),
     (lambda r: write_tiny(r / "nope", doc={**_base_doc(), "images": []}),
-     r"field 'images' is an empty list; expected a non-empty list"),
+     r"instances_train.json: images: got an empty list, expected a non-empty list"),
     (lambda r: write_tiny(r / "nope", doc={k: v for k, v in _base_doc().items() if k != "categories"}),
-     r"field 'categories' is missing; expected a non-empty list"),
+     r"instances_train.json: categories: got no such key, expected a non-empty list"),
     (lambda r: write_tiny(r / "nope", doc={**_base_doc(), "annotations": [
         {"id": 1, "image_id": 99, "category_id": 1, "bbox": [0, 0, 2, 2]}]}),
-     r"annotations\[0\].image_id is 99; expected the id of an entry of 'images'"),
+     r"annotations\[0\].image_id: got 99, expected the id of an entry of 'images'"),
     (lambda r: write_tiny(r / "nope", doc={**_base_doc(), "annotations": [
         {"id": 1, "image_id": 1, "category_id": 7, "bbox": [0, 0, 2, 2]}]}),
-     r"annotations\[0\].category_id is 7; expected one of the category ids \[1\]"),
+     r"annotations\[0\].category_id: got 7, expected one of the category ids \[1\]"),
     (lambda r: write_tiny(r / "nope", doc={**_base_doc(), "annotations": [
         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2]}]}),
-     r"annotations\[0\].bbox is \[0, 0, 2\]; expected \[x, y, w, h\] numbers"),
-    (lambda r: write_tiny(r / "nope", images=False), r"nope/train/a.png: image file not found; expected the file"),
+     r"annotations\[0\].bbox: got \[0, 0, 2\], expected \[x, y, w, h\] numbers"),
+    (lambda r: write_tiny(r / "nope", images=False), r"nope/train/a.png: got no image file, expected the file named by image id 1"),
 ])
 def test_bad_datasets_raise_one_line_dataset_error(tmp_path, setup, expected):
     setup(tmp_path)
@@ -164,7 +164,7 @@ def test_image_size_mismatch_raises_on_read(tmp_path):
     doc["images"][0]["height"] = 41
     write_tiny(tmp_path, doc=doc)
     ds = CocoDetection(tmp_path, "train")
-    with pytest.raises(DatasetError, match=r"a.png: image is 40x50 \(HxW\); expected 41x50") as e:
+    with pytest.raises(DatasetError, match=r"a.png: got a 40x50 \(HxW\) image, expected 41x50") as e:
         ds[0]
     _one_line(e)
 
@@ -191,5 +191,5 @@ def test_load_dataset_folder_and_synthetic(tmp_path, monkeypatch):
     assert len(ds) == 2 and "masks" in ds[0][1] and calls == [2]
     assert len(load_dataset("synthetic", "train", synthetic_dir=d, seed=2)) == 3
     assert calls == [2]  # generated once, then read
-    with pytest.raises(DatasetError, match="annotation file not found"):
+    with pytest.raises(DatasetError, match="instances_test.json: got no annotation file, expected"):
         load_dataset("synthetic", "test", synthetic_dir=d)

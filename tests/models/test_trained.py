@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from natsdeploy import load_arch
-from natsdeploy.errors import CheckpointError
-from natsdeploy.models.trained import backbone_weights, build_train_detector, detector_from_checkpoint
+from natsdeploy.arch import Arch
+from natsdeploy.errors import CheckpointError, DatasetError, UsageError
+from natsdeploy.models.trained import (backbone_weights, build_train_detector, detector_from_checkpoint,
+                                       open_for_evaluation)
 from natsdeploy.models.transfer import restore_weights
 from tests.conftest import EXAMPLES, FAST
 
@@ -65,3 +67,25 @@ def test_a_checkpoint_without_a_backbone_is_refused(checkpoint):
     heads_only = {k: v for k, v in checkpoint["model"].items() if not k.startswith("backbone.body.")}
     with pytest.raises(CheckpointError, match=r"^--checkpoint: no 'backbone.body.\*' weights"):
         backbone_weights({**checkpoint, "model": heads_only})
+
+
+def test_open_for_evaluation_checks_the_arch_and_the_categories(checkpoint, tiny_synth, tmp_path):
+    """The detector in eval mode with the split it is scored on; another arch or other category ids: one line."""
+    from natsdeploy.checkpoint import TRAIN, save_checkpoint
+    from natsdeploy.runtime.rng import rng_state
+
+    payload = {k: v for k, v in checkpoint.items() if not k.startswith("_")}
+    payload.update(optimizer=torch.optim.SGD([torch.zeros(1)], lr=0.1).state_dict(), scheduler={}, scaler={},
+                   rng=rng_state(), metrics=[], config={"seed": 0}, label_to_cat_id={1: 1, 2: 2, 3: 3})
+    path = save_checkpoint(tmp_path / "ck.pth", TRAIN, payload)
+    setup = open_for_evaluation(path, ARCH, tiny_synth)
+    assert not setup.detector.training and setup.seed == 0 and setup.meta["path"] == str(path)
+    assert setup.dataset.split == "val" and setup.dataset.label_to_cat_id == {1: 1, 2: 2, 3: 3}
+    with pytest.raises(UsageError, match=r"^--checkpoint: got .*ck\.pth' trained on another arch: convs") as e:
+        open_for_evaluation(path, Arch(backbone="resnet18"), tiny_synth)
+    assert "\n" not in str(e.value)
+    path = save_checkpoint(tmp_path / "ck7.pth", TRAIN, {**payload, "label_to_cat_id": {1: 1, 2: 2, 3: 7}})
+    with pytest.raises(DatasetError, match=r"instances_val\.json: got category ids \[1, 2, 3\], expected \[1, 2, 7\], "
+                                           "those the checkpoint was trained on$"):
+        open_for_evaluation(path, ARCH, tiny_synth)
+

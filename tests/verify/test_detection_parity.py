@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import onnxruntime
 import pytest
 import torch
 
@@ -60,6 +61,7 @@ def test_ort_parity_passes_with_zero_delta(trained, tmp_path, capsys, ort_calls)
     assert r["matching"]["matched_share"] >= 0.99 and r["matching"]["reference_detections"] > 0
     assert r["matching"]["max_score_diff"] < 1e-4
     assert r["backbone_features"]["passed"]
+    assert r["runtime_name"] == f"onnxruntime {onnxruntime.__version__} CPUExecutionProvider (fp32)"
     # the runtime really ran: once per val image through the swapped body, plus the seeded feature check
     assert r["runtime_calls"] == 4 and len(ort_calls) == 5
     assert all(shape[0] == 1 and shape[2] % 32 == 0 and shape[3] % 32 == 0 for shape in ort_calls)
@@ -142,6 +144,22 @@ def test_dataset_without_annotations_exits_2(trained, tmp_path, capsys):
     assert "annotation" in err
 
 
+def test_dataset_of_other_categories_exits_2(trained, tmp_path, capsys):
+    """The val split's category ids are not those the checkpoint was trained on: one line naming both."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(trained["data"], data)
+    ann = data / "annotations" / "instances_val.json"
+    doc = json.loads(ann.read_text())
+    ids = sorted(c["id"] for c in doc["categories"])
+    for item in doc["categories"] + doc["annotations"]:
+        item["id" if "name" in item else "category_id"] += 100
+    ann.write_text(json.dumps(doc))
+    err = assert_exit_2(["parity", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", str(data)], capsys)
+    assert f"instances_val.json: got category ids {[i + 100 for i in ids]}, expected {ids}, those the checkpoint" in err
+
+
 @pytest.mark.skipif(torch_cuda(), reason="a CUDA GPU is present: parity --backend trt may run here")
 def test_trt_without_a_gpu_exits_2(trained, capsys):
     """No TensorRT: the install command; TensorRT(-RTX) without a GPU: one line saying engines need one."""
@@ -158,7 +176,7 @@ def test_openvino_backbone_parity_passes(trained, tmp_path, capsys):
     assert rc == 0, printed
     r = json.loads(out.read_text())
     assert r["passed"] and r["backend"] == "openvino" and r["precision"] == "fp32" and r["runtime_calls"] == 2
-    assert r["runtime_name"].startswith("OpenVINO ") and r["runtime_name"].endswith("CPU (f32)")
+    assert r["runtime_name"].startswith("OpenVINO ") and r["runtime_name"].endswith("CPU (fp32)")
     assert r["backbone_features"]["passed"] and r["matching"]["matched_share"] >= 0.99
     assert all(abs(r["delta"][k]) <= 0.1 for k in METRICS) and "openvino" in printed
 

@@ -1,4 +1,5 @@
-"""Runners against PyTorch fp32: TorchRunner, OrtRunner and OpenVinoRunner on every export form."""
+"""OpenVinoRunner against PyTorch fp32 on every export form, its precisions, what it describes, and the CPU
+truths it depends on (OPTIMIZATION_CAPABILITIES, oneDNN ISA caps)."""
 
 from __future__ import annotations
 
@@ -7,69 +8,34 @@ import subprocess
 import sys
 
 import numpy as np
+import openvino
 import pytest
-import torch
 
-from natsdeploy import build_backbone
-from natsdeploy.arch import load_arch
-from natsdeploy.export.fold import fold_trunk, merge_same_dilation
-from natsdeploy.export.onnx import FORMS, save_onnx, trunk_to_onnx
-from natsdeploy.runners import (OpenVinoRunner, OrtRunner, TorchRunner, onednn_cap_below_avx512, openvino_capabilities,
-                                openvino_supports)
+from natsdeploy.errors import RuntimeBackendError
+from natsdeploy.export.onnx import FORMS, trunk_to_onnx
+from natsdeploy.runners import (OpenVinoRunner, TorchRunner, onednn_cap_below_avx512,
+                                openvino_capabilities, openvino_supports)
 from natsdeploy.targets import cpu_flags
 from natsdeploy.verify.parity import DEFAULT_TOLERANCE
-from tests.conftest import EXAMPLES
-from tests.helpers import assert_features_close, reference_features, seeded_state_dict
-
-SHAPE = (1, 3, 64, 96)
-OUTS = ("c2", "c3", "c4", "c5")
-REL = 1e-4  # fp32 bound on |err| relative to max |ref|
-
-
-@pytest.fixture(scope="module")
-def net(module_tmp):
-    """The example ResNet-18 arch with seeded weights, its PyTorch outputs, and one ONNX file per form."""
-    arch = load_arch(EXAMPLES / "resnet18_nats_c.json")
-    sd = seeded_state_dict("resnet18", seed=7)
-    m = build_backbone(arch, sd).eval()
-    trunk = merge_same_dilation(fold_trunk(m))
-    root = module_tmp("runners")
-    files = {f: save_onnx(trunk_to_onnx(trunk, input_shape=SHAPE, form=f, opset=18 if f == "rows" else 17),
-                          root / f"{f}.onnx") for f in FORMS}
-    x = np.random.default_rng(0).standard_normal(SHAPE, dtype=np.float32)
-    ref = TorchRunner(m, output_names=OUTS).run({"images": x})
-    return {"arch": arch, "sd": sd, "model": m, "trunk": trunk, "files": files, "x": x, "ref": ref}
-
-
-def _rel_err(got: dict, ref: dict) -> float:
-    return max(float(np.abs(got[k] - ref[k]).max() / np.abs(ref[k]).max()) for k in ref)
-
-
-def _assert_close(got: dict, ref: dict, rel: float) -> None:
-    assert set(got) == set(ref)
-    for k, v in ref.items():
-        scale = float(np.abs(v).max())
-        torch.testing.assert_close(torch.from_numpy(got[k]), torch.from_numpy(v), rtol=rel, atol=rel * scale,
-                                   msg=lambda m: f"{k}: {m}")
-
-
-def test_torch_runner_matches_the_independent_reference(net):
-    r = TorchRunner(net["model"], output_names=(*OUTS, "logits"))
-    assert r.name == "torch-cpu" and r.output_names == (*OUTS, "logits")
-    got = r.run({"images": net["x"]})
-    ref = reference_features(net["sd"], net["arch"], torch.from_numpy(net["x"]))
-    assert_features_close({k: torch.from_numpy(v) for k, v in got.items()}, ref, rel=REL)
+from tests.runners.conftest import OUTS, REL, assert_close, rel_err
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_ort_and_openvino_run_every_form(net, form):
-    path = net["files"][form]
-    ort_runner = OrtRunner(path, threads=1)
-    assert ort_runner.name == "ort-cpu" and ort_runner.output_names == OUTS
-    _assert_close(ort_runner.run({"images": net["x"]}), net["ref"], REL)
-    ov = OpenVinoRunner(path, threads=1)
+def test_openvino_runs_every_form(net, form):
+    ov = OpenVinoRunner(net["files"][form], threads=1)
     assert (ov.name, ov.precision, ov.threads, ov.output_names) == ("openvino-cpu-f32", "f32", 1, OUTS)
-    _assert_close(ov.run({"images": net["x"]}), net["ref"], REL)
+    assert_close(ov.run({"images": net["x"]}), net["ref"], REL)
+
+
+def test_openvino_reads_serialised_bytes(net):
+    ov = OpenVinoRunner(net["files"]["branches"].read_bytes(), threads=1)
+    assert_close(ov.run({"images": net["x"]}), net["ref"], REL)
+
+
+def test_describe_names_openvino_its_version_and_the_precision_that_ran(net):
+    d = OpenVinoRunner(net["files"]["branches"], threads=1).describe()
+    assert d == {"runtime": "OpenVINO", "version": openvino.get_version().split("-")[0], "precision": "fp32",
+                 "requested": "fp32", "device": "CPU", "threads": 1}
 
 
 def test_openvino_reads_a_dynamic_function_model_in_memory(net):
@@ -78,22 +44,24 @@ def test_openvino_reads_a_dynamic_function_model_in_memory(net):
     ov = OpenVinoRunner(proto)
     for shape in [(1, 3, 64, 96), (2, 3, 45, 70)]:
         x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
-        _assert_close(ov.run({"images": x}), TorchRunner(net["model"], output_names=OUTS).run({"images": x}), REL)
+        assert_close(ov.run({"images": x}), TorchRunner(net["model"], output_names=OUTS).run({"images": x}), REL)
 
 
 def test_openvino_bf16_is_recorded_and_bounded(net):
     """bf16 runs where OpenVINO's OPTIMIZATION_CAPABILITIES list BF16; elsewhere f32 runs and is recorded."""
     path, x = net["files"]["function"], {"images": net["x"]}
-    f32 = _rel_err(OpenVinoRunner(path).run(x), net["ref"])
+    f32 = rel_err(OpenVinoRunner(path).run(x), net["ref"])
     bf16 = OpenVinoRunner(path, precision="bf16")
-    err = _rel_err(bf16.run(x), net["ref"])
+    err = rel_err(bf16.run(x), net["ref"])
     assert bf16.requested == "bf16" and bf16.precision_record()["requested"] == "bf16"
+    assert bf16.describe()["requested"] == "bf16"
     if openvino_supports("bf16"):
         assert bf16.precision == "bf16" and bf16.name == "openvino-cpu-bf16" and bf16.fallback_note is None
+        assert bf16.describe()["precision"] == "bf16"
         # bf16 keeps 8 significant bits: far above fp32 rounding, within the bf16 bound
         assert f32 < REL and 10 * f32 < err < DEFAULT_TOLERANCE["bf16"], (f32, err)
     else:  # no bf16 on this CPU (AVX2): OpenVINO ran f32, and the runner says so
-        assert bf16.precision == "f32" and bf16.name == "openvino-cpu-f32"
+        assert bf16.precision == "f32" and bf16.name == "openvino-cpu-f32" and bf16.describe()["precision"] == "fp32"
         assert "bf16 was asked for and f32 ran" in bf16.fallback_note and err < REL, err
 
 
@@ -146,5 +114,7 @@ def test_openvino_bf16_under_a_onednn_cap_below_avx512_runs_and_records_f32(net,
 
 
 def test_openvino_rejects_an_unknown_precision(net):
-    with pytest.raises(ValueError, match="precision: got 'fp8'"):
+    with pytest.raises(RuntimeBackendError, match=r"^precision: got 'fp8', expected one of \['f32', 'bf16', 'f16'\]$"):
         OpenVinoRunner(net["files"]["branches"], precision="fp8")
+    with pytest.raises(RuntimeBackendError, match=r"^precision: got 'int8', expected one of"):
+        openvino_supports("int8")
