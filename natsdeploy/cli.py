@@ -17,7 +17,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _check_arch_path(args: argparse.Namespace) -> str | None:
+    """The arch file `check` reads (ARCH.json or a shipped --example), or None once --schema or
+    `--example list` has printed its answer. Torch-free."""
+    if args.schema:  # the arch file's JSON Schema, shipped in the package
+        from natsdeploy.arch_schema import shipped_schema
+
+        print(shipped_schema(), end="")
+        return None
+    if (args.arch is None) == (args.example is None):
+        raise UsageError(f"arch: got {'both ARCH.json and --example' if args.arch else 'neither'}, expected an "
+                         "arch.json, --example NAME (natsdeploy check --example list) or --schema")
+    if args.example is None:
+        return args.arch
+    from natsdeploy.examples import example_path, list_examples
+
+    if args.example == "list":
+        print("\n".join(list_examples()))
+        return None
+    return str(example_path(args.example))
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
+    path = _check_arch_path(args)
+    if path is None:
+        return 0
     import shlex
 
     from natsdeploy.arch import load_arch
@@ -25,9 +49,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from natsdeploy.verify.check import check_arch, format_check
 
     target = get_target(args.target, field="--target") if args.target else detect_target()
-    arch = load_arch(args.arch)
+    arch = load_arch(path)
     result = check_arch(arch, parse_input_shape(args.input_shape), target=target)
-    print(format_check(result, arch_path=shlex.quote(args.arch)))
+    print(format_check(result, arch_path=shlex.quote(path)))
     return 0 if result.equal else 1  # alignment is a warning, never the exit status
 
 
@@ -101,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("check", help="validate an arch file and prove params/MACs equal the baseline's")
-    c.add_argument("arch", help="arch.json")
+    c.add_argument("arch", nargs="?", default=None, help="arch.json (or --example NAME, or --schema)")
+    c.add_argument("--example", default=None, help="check an example arch shipped with natsdeploy, e.g. "
+                   "resnet50-nats-c ('list' lists them)")
+    c.add_argument("--schema", action="store_true", help="print the arch file's JSON Schema and exit")
     c.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
     c.add_argument("--target", default=None, help="ort-cpu, openvino-cpu, ort-cpu-int8, openvino-cpu-int8, cuda-fp16 "
                    "or cuda-int8: warn about branches that are not a multiple of its channel block (default: ort-cpu, "

@@ -9,6 +9,7 @@ import re
 from natsdeploy.cli_values import parse_int
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 
 __all__ = ["add_data_arguments", "synth_cli"]
 
@@ -34,6 +35,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def synth_cli(args: argparse.Namespace) -> int:
+    require("pycocotools", "coco", "data synth")
     from natsdeploy.data.synthetic import SHAPES, make_synthetic_coco
 
     kwargs = dict(train_images=parse_int("--images", args.images, 1), val_images=parse_int("--val-images", args.val_images, 1),

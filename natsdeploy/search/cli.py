@@ -10,6 +10,7 @@ from pathlib import Path
 from natsdeploy.cli_values import add_detector_option_argument, parse_float, parse_int
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 
 __all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli", "decode_checkpoint"]
 
@@ -56,6 +57,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def search_cli(args: argparse.Namespace) -> int:
+    require("pycocotools", "coco", "search")
+    require("matplotlib", "plot", "search (its alpha.png)")
     import torch
 
     from natsdeploy.runtime.distributed import run_distributed

@@ -9,6 +9,7 @@ from pathlib import Path
 from natsdeploy.cli_values import add_detector_option_argument, parse_float, parse_int
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 
 __all__ = ["add_train_arguments", "train_cli"]
 
@@ -42,6 +43,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_cli(args: argparse.Namespace) -> int:
+    require("pycocotools", "coco", "train")
     import torch
 
     from natsdeploy.runtime.distributed import run_distributed

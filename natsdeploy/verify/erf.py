@@ -246,7 +246,9 @@ def erf_cli(args: argparse.Namespace) -> int:
     """`natsdeploy erf`: validate, compute both maps, write the PNG (and JSON), print the radii."""
     from natsdeploy.arch import load_arch
     from natsdeploy.errors import UsageError
+    from natsdeploy.extras import require
 
+    require("matplotlib", "plot", "erf (its PNG)")
     if args.input_size < MIN_INPUT_SIZE:
         raise UsageError(f"--input-size: got {args.input_size}, expected an int >= {MIN_INPUT_SIZE}")
     shares = list(args.share)

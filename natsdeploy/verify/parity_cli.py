@@ -9,6 +9,7 @@ from pathlib import Path
 from natsdeploy.cli_values import parse_float, parse_int
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 
 __all__ = ["add_parity_arguments", "parity_cli"]
 
@@ -40,6 +41,7 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
 
 def parity_cli(args: argparse.Namespace) -> int:
     """Run detector parity from parsed arguments; 0 when it passes, 1 when it does not."""
+    require("pycocotools", "coco", "parity")
     from natsdeploy.arch import load_arch
     from natsdeploy.files import atomic_write_text
     from natsdeploy.verify.detection_parity import detection_parity, format_detection_parity
@@ -47,6 +49,8 @@ def parity_cli(args: argparse.Namespace) -> int:
     arch = load_arch(args.arch)
     if args.backend not in ("ort", "openvino", "trt"):
         raise UsageError(f"--backend: got {args.backend!r}, expected 'ort', 'openvino' or 'trt'")
+    if args.backend == "openvino":
+        require("openvino", "openvino", "--backend openvino")
     limit = parse_int("--limit", args.limit, 1) if args.limit is not None else None
     tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
     threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None
