@@ -2,7 +2,8 @@
 
 The NATS-C examples decode seeded random architecture weights with the paper's decode rule:
 they have the shape of a real search result (16 channel groups, several dilations per conv) but
-were not searched on data. Run: python examples/generate.py
+were not searched on data. Run: python examples/generate.py (writes examples/ and the copies shipped in
+the package, natsdeploy/examples/)
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ from natsdeploy.search.decode import PRESETS, decode, searchable_convs
 from natsdeploy.specs import BACKBONES
 
 HERE = Path(__file__).resolve().parent
+SHIPPED = HERE.parent / "natsdeploy" / "examples"
 
 
 def random_decode(backbone: str, seed: int, groups: int = 16, preset: str = "NATS-C"):
@@ -29,5 +31,6 @@ def random_decode(backbone: str, seed: int, groups: int = 16, preset: str = "NAT
 
 if __name__ == "__main__":
     for backbone in ("resnet18", "resnet50"):
-        path = random_decode(backbone, seed=0).save(HERE / f"{backbone}_nats_c.json")
-        print("wrote", path)
+        arch = random_decode(backbone, seed=0)
+        for folder in (HERE, SHIPPED):
+            print("wrote", arch.save(folder / f"{backbone}_nats_c.json"))

@@ -25,6 +25,7 @@ from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
 from natsdeploy.files import atomic_write_text
 from natsdeploy.cli_values import format_shape, parse_float, parse_input_shape, parse_int
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import available, require, skipped_line
 
 __all__ = ["ExportResult", "export_arch", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
 
@@ -122,7 +123,9 @@ def export_arch(arch: Arch, *, weights: Any = None, out_dir: str | os.PathLike[s
                         "intra_op_threads": threads, "inter_op_threads": 1, "allow_spinning": False,
                         "input_shape": list(shape)})
     ov_parity = None
-    if openvino is not None and precision != "int8":
+    if openvino is not None and precision != "int8" and not available("openvino"):  # on by default: one line
+        ov_parity = {"skipped": skipped_line("OpenVINO", "openvino")}
+    elif openvino is not None and precision != "int8":
         from natsdeploy.export.openvino_rows import openvino_entries
 
         ov_parity, ov_latency = openvino_entries(protos, refs, x, precision=openvino, threads=threads, tolerance=tol,
@@ -330,6 +333,8 @@ def export_cli(args: argparse.Namespace) -> int:
     seed = parse_int("--seed", args.seed, 0)
     if args.openvino not in ("f32", "bf16", "f16", "off"):
         raise UsageError(f"--openvino: got {args.openvino!r}, expected f32, bf16, f16 or off")
+    if args.openvino in ("bf16", "f16"):  # asked for; the default f32 rows degrade to one line instead
+        require("openvino", "openvino", f"--openvino {args.openvino}")
     from natsdeploy.targets import get_target
 
     target = get_target(args.target, field="--target") if args.target else None

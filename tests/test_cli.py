@@ -20,6 +20,39 @@ from tests.helpers import assert_exit_2, cli_parsers, command_flag_help, flag_he
 ARCH = str(EXAMPLES / "resnet18_nats_c.json")
 
 
+def test_check_example_runs_the_shipped_copy(capsys):
+    """--example NAME checks the copy shipped inside the package (either spelling); 'list' names them."""
+    from natsdeploy.examples import example_path
+
+    assert main(["check", "--example", "resnet18-nats-c", "--input-shape", "1x3x64x64"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: equal" in out and str(example_path("resnet18-nats-c")) in out
+    assert main(["check", "--example", "resnet18_nats_c", "--input-shape", "1x3x64x64"]) == 0
+    assert "verdict: equal" in capsys.readouterr().out
+    assert main(["check", "--example", "list"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet18-nats-c", "resnet50-nats-c"]
+
+
+def test_check_schema_prints_the_shipped_schema(capsys):
+    from natsdeploy.arch_schema import json_schema
+
+    assert main(["check", "--schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == json_schema()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["check"], "arch: got neither, expected an arch.json, --example NAME"),
+    (["check", "EX", "--example", "resnet18-nats-c"], "arch: got both ARCH.json and --example"),
+    (["check", "--example", "resnet51-nats-c"], "--example: got 'resnet51-nats-c', expected one of "
+                                                "['resnet18-nats-c', 'resnet50-nats-c']"),
+])
+def test_check_needs_exactly_one_arch(capsys, args, expected):
+    args = [str(EXAMPLES / "resnet18_nats_c.json") if a == "EX" else a for a in args]
+    assert_exit_2(args, capsys, contains=expected)
+
+
+
+
 @pytest.mark.parametrize("args, expected", [
     (["check", "EX", "--input-shape", "1x3x800"], "--input-shape"),
     (["check", "EX", "--input-shape", "1x4x800x800"], "C = 3"),

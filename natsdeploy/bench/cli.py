@@ -9,6 +9,7 @@ from pathlib import Path
 from natsdeploy.cli_values import parse_float, parse_input_shape, parse_int
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 
 __all__ = ["add_bench_arguments", "bench_cli"]
 
@@ -48,6 +49,10 @@ def bench_cli(args: argparse.Namespace) -> int:
     for b in args.backend:
         if b not in BACKENDS:
             raise UsageError(f"--backend: got {b!r}, expected some of {list(BACKENDS)}")
+    if "openvino" in args.backend:
+        require("openvino", "openvino", "--backend openvino")
+    if args.plot:
+        require("matplotlib", "plot", "--plot")
     from natsdeploy.runners import OPENVINO_PRECISIONS
 
     if args.precision not in OPENVINO_PRECISIONS:

@@ -9,6 +9,7 @@ import re
 from natsdeploy.cli_values import parse_int
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 
 __all__ = ["add_data_arguments", "data_cli", "synth_cli"]
 
@@ -40,6 +41,7 @@ def data_cli(args: argparse.Namespace) -> int:
 
 
 def synth_cli(args: argparse.Namespace) -> int:
+    require("pycocotools", "coco", "data synth")
     from natsdeploy.data.synthetic import SHAPES, make_synthetic_coco
 
     kwargs = dict(train_images=parse_int("--images", args.images, 1), val_images=parse_int("--val-images", args.val_images, 1),

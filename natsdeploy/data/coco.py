@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 
 from natsdeploy.data.errors import DatasetError
 
@@ -123,6 +122,8 @@ class CocoDetection(torch.utils.data.Dataset):
             if not (name in present or ("/" in name and (self.image_dir / name).is_file())):
                 raise DatasetError(f"{self.image_dir / name}: got no image file, expected the file named by "
                                    f"image id {img['id']} in {self.ann_file.name}")
+        from pycocotools.coco import COCO  # the coco extra: imported on use (has_annotations needs none)
+
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from natsdeploy.data.errors import DatasetError
 
@@ -41,6 +40,8 @@ _TRIES = 30  # placements tried per object before it is left out
 
 
 def _decode(rle) -> np.ndarray:
+    from pycocotools import mask as mask_utils  # the coco extra: imported on use
+
     with warnings.catch_warnings():  # pycocotools' Cython decode trips numpy 2's copy=False deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
         return mask_utils.decode(rle)
@@ -89,6 +90,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _render_split(rng: np.random.Generator, n_images: int, h: int, w: int, classes: int, max_objects: int,
                   image_dir: Path) -> tuple[list[dict], list[dict]]:
+    from pycocotools import mask as mask_utils  # the coco extra: imported on use
+
     images, annotations = [], []
     lo, hi = math.log(_MIN_SIDE), math.log(_MAX_FRACTION * min(h, w))
     for image_id in range(1, n_images + 1):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "check_int8_request", "IMAGENET_MEAN", "IMAGENET_STD", "open_calibration",
            "calibration_count", "preprocess",
@@ -59,6 +60,7 @@ def open_calibration(spec: str, n: int, *, field: str = "--calibration", seed: i
     if spec != "synthetic" and not Path(spec).expanduser().is_dir():
         raise UsageError(f"{field}: got {spec!r}, expected a folder of images, a COCO-format folder or 'synthetic'")
     if spec == "synthetic" or has_annotations(spec):
+        require("pycocotools", "coco", f"{field} {spec} (a COCO-format set)")
         try:
             ds = load_dataset(spec, "train", seed=seed)
         except DatasetError as train_error:

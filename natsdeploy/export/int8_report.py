@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from natsdeploy.extras import available, skipped_line
 from natsdeploy.targets import cpu_flags, int8_pairs_saturate
 
 __all__ = ["SQNR_MARGIN_DB", "int8_export", "add_int8_section", "int8_accuracy", "openvino_conv_precisions", "format_int8"]
@@ -90,7 +91,7 @@ def _timings(fp32: dict, int8: dict, *, threads: int, pairs: int, warmup_s: floa
     shape = [d.dim_value for d in fp32["model"].graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     out: dict[str, Any] = {"input_shape": shape, "threads": threads, "pairs": pairs}
-    for runtime in ("onnxruntime", "openvino"):
+    for runtime in ("onnxruntime", "openvino") if available("openvino") else ("onnxruntime",):
         runs = {}
         for prec, protos in (("fp32", fp32), ("int8", int8)):
             for key, proto in protos.items():
@@ -138,8 +139,9 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
     cost = {k: c["int8"] for k, c in counts.items()}
     cost["unchanged"] = all(c["int8"] == c["fp32"] for c in counts.values())
     cost["equal"] = cost["model"] == cost["baseline"]
-    try:
-        ov = {k: openvino_conv_precisions(int8[k], threads=threads) for k in ("model", "baseline")}
+    try:  # on by default in the int8 section; without the openvino extra, one line
+        ov = ({k: openvino_conv_precisions(int8[k], threads=threads) for k in ("model", "baseline")}
+              if available("openvino") else {"skipped": skipped_line("OpenVINO", "openvino")})
     except Exception as e:  # noqa: BLE001 - a runtime refusing the graph is a finding, one line
         ov = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     latency = (_timings(fp32, int8, threads=threads, pairs=latency_pairs, warmup_s=warmup_s, log=log)
@@ -218,7 +220,9 @@ def format_int8(s: dict[str, Any]) -> list[str]:
                  f"{cost['model']['macs']:,} / {cost['baseline']['macs']:,} (model / baseline): "
                  f"{'unchanged by quantization' if cost['unchanged'] else 'CHANGED by quantization'}")
     ov = s["openvino"]
-    if "error" in ov:
+    if "skipped" in ov:
+        lines.append(f"  {ov['skipped']}")
+    elif "error" in ov:
         lines.append(f"  OpenVINO: could not compile the int8 graphs ({ov['error']})")
     else:
         for key in ("model", "baseline"):
@@ -231,6 +235,8 @@ def format_int8(s: dict[str, Any]) -> list[str]:
                      f"{lat['pairs']} interleaved pairs (median of per-pair ratios, 95% interval):")
         lines.append(f"  {'':<13}{'int8 model/baseline':>26}{'baseline fp32/int8':>22}{'model fp32/int8':>20}")
         for rt in ("onnxruntime", "openvino"):
+            if rt not in lat:  # openvino: its extra is missing (the line above says so)
+                continue
             e = lat[rt]
             r = e["int8_model_over_int8_baseline"]["ratio"]
             lines.append(f"  {rt:<13}{r['median']:>12.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})"

@@ -9,6 +9,7 @@ from pathlib import Path
 from natsdeploy.cli_values import DATA_HELP, add_detector_option_argument, parse_float, parse_int
 from natsdeploy.errors import UsageError
 from natsdeploy.specs import BACKBONES
+from natsdeploy.extras import require
 
 __all__ = ["add_search_arguments", "search_cli", "add_decode_arguments", "decode_cli"]
 
@@ -73,6 +74,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 
 def search_cli(args: argparse.Namespace) -> int:
     """Validate every flag, then run the search (DDP under torchrun) and print what it wrote."""
+    require("pycocotools", "coco", "search")
+    require("matplotlib", "plot", "search (its alpha.png)")
     import torch
 
     from natsdeploy.runtime.distributed import run_distributed

@@ -9,6 +9,7 @@ from pathlib import Path
 from natsdeploy.cli_values import DATA_HELP, add_detector_option_argument, parse_float, parse_int
 from natsdeploy.errors import UsageError
 from natsdeploy.specs import BACKBONES
+from natsdeploy.extras import require
 
 __all__ = ["add_train_arguments", "train_cli"]
 
@@ -51,6 +52,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def train_cli(args: argparse.Namespace) -> int:
     """Validate every flag and the arch, then train (DDP under torchrun) and print the final AP."""
+    require("pycocotools", "coco", "train")
     import torch
 
     from natsdeploy.runtime.distributed import run_distributed

@@ -12,6 +12,7 @@ from pathlib import Path
 from natsdeploy.cli_values import parse_float, parse_input_shape, parse_int
 
 from natsdeploy.errors import UsageError
+from natsdeploy.extras import require
 from natsdeploy.targets import TARGET_NAMES
 
 __all__ = ["add_parity_arguments", "parity_cli", "add_erf_arguments", "erf_cli", "add_check_arguments", "check_cli"]
@@ -52,6 +53,7 @@ def add_parity_arguments(p: argparse.ArgumentParser) -> None:
 
 def parity_cli(args: argparse.Namespace) -> int:
     """Run detector parity from parsed arguments; the exit status: 0 pass, 1 fail, 3 inconclusive (int8 only)."""
+    require("pycocotools", "coco", "parity")
     from natsdeploy.arch import load_arch
     from natsdeploy.files import atomic_write_text
     from natsdeploy.verify.detection_parity import detection_parity, format_detection_parity
@@ -59,6 +61,8 @@ def parity_cli(args: argparse.Namespace) -> int:
     arch = load_arch(args.arch)
     if args.backend not in ("ort", "openvino", "trt"):
         raise UsageError(f"--backend: got {args.backend!r}, expected 'ort', 'openvino' or 'trt'")
+    if args.backend == "openvino":
+        require("openvino", "openvino", "--backend openvino")
     limit = parse_int("--limit", args.limit, 1) if args.limit is not None else None
     tol = parse_float("--tolerance", args.tolerance, 0.0) if args.tolerance is not None else None
     threads = parse_int("--threads", args.threads, 1) if args.threads is not None else None
@@ -139,6 +143,7 @@ def erf_cli(args: argparse.Namespace) -> int:
     from natsdeploy.files import atomic_write_text
     from natsdeploy.verify.erf import MIN_INPUT_SIZE, erf_maps, erf_report, plot_erf
 
+    require("matplotlib", "plot", "erf (its PNG)")
     if args.input_size < MIN_INPUT_SIZE:
         raise UsageError(f"--input-size: got {args.input_size}, expected an int >= {MIN_INPUT_SIZE}")
     shares = list(args.share)
@@ -176,21 +181,48 @@ def erf_cli(args: argparse.Namespace) -> int:
 
 def add_check_arguments(p: argparse.ArgumentParser) -> None:
     """The `natsdeploy check` arguments on `p`."""
-    p.add_argument("arch", help="arch.json")
+    p.add_argument("arch", nargs="?", default=None, help="arch.json (or --example NAME, or --schema)")
+    p.add_argument("--example", default=None, help="check an example arch shipped with natsdeploy, e.g. "
+                   "resnet50-nats-c ('list' lists them)")
+    p.add_argument("--schema", action="store_true", help="print the arch file's JSON Schema and exit")
     p.add_argument("--input-shape", default="1x3x800x1216",
                    help="NxCxHxW to count MACs at: N >= 1, C = 3, H and W >= 32 (default 1x3x800x1216)")
     p.add_argument("--target", default=None, help=f"{', '.join(TARGET_NAMES)}: warn about branches that are not a "
                    "multiple of its channel block (default: ort-cpu, block from this CPU)")
 
 
+def _check_arch_path(args: argparse.Namespace) -> str | None:
+    """The arch file `check` reads (ARCH.json or a shipped --example), or None once --schema or
+    `--example list` has printed its answer. Torch-free."""
+    if args.schema:  # the arch file's JSON Schema, shipped in the package
+        from natsdeploy.arch_schema import shipped_schema
+
+        print(shipped_schema(), end="")
+        return None
+    if (args.arch is None) == (args.example is None):
+        raise UsageError(f"arch: got {'both ARCH.json and --example' if args.arch else 'neither'}, expected an "
+                         "arch.json, --example NAME (natsdeploy check --example list) or --schema")
+    if args.example is None:
+        return args.arch
+    from natsdeploy.examples import example_path, list_examples
+
+    if args.example == "list":
+        print("\n".join(list_examples()))
+        return None
+    return str(example_path(args.example))
+
+
 def check_cli(args: argparse.Namespace) -> int:
     """`natsdeploy check`: 0 when params and MACs equal the baseline's, 1 when not (alignment only warns)."""
+    path = _check_arch_path(args)
+    if path is None:
+        return 0
     from natsdeploy.arch import load_arch
     from natsdeploy.targets import detect_target, get_target
     from natsdeploy.verify.check import check_arch, format_check
 
     target = get_target(args.target, field="--target") if args.target else detect_target()
-    arch = load_arch(args.arch)
+    arch = load_arch(path)
     result = check_arch(arch, parse_input_shape(args.input_shape), target=target)
-    print(format_check(result, arch_path=args.arch))
+    print(format_check(result, arch_path=path))
     return 0 if result.equal else 1  # alignment is a warning, never the exit status

@@ -185,3 +185,24 @@ def test_image_folder_errors_exit_2_and_write_nothing(photos, tmp_path, capsys):
             "--out", str(tmp_path / "o")]
     assert_exit_2(argv, capsys, contains=f"{bad / 'sub' / 'broken.jpg'}: got an unreadable image (not an image format "
                                          "PIL recognises), expected a JPEG, PNG or BMP image", absent=[tmp_path / "o"])
+
+
+def test_int8_without_the_openvino_and_coco_extras(photos, tmp_path, capsys, monkeypatch):
+    """A folder of images needs neither pycocotools nor OpenVINO: the section's OpenVINO check and timing
+    become one line, ONNX Runtime's remain (both packages blocked, as an install without them lacks them)."""
+    import sys
+
+    for name in ("openvino", "pycocotools"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "out"
+    rc = main(["export", str(ARCH), "--input-shape", SHAPE, "--precision", "int8", "--calibration", str(photos),
+               "--latency-pairs", "1", "--warmup-s", "0", "--out", str(out)])
+    printed = capsys.readouterr().out
+    line = 'OpenVINO: skipped (the openvino extra is not installed: pip install "natsdeploy[openvino]")'
+    assert rc == 0, printed
+    s = json.loads((out / "report.json").read_text())["int8"]
+    assert s["openvino"] == {"skipped": line} and set(s["latency"]) == {"input_shape", "threads", "pairs", "onnxruntime"}
+    assert s["latency"]["onnxruntime"]["model_speedup"] > 0 and s["verdict"]["passed"]
+    ov_lines = [ln.strip() for ln in printed.splitlines() if "OpenVINO" in ln or ln.split()[:1] == ["openvino"]]
+    assert ov_lines == [line] and "int8 verdict: PASS" in printed
+    assert any(ln.split()[:1] == ["onnxruntime"] for ln in printed.splitlines())  # its latency row

@@ -73,3 +73,18 @@ def test_bad_openvino_value_exits_2_and_writes_nothing(tmp_path, capsys, value):
     code, _, err, rep = _export(tmp_path, capsys, "--openvino", value)
     assert code == 2 and "--openvino: got" in err and err.count("\n") == 1 and rep is None
     assert not (tmp_path / "o").exists()
+
+
+def test_without_the_openvino_extra_the_rows_are_one_line(tmp_path, capsys, monkeypatch):
+    """The rows are on by default: without OpenVINO (blocked here as an install without the extra would
+    lack it) the export passes on its ONNX Runtime rows and says so in one line; asked for (bf16), exit 2."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    code, out, _, rep = _export(tmp_path, capsys, "--latency-pairs", "1")
+    line = 'OpenVINO: skipped (the openvino extra is not installed: pip install "natsdeploy[openvino]")'
+    assert code == 0 and rep["verdict"]["passed"], out
+    assert rep["parity"]["openvino"] == {"skipped": line} and "openvino" not in rep["latency"]
+    assert rep["parity"]["model"]["passed"] and rep["parity"]["baseline"]["passed"]
+    assert [ln.strip() for ln in out.splitlines() if "OpenVINO" in ln] == [line]
+    assert "onnxruntime" in out and "verdict: PASS" in out
