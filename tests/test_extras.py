@@ -42,8 +42,8 @@ def test_skipped_line():
 ASKED = [
     ("pycocotools", "coco", ["data", "synth", "--out", "OUT"], "data synth"),
     ("pycocotools", "coco", ["train", ARCH, "--data", "synthetic", "--out", "OUT"], "train"),
-    ("pycocotools", "coco", ["search", "--backbone", "resnet18", "--out", "OUT"], "search"),
-    ("matplotlib", "plot", ["search", "--backbone", "resnet18", "--out", "OUT"], "search (its alpha.png)"),
+    ("pycocotools", "coco", ["search", "--data", "synthetic", "--backbone", "resnet18", "--out", "OUT"], "search"),
+    ("matplotlib", "plot", ["search", "--data", "synthetic", "--backbone", "resnet18", "--out", "OUT"], "search (its alpha.png)"),
     ("pycocotools", "coco", ["parity", ARCH, "--checkpoint", "OUT/ckpt.pth", "--data", "synthetic", "--json", "OUT"],
      "parity"),
     ("pycocotools", "coco", ["export", ARCH, "--precision", "int8", "--calibration", "synthetic", "--out", "OUT"],
