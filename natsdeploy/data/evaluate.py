@@ -173,6 +173,7 @@ class DetectionMatch:
     ties: int = 0  # unmatched PyTorch detections paired with an unmatched runtime one by an NMS tie
     tie_iou: float = TIE_IOU
     tie_score: float = TIE_SCORE
+    max_box_diff: float = 0.0  # max |coordinate difference| over matched pairs, in pixels
 
     @property
     def share(self) -> float:
@@ -189,7 +190,7 @@ class DetectionMatch:
     def to_dict(self) -> dict:
         return {"reference_detections": self.reference, "runtime_detections": self.runtime,
                 "matched": self.matched, "matched_share": self.share, "iou": self.iou,
-                "max_score_diff": self.max_score_diff, "nms_ties": self.ties, "decided_share": self.decided_share,
+                "max_score_diff": self.max_score_diff, "max_box_diff": self.max_box_diff, "nms_ties": self.ties, "decided_share": self.decided_share,
                 "tie_rule": {"iou": self.tie_iou, "score": self.tie_score}}
 
 
@@ -208,7 +209,7 @@ def match_detections(reference: Sequence[Mapping[str, Any]], runtime: Sequence[M
     from torchvision.ops import box_iou
 
     total = matched = rt_total = ties = 0
-    max_diff = 0.0
+    max_diff = max_box = 0.0
     for r, t in zip(reference, runtime, strict=True):
         nr, nt = len(r["boxes"]), len(t["boxes"])
         total, rt_total = total + nr, rt_total + nt
@@ -228,6 +229,7 @@ def match_detections(reference: Sequence[Mapping[str, Any]], runtime: Sequence[M
                 used[j] = True
                 matched += 1
                 max_diff = max(max_diff, abs(float(rs[i] - ts[j])))
+                max_box = max(max_box, float((r["boxes"][i].double().cpu() - t["boxes"][j].double().cpu()).abs().max()))
             else:
                 left.append(i)
         for i in left:
@@ -238,7 +240,7 @@ def match_detections(reference: Sequence[Mapping[str, Any]], runtime: Sequence[M
                 used[j] = True
                 ties += 1
     return DetectionMatch(reference=total, runtime=rt_total, matched=matched, max_score_diff=max_diff, iou=iou,
-                          ties=ties, tie_iou=tie_iou, tie_score=tie_score)
+                          ties=ties, tie_iou=tie_iou, tie_score=tie_score, max_box_diff=max_box)
 
 
 class CocoEvaluator:

@@ -137,8 +137,10 @@ class BuildResult:
 def build(api: TrtApi, onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], *,
           fp16: bool = False, dynamic: bool = False, input_shape: Sequence[int] = (1, 3, 800, 1216),
           max_shape: Sequence[int] | None = None, aux_streams: int | None = None,
-          workspace_gib: float = 4.0) -> BuildResult:
+          workspace_gib: float = 4.0, min_shape: Sequence[int] | None = None) -> BuildResult:
     """Parse `onnx_path` as written, build and atomically write the serialised engine.
+
+    `dynamic`: one optimization profile, `min_shape` (default 1x3x64x64) .. `input_shape` .. `max_shape`.
 
     Strongly typed APIs take the model's types: with `fp16` and an fp32 file, the fp16 copy
     (`to_fp16`) is parsed instead. TensorRT 10 builds weakly typed, with the FP16 flag for `fp16`.
@@ -171,7 +173,8 @@ def build(api: TrtApi, onnx_path: str | os.PathLike[str], engine_path: str | os.
         shape = tuple(int(d) for d in input_shape)
         hi = tuple(int(d) for d in (max_shape or (shape[0] * 2, 3, shape[2] * 2, shape[3] * 2)))
         profile = parsed.builder.create_optimization_profile()
-        profile.set_shape(parsed.network.get_input(0).name, (1, 3, 64, 64), shape, hi)
+        lo = tuple(int(d) for d in (min_shape or (1, 3, 64, 64)))
+        profile.set_shape(parsed.network.get_input(0).name, lo, shape, hi)
         config.add_optimization_profile(profile)
     t0 = time.perf_counter()
     serialized = parsed.builder.build_serialized_network(parsed.network, config)

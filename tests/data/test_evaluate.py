@@ -207,3 +207,18 @@ def test_subset_coco_keeps_only_those_images():
     assert sub.getImgIds() == [2] and {a["image_id"] for a in sub.dataset["annotations"]} == {2}
     assert subset_coco(gt, [1, 2]) is gt
 
+
+
+def test_match_detections_reports_the_largest_box_difference_of_a_match():
+    """`max_box_diff`: max |coordinate difference| in pixels over matched pairs only (an unmatched box is not one)."""
+    from natsdeploy.data.evaluate import match_detections
+
+    ref = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [70.0, 70.0, 90.0, 90.0]]),
+            "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.9, 0.8])}]
+    moved = torch.tensor([[10.0, 10.0, 50.0, 60.0], [70.0, 70.0, 90.0, 90.0]]) + torch.tensor([[0, 0, 0.25, 0], [0] * 4])
+    rt = [{"boxes": moved, "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.9, 0.8])}]
+    m = match_detections(ref, rt)
+    assert m.matched == 2 and m.max_box_diff == pytest.approx(0.25) and m.to_dict()["max_box_diff"] == m.max_box_diff
+    far = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [0.0, 0.0, 5.0, 5.0]]), "labels": torch.tensor([1, 1]),
+            "scores": torch.tensor([0.9, 0.8])}]
+    assert match_detections(ref, far).matched == 1 and match_detections(ref, far).max_box_diff == 0.0
