@@ -58,7 +58,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from natsdeploy.pipeline import export_cli
+    from natsdeploy.export.cli import export_cli
 
     return export_cli(args)
 
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", required=True, help="arch.json to write")
     v.set_defaults(func=_cmd_convert)
 
-    from natsdeploy.pipeline import add_export_arguments
+    from natsdeploy.export.cli import add_export_arguments
 
     e = sub.add_parser("export", help="export transformed and baseline ONNX with a parity/cost/latency report")
     add_export_arguments(e)
