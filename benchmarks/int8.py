@@ -3,7 +3,7 @@
 For the NATS-C ResNet-50 example, its aligned-32 version (`natsdeploy.align_arch`) and the published
 IC-Conv R50 pattern (read from ../shared at run time), each with its baseline (same seeded weights):
 builds the fp32 graphs as `natsdeploy export` does, quantizes both on the same calibration images
-(`natsdeploy.export.int8_report.int8_export`: QDQ, per-channel symmetric int8, one scale per
+(`natsdeploy.export.int8.int8_export`: QDQ, per-channel symmetric int8, one scale per
 transformed conv) and times them interleaved on ONNX Runtime CPU and OpenVINO CPU (median of
 per-pair ratios, bootstrap 95% interval).
 
@@ -28,9 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from natsdeploy import align_arch, load_arch  # noqa: E402
 from natsdeploy.convert import load_ic_conv  # noqa: E402
-from natsdeploy.export.fold import fold_trunk, rewrite  # noqa: E402
-from natsdeploy.export.int8_report import int8_export  # noqa: E402
-from natsdeploy.export.onnx import trunk_to_onnx  # noqa: E402
+from natsdeploy.export.int8 import int8_export  # noqa: E402
+from natsdeploy.export.onnx import to_onnx  # noqa: E402
 from natsdeploy.models.build import build_trunks  # noqa: E402
 from natsdeploy.cli_values import parse_input_shape  # noqa: E402
 from natsdeploy.timing.machine import machine_info  # noqa: E402
@@ -65,11 +64,12 @@ def main() -> None:
     for label, arch in archs():
         print(f"== {label}", flush=True)
         t, b, weights = build_trunks(arch, None, 0)
-        fp32 = {k: trunk_to_onnx(rewrite(fold_trunk(m)), input_shape=shape, graph_name=f"{arch.backbone}-{k}")
+        fp32 = {k: to_onnx(m, input_shape=shape, graph_name=f"{arch.backbone}-{k}").model
                 for k, m in (("model", t), ("baseline", b))}
-        _, s = int8_export(fp32, calibration=args.calibration, calibration_images=args.calibration_images,
-                           shape=shape, threads=args.threads, latency_pairs=args.pairs, warmup_s=args.warmup_s,
-                           activations=args.int8_activations)
+        _, section = int8_export(fp32, calibration=args.calibration, calibration_images=args.calibration_images,
+                                 shape=shape, threads=args.threads, latency_pairs=args.pairs, warmup_s=args.warmup_s,
+                                 activations=args.int8_activations)
+        s = section.to_dict()
         row = {"arch": label, "weights": weights, "sqnr_db": {k: {o: v["sqnr_db"] for o, v in s["accuracy"][k].items()}
                                                               for k in ("model", "baseline")},
                "int8": s}

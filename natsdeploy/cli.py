@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("natsdeploy.verify.cli", "validate an arch file and prove params/MACs equal the baseline's"),
     "align": ("natsdeploy.align_cli", "round every branch to a multiple of N channels, moving the fewest filters"),
     "convert": ("natsdeploy.convert.cli", "import an IC-Conv or RF-Next dilation pattern as an arch file, or write one"),
-    "export": ("natsdeploy.pipeline", "export transformed and baseline ONNX with a parity/cost/latency report"),
+    "export": ("natsdeploy.export.cli", "export transformed and baseline ONNX with a parity/cost/latency report"),
     "bench": ("natsdeploy.bench.cli", "latency of transformed vs baseline per runtime, interleaved, with percentiles"),
     "search": ("natsdeploy.search.cli", "channel-level NATS search on a torchvision detector (torchrun for DDP)"),
     "decode": ("natsdeploy.search.cli", "decode a search checkpoint into an arch file"),

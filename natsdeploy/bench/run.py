@@ -64,15 +64,14 @@ def _onnx_files(arch: Arch | None, onnx_dir: Path | None, weights: Any, shape: S
                 raise UsageError(f"--onnx: got {str(onnx_dir)!r} without {f.name}, expected a folder written by "
                                  "natsdeploy export")
         return files
-    from natsdeploy.export.fold import fold_trunk, rewrite
-    from natsdeploy.export.onnx import save_onnx, trunk_to_onnx
+    from natsdeploy.export.onnx import save_onnx, to_onnx
     from natsdeploy.models.build import build_trunks
 
     assert arch is not None
     transformed, baseline, _ = build_trunks(arch, weights, seed)
     out = []
     for name, module in (("baseline", baseline), ("model", transformed)):
-        proto = trunk_to_onnx(rewrite(fold_trunk(module)), input_shape=shape, dynamic=True)
+        proto = to_onnx(module, input_shape=shape, dynamic=True).model
         out.append(save_onnx(proto, tmp / f"{name}.onnx"))
     return out[0], out[1]
 

@@ -15,13 +15,12 @@ __all__ = ["export_detector_backbone", "export_whole_detector"]
 
 def export_detector_backbone(detector: Any, arch: Any, path: str | os.PathLike, *, input_shape: Sequence[int]) -> Path:
     """The detector's backbone as dynamic-shape ONNX (input `images`, outputs c2..c5) at `path`."""
-    from natsdeploy.export.fold import fold_trunk, rewrite
-    from natsdeploy.export.onnx import check_onnx, save_onnx, trunk_to_onnx
+    from natsdeploy.export.onnx import check_onnx, save_onnx, to_onnx
     from natsdeploy.models.trunk import trunk_from_detector
 
     trunk = trunk_from_detector(detector, arch)
-    proto = trunk_to_onnx(rewrite(fold_trunk(trunk)), input_shape=tuple(input_shape), dynamic=True, opset=17,
-                          form="branches", graph_name=f"{arch.backbone}-detector-backbone")
+    proto = to_onnx(trunk, input_shape=tuple(input_shape), dynamic=True, opset=17, form="branches",
+                    graph_name=f"{arch.backbone}-detector-backbone").model
     check_onnx(proto)
     return save_onnx(proto, path)
 

@@ -15,24 +15,31 @@ Forms of a transformed conv:
   is the ``branches`` form; see `natsdeploy.export.function`.
 
 The graph builder and the branch-form emitters every form shares are in `natsdeploy.export.graph`.
+`to_onnx` is the one way a module becomes ONNX: fold (`fold_trunk`), rewrite (`rewrite`), emit
+(`trunk_to_onnx`); `export`, `bench`, detector exports and `parity --precision int8` all call it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from natsdeploy.export import function, graph, rows
-from natsdeploy.export.fold import Block, ConvOp, SplitConv, Trunk
+from natsdeploy.export.fold import Block, ConvOp, SplitConv, Trunk, fold_trunk, iter_splits, rewrite
 from natsdeploy.export.graph import GraphBuilder, branch_inputs, emit_conv, emit_residual
 from natsdeploy.onnx_utils import shape_skeleton
 
-__all__ = ["Form", "FORMS", "FEATURE_OUTPUTS", "emit_block", "trunk_to_onnx", "save_onnx", "check_onnx"]
+__all__ = ["Form", "FORMS", "EXPORT_FORMS", "FEATURE_OUTPUTS", "default_opset", "emit_block", "trunk_to_onnx",
+           "OnnxExport", "to_onnx", "save_onnx", "check_onnx"]
 
 Form = Literal["branches", "sum", "rows", "function"]
 FORMS: tuple[str, ...] = ("branches", "sum", "rows", "function")
+EXPORT_FORMS: tuple[str, ...] = (*FORMS, "auto")
+"""What `to_onnx` takes: the forms, and ``auto`` (rows or branches per conv, whichever ONNX Runtime CPU runs
+faster here; `natsdeploy.export.autotune`)."""
 FEATURE_OUTPUTS = ("c2", "c3", "c4", "c5")
 INPUT_NAME = "images"
 
@@ -137,6 +144,68 @@ def trunk_to_onnx(trunk: Trunk, *, input_shape: Sequence[int] = (1, 3, 800, 1216
                     if not d[j].HasField("dim_value"):
                         d[j].dim_param = f"{o.name}_{tag}"
     return model
+
+
+def default_opset(form: str) -> int:
+    """17, or 18 for the forms that emit Col2Im (``rows``, and ``auto`` wherever it picks rows)."""
+    return rows.MIN_OPSET if form in ("rows", "auto") else 17
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """A module as ONNX, with what the graph was emitted from (reports and audits read it)."""
+
+    model: Any
+    """The `onnx.ModelProto`."""
+    trunk: Trunk
+    """The folded, rewritten trunk the graph was emitted from."""
+    form: str
+    """The form asked for (``auto`` included)."""
+    opset: int
+    rows_only: frozenset[str] | None = None
+    """Form ``rows``/``auto``: the transformed convs emitted as rows (None: every eligible one)."""
+    autotune: list[dict[str, Any]] | None = None
+    """Form ``auto``: the per-block measurements that chose `rows_only`."""
+
+    @property
+    def emitted_form(self) -> str:
+        """The form the graph was written in (``auto`` writes ``rows`` for the convs it picked)."""
+        return "rows" if self.form == "auto" else self.form
+
+    @property
+    def splits(self) -> list[SplitConv]:
+        """The transformed convs in the graph (after the rewrites)."""
+        return list(iter_splits(self.trunk))
+
+
+def to_onnx(module: Any, *, input_shape: Sequence[int] = (1, 3, 800, 1216), dynamic: bool = False,
+            opset: int | None = None, form: str = "branches", logits: bool = False, graph_name: str = "natsdeploy",
+            rows_only: Collection[str] | None = None, merge: bool = True, threads: int | None = None,
+            log: Callable[[str], None] = print) -> OnnxExport:
+    """A torchvision-layout ResNet `module` (transformed or baseline, eval-mode BN) as ONNX: folded
+    (`fold_trunk`), rewritten (`rewrite`; `merge` False keeps same-dilation branches apart) and emitted
+    (`trunk_to_onnx`) in `form` (one of `EXPORT_FORMS`) at `opset` (default: `default_opset(form)`).
+
+    Form ``auto`` times branches against rows per block on ONNX Runtime CPU with `threads` (default:
+    all logical CPUs), logging each choice to `log`, and emits the rows form where it is faster.
+    """
+    if form not in EXPORT_FORMS:
+        raise ValueError(f"form: got {form!r}, expected one of {list(EXPORT_FORMS)}")
+    opset = default_opset(form) if opset is None else int(opset)
+    trunk = rewrite(fold_trunk(module), merge=merge)
+    autotune = None
+    if form == "auto":
+        from natsdeploy.cli_values import format_shape
+        from natsdeploy.export.autotune import choose_rows
+
+        threads = int(threads or os.cpu_count() or 1)
+        log(f"autotune: timing branches vs rows per block at {format_shape(tuple(input_shape))} on ONNX Runtime CPU, "
+            f"{threads} threads")
+        rows_only, autotune = choose_rows(trunk, input_shape, threads=threads, log=log)
+    emitted = "rows" if form == "auto" else form
+    model = trunk_to_onnx(trunk, input_shape=tuple(input_shape), dynamic=dynamic, opset=opset, form=emitted,  # type: ignore[arg-type]
+                          logits=logits, graph_name=graph_name, rows_only=rows_only)
+    return OnnxExport(model, trunk, form, opset, frozenset(rows_only) if rows_only is not None else None, autotune)
 
 
 def _version() -> str:

@@ -3,7 +3,8 @@
 The graphs are the ones written to disk (every form; model-local functions are inlined in memory by
 `natsdeploy.runners.OpenVinoRunner`), compared with the same PyTorch outputs and the same comparator
 (`natsdeploy.verify.parity.compare`) as the ONNX Runtime rows, and timed like them: interleaved
-baseline/model pairs after a warm-up. The inference precision is pinned and recorded.
+baseline/model pairs after a warm-up. The inference precision is pinned and recorded. The printed rows
+are `natsdeploy.export.report`'s, the same as ONNX Runtime's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["openvino_entries", "format_openvino_parity", "format_openvino_latency"]
+__all__ = ["openvino_entries"]
 
 
 def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, np.ndarray]], x: np.ndarray, *,
@@ -51,30 +52,3 @@ def openvino_entries(protos: Mapping[str, Any], refs: Mapping[str, Mapping[str, 
                "inference_precision": first.precision_record(), "threads": first.threads,
                "performance_hint": "LATENCY", "input_shape": list(x.shape)}
     return parity, latency
-
-
-def format_openvino_parity(entry: Mapping[str, Any]) -> list[str]:
-    """Report lines for the OpenVINO parity entry (one line where the openvino extra is missing)."""
-    if "skipped" in entry:
-        return [f"  {entry['skipped']}"]
-    lines = [f"  parity vs PyTorch ({entry['runtime']}, {entry['precision']}), max|err| / max|ref|:"]
-    asked = entry.get("inference_precision") or {}
-    if asked.get("requested", entry["precision"]) != entry["precision"]:
-        lines.append(f"  ({asked['requested']} was asked for and {entry['precision']} ran: this CPU lacks it)")
-    for key in ("model", "baseline"):
-        outs = entry[key]["outputs"]
-        cells = "  ".join(f"{n} {o['rel_err']:.1e}" for n, o in outs.items())
-        tol = next(iter(outs.values()))["tolerance"]
-        lines.append(f"  {key:<10}{cells}  (tol {tol:.0e}) {'pass' if entry[key]['passed'] else 'FAIL'}")
-    return lines
-
-
-def format_openvino_latency(entry: Mapping[str, Any]) -> list[str]:
-    """Report lines for the OpenVINO latency entry."""
-    lines = [f"  latency, {entry['runtime']} ({entry['precision']}), {entry['threads']} threads, {entry['pairs']} "
-             "interleaved pairs:", f"  {'':<10}{'p50 ms':>10}{'p90 ms':>10}{'cv':>8}"]
-    for key, label in (("baseline_ms", "baseline"), ("transformed_ms", "model")):
-        s = entry[key]
-        lines.append(f"  {label:<10}{s['p50']:>10.2f}{s['p90']:>10.2f}{s['cv']:>8.1%}")
-    lines.append(f"  {entry['verdict']}")
-    return lines

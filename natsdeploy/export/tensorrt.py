@@ -12,25 +12,51 @@ Three Python APIs, chosen by what is importable (`require_tensorrt`, ``--trt aut
 
 ``auto`` prefers ``tensorrt`` (the engines run on any NVIDIA GPU) and falls back to ``tensorrt_rtx``.
 The builder runs with ``ProfilingVerbosity.DETAILED`` and a verbose logger, so its log lists the
-engine's layers without deserialising the engine (that needs CUDA); `natsdeploy.export.tensorrt_audit`
-reads it. The function form is parsed as written: each `MixedDilationConv.<conv>` node finds its own
+engine's layers without deserialising the engine (that needs CUDA); `engine_layers` reads it. The function form is parsed as written: each `MixedDilationConv.<conv>` node finds its own
 model-local function (`natsdeploy.export.function`). Running an engine is `natsdeploy.runners.tensorrt.TrtRunner`
 (also importable from here): it needs a CUDA GPU and torch CUDA buffers, and uses ``execute_async_v3`` and
 tensor addresses, which all three APIs share.
+
+What TensorRT made of a graph (`engine_layers`, `audit_concats`, `network_convs`): two log formats are read:
+
+- TensorRT-RTX 1.x (measured): a ``Layers:`` message with one line per layer,
+  ``Name: <name>, LayerType: <type>, Inputs: [ { Name: <tensor>, ... } ], ..., Outputs: [ ... ]``;
+  convolutions are ``correlation`` layers, casts and moves ``kgen``, auxiliary-stream
+  synchronisation ``wait`` / ``signal``;
+- TensorRT 10/11 (documented ``Engine Layer Information``, not run here):
+  ``Layer(<type>): <name>, Tactic: <id>, <tensor> (<type>[dims]) -> <tensor> (<type>[dims])``.
+
+The Concat audit (`audit_concats`), for each transformed conv with more than one branch: every
+branch conv's layer is found, the branches write into one tensor, and no layer between them and their
+consumer is a concatenation, copy, move or reformat. That is the claim the branch form rests on:
+TensorRT removes the Concat by having each branch write its channel slice of one buffer.
+
+`natsdeploy export --engine` (`check_engine_request`, `build_engines_for_export`): model and baseline
+engines and the report's `tensorrt` section. Without a GPU (TensorRT-RTX builds ahead of time on the
+CPU) the engines are built and audited, and the report says "built, not run (no GPU)": no parity or
+latency row is invented. Where torch sees a CUDA device and the engine deserialises, each engine is run
+once against ONNX Runtime. `int8_engine_check`: what TensorRT makes of an int8 QDQ graph.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["TRT_CHOICES", "TrtApi", "BuildResult", "require_tensorrt", "parse_onnx", "build", "build_engine",
-           "TrtRunner", "gpu_available", "require_trt_runtime"]
+           "TrtRunner", "gpu_available", "require_trt_runtime",
+           "EngineLayer", "engine_layers", "layer_counts", "sync_counts", "audit_concats", "NetworkConv",
+           "network_convs",
+           "TRT_FORMS", "check_engine_request", "build_engines_for_export", "int8_engine_check"]
 
 TRT_CHOICES = ("auto", "tensorrt", "rtx")
 _MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
@@ -213,6 +239,244 @@ def require_trt_runtime(choice: str = "auto", *, field: str = "--backend trt") -
                          "an NVIDIA GPU to run engines on; without one, `natsdeploy export --engine` builds and "
                          "audits them")
     return api
+
+
+# -- what TensorRT made of a graph: the build log's layers, the Concat audit, a parsed network's convs ------
+CONV_TYPES = ("correlation", "convolution", "caskconvolution", "cudnnconvolution", "caskgemmconvolution")
+_COPY = re.compile(r"concat|copy|reformat|move|shuffle|slice", re.IGNORECASE)
+_RTX = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<ins>.*?)\], Constants: .*?"
+                  r"Outputs: \[(?P<outs>.*?)\], TacticName")
+_TRT = re.compile(r"^Layer\((?P<type>[^)]*)\): (?P<name>.*?), Tactic: [^,]*, (?P<ins>.*) -> (?P<outs>.*)$")
+
+
+@dataclass(frozen=True)
+class EngineLayer:
+    name: str
+    type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def is_conv(self) -> bool:
+        return self.type.lower() in CONV_TYPES
+
+    @property
+    def is_copy(self) -> bool:
+        """A concatenation, copy, move or reformat (a kgen kernel counts when its name says so)."""
+        if self.is_conv or self.type.lower() in ("wait", "signal"):
+            return False
+        return bool(_COPY.search(self.type)) or (self.type.lower() == "kgen" and bool(_COPY.search(self.name)))
+
+
+def _tensor_names(segment: str, trt_format: bool) -> tuple[str, ...]:
+    if trt_format:
+        return tuple(re.findall(r"(?:^|, )([^\s,()]+) \(", segment))
+    return tuple(re.findall(r"\{ Name: ([^,]+),", segment))
+
+
+def engine_layers(log: Iterable[tuple[str, str]] | Iterable[str]) -> list[EngineLayer]:
+    """The engine's layers as the builder logged them (empty when the log holds no layer list)."""
+    layers = []
+    for entry in log:
+        message = entry[1] if isinstance(entry, tuple) else entry
+        for line in message.splitlines():
+            line = line.strip()
+            for pattern, trt_format in ((_RTX, False), (_TRT, True)):
+                m = pattern.match(line)
+                if m:
+                    layers.append(EngineLayer(m["name"], m["type"].strip(), _tensor_names(m["ins"], trt_format),
+                                              _tensor_names(m["outs"], trt_format)))
+                    break
+    return layers
+
+
+def layer_counts(layers: Sequence[EngineLayer]) -> dict[str, int]:
+    """Engine layers by type, most frequent first."""
+    return dict(Counter(layer.type for layer in layers).most_common())
+
+
+def sync_counts(layers: Sequence[EngineLayer]) -> dict[str, int]:
+    """Auxiliary-stream synchronisation layers (``wait``, ``signal``) and the streams used."""
+    kinds = Counter(layer.type.lower() for layer in layers)
+    return {"wait": kinds["wait"], "signal": kinds["signal"]}
+
+
+def audit_concats(layers: Sequence[EngineLayer], splits: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per transformed conv (`splits`: names of convs with more than one branch) the audit's finding.
+
+    `eliminated` is True only when the conv's branch layers are found, all write into one tensor, and
+    no layer reading a branch output is a concatenation/copy/move/reformat; `consumers` names the
+    layers that read that tensor.
+    """
+    readers: dict[str, list[EngineLayer]] = {}
+    for layer in layers:
+        for t in layer.inputs:
+            readers.setdefault(t, []).append(layer)
+    out = {}
+    for name in splits:
+        prefix = f"{name}/b"
+        branches = [layer for layer in layers if layer.is_conv and prefix in layer.name]
+        written = sorted({t for layer in branches for t in layer.outputs})
+        consumers = [r for t in written for r in readers.get(t, [])]
+        copies = sorted({r.name for r in consumers if r.is_copy})
+        one_buffer = len(written) == 1
+        out[name] = {"eliminated": bool(branches) and one_buffer and not copies, "branch_layers": len(branches),
+                     "written_tensors": written, "consumers": sorted({r.name for r in consumers}),
+                     "copy_layers": copies}
+    return out
+
+
+@dataclass(frozen=True)
+class NetworkConv:
+    """One `IConvolutionLayer` of a parsed network, with its weights resolved to arrays."""
+
+    name: str
+    kernel: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, ...], tuple[int, ...]]
+    stride: tuple[int, ...]
+    groups: int
+    outputs: int
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    def signature(self) -> tuple:
+        return (self.kernel, self.dilation, self.padding, self.stride, self.groups, self.outputs)
+
+
+def network_convs(trt: Any, network: Any) -> list[NetworkConv]:
+    """The convolutions of a parsed `INetworkDefinition`, in layer order.
+
+    Weights are the layer's own (`kernel`, `bias`) or, where the parser feeds them as tensors (a
+    function body that splits W and B), the constant they are sliced from, evaluated here.
+    """
+    producer, layers = {}, [network.get_layer(i) for i in range(network.num_layers)]
+    for layer in layers:
+        for j in range(layer.num_outputs):
+            producer[layer.get_output(j).name] = layer
+    kinds = {trt.LayerType.CONSTANT: trt.IConstantLayer, trt.LayerType.SLICE: trt.ISliceLayer,
+             trt.LayerType.CONVOLUTION: trt.IConvolutionLayer}
+
+    def typed(layer):
+        layer.__class__ = kinds.get(layer.type, type(layer))
+        return layer
+
+    def value(tensor) -> np.ndarray:
+        layer = typed(producer[tensor.name])
+        if layer.type == trt.LayerType.CONSTANT:
+            return np.array(layer.weights).reshape(tuple(layer.shape))
+        if layer.type == trt.LayerType.SLICE:
+            src = value(layer.get_input(0))
+            idx = tuple(slice(s, s + n * st, st) for s, n, st in zip(layer.start, layer.shape, layer.stride))
+            return src[idx]
+        if layer.type in (trt.LayerType.IDENTITY, trt.LayerType.CAST):
+            return value(layer.get_input(0))
+        raise ValueError(f"{tensor.name}: got a {layer.type} producer, expected a constant, slice, identity or cast")
+
+    out = []
+    for layer in layers:
+        if layer.type != trt.LayerType.CONVOLUTION:
+            continue
+        c = typed(layer)
+        n = c.num_output_maps
+        w = np.array(c.kernel)
+        w = w if w.size else value(c.get_input(1))
+        b = np.array(c.bias) if c.bias is not None else np.zeros(0)
+        if not b.size and c.num_inputs > 2 and c.get_input(2) is not None:
+            b = value(c.get_input(2))
+        out.append(NetworkConv(c.name, tuple(c.kernel_size_nd), tuple(c.dilation_nd),
+                               (tuple(c.pre_padding), tuple(c.post_padding)), tuple(c.stride_nd), c.num_groups, n,
+                               w.reshape(n, -1, *tuple(c.kernel_size_nd)), b.reshape(-1) if b.size else None))
+    return out
+
+
+# -- natsdeploy export --engine ------------------------------------------------------------------------
+TRT_FORMS = ("branches", "sum", "function")
+NOT_RUN = "built, not run (no GPU)"
+
+
+def check_engine_request(form: str, trt: str = "auto", aux_streams: int | None = None):
+    """Refuse, before any work, what TensorRT cannot take; return the API (`TrtApi`) `--engine` will use."""
+    from natsdeploy.errors import UsageError
+
+    if form not in TRT_FORMS:
+        how = "it emits Col2Im" if form == "rows" else "it emits the rows form, Col2Im, wherever it picks rows"
+        raise UsageError(f"--form: got {form!r} with --engine, expected one of {list(TRT_FORMS)} "
+                         f"({how}, which TensorRT's ONNX parser rejects)")
+    if aux_streams is not None and aux_streams < 0:
+        raise UsageError(f"--trt-aux-streams: got {aux_streams}, expected 0 or more")
+    return require_tensorrt(trt)
+
+
+def build_engines_for_export(out_dir, api, *, precision: str, dynamic: bool, input_shape: Sequence[int],
+                             split_names: Sequence[str], aux_streams: int | None = None) -> "TensorRTSection":  # noqa: F821
+    """Engines for `out_dir`'s model.onnx and baseline.onnx (written atomically), audited from the build log:
+    the report's `tensorrt` section (`natsdeploy.export.report.TensorRTSection`)."""
+    from natsdeploy.export.report import TensorRTSection
+
+    fp16 = precision == "fp16"
+    entries: dict[str, dict[str, Any]] = {}
+    engines = {}
+    for key in ("model", "baseline"):
+        r = build(api, out_dir / f"{key}.onnx", out_dir / f"{key}.{precision}.engine", fp16=fp16, dynamic=dynamic,
+                  input_shape=input_shape, aux_streams=aux_streams)
+        layers = engine_layers(r.log)
+        entry: dict[str, Any] = {"parse": "ok (as written)", "network": r.typing, "engine": str(r.engine),
+                                 "build_s": round(r.seconds, 3), "engine_bytes": r.nbytes,
+                                 "layers": len(layers), "layer_counts": layer_counts(layers),
+                                 "stream_sync": sync_counts(layers)}
+        if key == "model":
+            audit = audit_concats(layers, split_names)
+            entry["concat_audit"] = {"convs": len(audit), "eliminated": sum(a["eliminated"] for a in audit.values()),
+                                     "passed": all(a["eliminated"] for a in audit.values()), "per_conv": audit}
+        entries[key], engines[key] = entry, r.engine
+    run = _run_or_not(api, out_dir, engines, input_shape, fp16) if gpu_available() else NOT_RUN
+    return TensorRTSection(**api.describe(), precision=precision, max_aux_streams=aux_streams,
+                           model=entries["model"], baseline=entries["baseline"], run=run)
+
+
+def _run_or_not(api, out_dir, engines, input_shape, fp16: bool):
+    """Run each engine once against ONNX Runtime (only where a GPU is present)."""
+    from natsdeploy.runners import OrtRunner, TrtRunner
+    from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
+
+    try:
+        runners = {k: TrtRunner(e, trt=api.flavour) for k, e in engines.items()}
+    except RuntimeError as e:  # e.g. a TensorRT-RTX engine on a GPU it has no kernels for
+        return f"built, not run ({str(e).splitlines()[0]})"
+    x = np.random.default_rng(0).standard_normal(tuple(input_shape), dtype=np.float32)
+    out = {}
+    for key, runner in runners.items():
+        ref = OrtRunner(out_dir / f"{key}.onnx").run({"images": x})
+        out[key] = compare(runner.run({"images": x}), ref,
+                           tolerance=DEFAULT_TOLERANCE["fp16" if fp16 else "fp32"]).to_dict()
+    return {"parity_vs_ort": out}
+
+
+def int8_engine_check(api, onnx_path, engine_path) -> dict[str, Any]:
+    """What TensorRT makes of an int8 QDQ graph (`export --precision int8`): parse as written, then build.
+
+    A build that fails is one line in `build`, not an exception; `conv_inputs` counts the engine's
+    convolution layers by the data type of their first input, read from the builder's layer list
+    (``Datatype: Int8`` where the conv runs in int8)."""
+    parsed = parse_onnx(api, onnx_path)
+    out: dict[str, Any] = {**api.describe(), "parse": "ok (as written)" if parsed.ok else
+                           "failed: " + "; ".join(parsed.errors[:2]), "build": "not attempted", "conv_inputs": {}}
+    if not parsed.ok:
+        return out
+    try:
+        r = build(api, onnx_path, engine_path)
+    except RuntimeError as e:
+        out["build"] = "not built: " + (str(e).splitlines() or [""])[0][:300]
+        return out
+    types: Counter = Counter()
+    for _, msg in r.log:
+        for line in msg.splitlines():
+            if "LayerType: correlation" in line or "LayerType: Convolution" in line:
+                m = re.search(r"Inputs: \[ \{.*?Datatype: (\w+)", line)
+                types[m.group(1) if m else "unknown"] += 1
+    out.update(build=f"ok ({r.nbytes} bytes, {r.seconds:.1f} s)", engine=str(r.engine), conv_inputs=dict(types))
+    return out
 
 
 def __getattr__(name: str) -> Any:

@@ -81,8 +81,7 @@ class DetectionInt8Result:
 
 def _backbones(detector: Any, arch: Any, shape: tuple[int, ...]) -> dict[str, Any]:
     """fp32 ONNX (dynamic H, W) of the detector's backbone and of its baseline (same weights, dilation 1)."""
-    from natsdeploy.export.fold import fold_trunk, rewrite
-    from natsdeploy.export.onnx import check_onnx, trunk_to_onnx
+    from natsdeploy.export.onnx import check_onnx, to_onnx
     from natsdeploy.models.build import build_baseline, transformed_state_dict_to_baseline
     from natsdeploy.models.trunk import trunk_from_detector
 
@@ -93,8 +92,8 @@ def _backbones(detector: Any, arch: Any, shape: tuple[int, ...]) -> dict[str, An
             base.get_submodule(name).eps = m.eps
     out = {}
     for key, module in (("model", trunk), ("baseline", base)):
-        out[key] = trunk_to_onnx(rewrite(fold_trunk(module)), input_shape=shape, dynamic=True, opset=17,
-                                 form="branches", graph_name=f"{arch.backbone}-detector-{key}")
+        out[key] = to_onnx(module, input_shape=shape, dynamic=True, opset=17, form="branches",
+                           graph_name=f"{arch.backbone}-detector-{key}").model
         check_onnx(out[key])
     return out
 

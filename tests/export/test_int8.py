@@ -195,7 +195,7 @@ def example_int8(tmp_path_factory):
 def test_openvino_runs_the_convs_in_int8(example_int8):
     """OpenVINO's runtime model: every Convolution runs i8/u8 (not f32) for the QDQ graphs; the fp32 graph's
     convs run f32, so the check can fail."""
-    from natsdeploy.export.int8_report import openvino_conv_precisions
+    from natsdeploy.export.int8 import openvino_conv_precisions
 
     for key in ("model", "baseline"):
         ov = openvino_conv_precisions(example_int8["int8"][key], threads=2)
@@ -209,8 +209,7 @@ def test_openvino_runs_the_convs_in_int8(example_int8):
 def test_tensorrt_parses_the_qdq_graphs(example_int8, tmp_path):
     """TensorRT's ONNX parser takes the QDQ graphs as written (float biases, symmetric int8). Building an
     engine is reported in one line either way; where it builds, its convs read int8."""
-    from natsdeploy.export.tensorrt import parse_onnx, require_tensorrt
-    from natsdeploy.export.tensorrt_export import int8_engine_check
+    from natsdeploy.export.tensorrt import int8_engine_check, parse_onnx, require_tensorrt
 
     api = require_tensorrt("auto")
     for key in ("model", "baseline"):

@@ -1,4 +1,4 @@
-"""natsdeploy.export.tensorrt and tensorrt_audit without a TensorRT build: choosing the API, the refusals,
+"""natsdeploy.export.tensorrt without a TensorRT build: choosing the API, the refusals,
 and the audit's reading of a build log (lines in the format TensorRT-RTX 1.7 logs under DETAILED verbosity)."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ import importlib.util
 
 import pytest
 
-from natsdeploy.export.tensorrt import require_tensorrt
-from natsdeploy.export.tensorrt_audit import audit_concats, engine_layers, layer_counts, sync_counts
+from natsdeploy.export.tensorrt import audit_concats, engine_layers, layer_counts, require_tensorrt, sync_counts
 from natsdeploy.errors import UsageError
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_exit_2

@@ -58,8 +58,7 @@ def _forms(arch, seed=0):
                                    "icconv"])
 def test_function_form_parses_as_written_into_the_branch_forms_network(api, which):
     """Conv for conv, in order: kernel, dilation, padding, stride, groups, outputs and the weights themselves."""
-    from natsdeploy.export.tensorrt import parse_onnx
-    from natsdeploy.export.tensorrt_audit import network_convs
+    from natsdeploy.export.tensorrt import network_convs, parse_onnx
 
     protos = _forms(_arch(which))
     assert protos["function"].functions and any(is_call(n) for n in protos["function"].graph.node)
@@ -90,8 +89,7 @@ def test_a_registered_plugin_would_be_looked_up_as_mixeddilationconv(api):
 
 
 def test_aot_build_of_both_forms_and_the_aux_stream_knob(api, tmp_path):
-    from natsdeploy.export.tensorrt import build
-    from natsdeploy.export.tensorrt_audit import audit_concats, engine_layers, sync_counts
+    from natsdeploy.export.tensorrt import audit_concats, build, engine_layers, sync_counts
 
     arch = _arch("resnet18")
     splits = [n for n, ct in arch.convs.items() if len({b.dilation for b in ct.branches}) > 1]
@@ -148,9 +146,9 @@ def test_export_engine_function_form_resnet50(r50_engine, capsys):
 def test_a_surviving_concat_fails_the_export(monkeypatch, tmp_path, capsys):
     """The Concat audit is part of the verdict: an engine that copies a conv's branches exits 1."""
     from natsdeploy.cli import main
-    from natsdeploy.export import tensorrt_audit
+    from natsdeploy.export import tensorrt
 
-    real = tensorrt_audit.audit_concats
+    real = tensorrt.audit_concats
 
     def one_copy(layers, names):
         out = real(layers, names)
@@ -158,7 +156,7 @@ def test_a_surviving_concat_fails_the_export(monkeypatch, tmp_path, capsys):
         out[first] = {**out[first], "eliminated": False}
         return out
 
-    monkeypatch.setattr(tensorrt_audit, "audit_concats", one_copy)
+    monkeypatch.setattr(tensorrt, "audit_concats", one_copy)
     code = main(["export", str(EXAMPLES / "resnet18_nats_c.json"), "--engine", "--input-shape", "1x3x64x96",
                  "--latency-pairs", "0", "--openvino", "off", "--out", str(tmp_path / "o")])
     out = capsys.readouterr().out

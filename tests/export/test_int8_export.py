@@ -1,4 +1,5 @@
-"""`natsdeploy export --precision int8`: the written QDQ graphs, the report's `int8` section, bad calibration data."""
+"""`natsdeploy export --precision int8` (`natsdeploy.export.int8.int8_export`): the written QDQ graphs, the
+report's `int8` section, `--openvino off`, bad calibration data."""
 
 from __future__ import annotations
 
@@ -108,6 +109,21 @@ def test_printed_table_and_latency(exported):
     for rt in ("onnxruntime", "openvino"):
         assert lat[rt]["int8_model_over_int8_baseline"]["ratio"]["median"] > 0
         assert lat[rt]["model_speedup"] > 0 and lat[rt]["baseline_speedup"] > 0
+
+
+def test_openvino_off_prints_no_openvino_line_int8_included(data, tmp_path, capsys):
+    """`--openvino off` leaves OpenVINO out of the int8 section too: no conv-precision lines, no OpenVINO
+    timing (ONNX Runtime's int8 rows stay), and no printed or logged line names it."""
+    out = tmp_path / "out"
+    rc = main(["export", str(ARCH), "--input-shape", SHAPE, "--precision", "int8", "--calibration", data,
+               "--calibration-images", "2", "--latency-pairs", "1", "--warmup-s", "0", "--openvino", "off",
+               "--out", str(out)])
+    printed = capsys.readouterr().out
+    s = json.loads((out / "report.json").read_text())["int8"]
+    assert rc == 0 and s["openvino"] is None and set(s["latency"]) == {"input_shape", "threads", "pairs", "onnxruntime"}
+    assert "int8 verdict: PASS" in printed and "onnxruntime" in printed  # the int8 rows are there
+    named = [line for line in printed.splitlines() if "openvino" in line.lower() and not line.startswith("wrote ")]
+    assert named == []  # (the "wrote" line's paths hold this test's name)
 
 
 @pytest.mark.parametrize("extra,contains", [

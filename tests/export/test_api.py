@@ -1,9 +1,12 @@
-"""`natsdeploy export` end to end: files, report, exit codes, no partial outputs."""
+"""`natsdeploy export` end to end (`export_arch` through the command): files, report, exit codes, no partial outputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import shlex
+from pathlib import Path
 
 import onnx
 import pytest
@@ -119,7 +122,7 @@ def test_report_has_alignment_for_the_target(tmp_path, capsys):
     assert al["total_macs"] == json.loads((tmp_path / "o" / "report.json").read_text())["cost"]["model"]["macs"]
     assert 0 < al["mac_share"] < 1
     assert f"alignment (cuda-int8, block 32): {len(expected)} branches not a multiple of 32 carry " in stdout
-    assert "natsdeploy align ARCH.json --multiple 32" in stdout
+    assert f"natsdeploy align {shlex.quote(str(ex))} --multiple 32" in stdout  # the real path, as check prints it
 
 
 def test_report_names_branches_narrower_than_the_full_rate_width(tmp_path, capsys):
@@ -133,10 +136,118 @@ def test_report_names_branches_narrower_than_the_full_rate_width(tmp_path, capsy
     assert [(u["conv"], u["branch"], u["channels"]) for u in al["narrow_branches"]] == \
         [(u.conv, u.index, u.channels) for u in narrow]
     assert f"  full rate ({al['full_rate']} channels): {len(narrow)} narrower branches carry " in stdout
-    assert f"natsdeploy align ARCH.json --multiple {al['full_rate']})" in stdout
+    assert f"natsdeploy align {shlex.quote(str(ex))} --multiple {al['full_rate']})" in stdout
 
 
 def test_bad_target_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "o"
     code, _, err = _run([str(EXAMPLES / "resnet18_nats_c.json"), "--target", "npu", "--out", str(out)], capsys)
     assert code == 2 and "--target: got 'npu'" in err and err.count("\n") == 1 and not out.exists()
+
+
+# -- the library call: ExportOptions, the deprecated keywords, the report written once -------------------------
+QUIET = {"log": lambda line: None}
+SMALL = (1, 3, 64, 96)
+
+
+def test_export_options_defaults_are_todays():
+    from natsdeploy.export.api import ExportOptions
+
+    o = ExportOptions()
+    assert dataclasses.asdict(o) == {
+        "weights": None, "input_shape": (1, 3, 800, 1216), "dynamic": False, "opset": None, "form": "branches",
+        "logits": False, "tolerance": None, "latency_pairs": 20, "warmup_s": 2.0, "threads": None, "seed": 0,
+        "precision": "fp32", "openvino": "f32", "target": None, "engine": False, "trt": "auto",
+        "trt_aux_streams": None, "calibration": None, "calibration_images": 64, "int8_activations": "s8"}
+    assert ExportOptions(input_shape=[2, 3, 64, 96]).input_shape == (2, 3, 64, 96)  # any sequence, kept as a tuple
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"input_shape": (1, 3, 64)}, "input_shape: got (1, 3, 64), expected (N, 3, H, W)"),
+    ({"input_shape": (1, 1, 64, 64)}, "input_shape: got (1, 1, 64, 64), expected"),
+    ({"form": "fancy"}, "form: got 'fancy', expected one of ['branches', 'sum', 'rows', 'function', 'auto']"),
+    ({"precision": "fp8"}, "precision: got 'fp8', expected one of ['fp32', 'fp16', 'int8']"),
+    ({"openvino": "off"}, "openvino: got 'off', expected one of ['f32', 'bf16', 'f16'] or None"),
+    ({"trt": "cuda"}, "trt: got 'cuda', expected one of ['auto', 'tensorrt', 'rtx']"),
+    ({"int8_activations": "u4"}, "int8_activations: got 'u4', expected one of ['s8', 'u8']"),
+    ({"latency_pairs": -1}, "latency_pairs: got -1, expected an integer >= 0"),
+    ({"latency_pairs": 2.5}, "latency_pairs: got 2.5, expected an integer >= 0"),
+    ({"seed": True}, "seed: got True, expected an integer >= 0"),
+    ({"threads": 0}, "threads: got 0, expected an integer >= 1 or None"),
+    ({"warmup_s": -1.0}, "warmup_s: got -1.0, expected a number >= 0"),
+    ({"tolerance": float("nan")}, "tolerance: got nan, expected a number >= 0 or None"),
+    ({"dynamic": "yes"}, "dynamic: got 'yes', expected True or False"),
+    ({"opset": 9}, "opset: got 9, expected an integer in 13.."),
+    ({"form": "rows", "opset": 17}, "opset: got 17, expected 18 or newer for form 'rows' (Col2Im)"),
+    ({"target": "npu"}, "target: got 'npu', expected one of ['ort-cpu', "),
+    ({"weights": 3}, "weights: got 3, expected a .pth path, 'imagenet', a state dict or None"),
+    ({"precision": "int8"}, "calibration: got None with precision 'int8', expected a COCO-format folder"),
+    ({"precision": "int8", "calibration": "synthetic", "form": "sum"}, "form: got 'sum' with precision 'int8'"),
+])
+def test_export_options_reject_a_bad_field_in_one_line(kwargs, expected):
+    from natsdeploy.errors import UsageError
+    from natsdeploy.export.api import ExportOptions
+
+    with pytest.raises(UsageError) as e:
+        ExportOptions(**kwargs)
+    assert str(e.value).startswith(expected) and "\n" not in str(e.value), str(e.value)
+
+
+def test_deprecated_keywords_warn_and_give_the_same_report(tmp_path):
+    from natsdeploy import ExportOptions, export_arch, load_arch
+
+    arch = load_arch(EXAMPLES / "resnet18_nats_c.json")
+    new = export_arch(arch, tmp_path / "new", ExportOptions(input_shape=SMALL, latency_pairs=0, openvino=None), **QUIET)
+    with pytest.warns(DeprecationWarning, match=r"input_shape=\.\.\., latency_pairs=\.\.\., openvino=\.\.\..*ExportOptions"):
+        old = export_arch(arch, out_dir=tmp_path / "old", input_shape=SMALL, latency_pairs=0, openvino=None, **QUIET)
+    assert old.report == new.report and old.report["export"]["input_shape"] == list(SMALL)
+    for name in ("model.onnx", "baseline.onnx", "report.json"):
+        assert (tmp_path / "old" / name).read_bytes() == (tmp_path / "new" / name).read_bytes()
+    with pytest.raises(TypeError, match="latency_pair"):
+        export_arch(arch, tmp_path / "typo", latency_pair=0)  # a misspelt keyword is not an option
+    assert not (tmp_path / "typo").exists()
+
+
+def test_report_json_is_the_sections_and_is_written_once(tmp_path, monkeypatch):
+    """report.json is written once, after the verdict, through atomic_write_text, and holds exactly the typed
+    sections' to_dict (which is also `result.report`)."""
+    from natsdeploy import ExportOptions, export_arch, load_arch
+    from natsdeploy.export import api
+    from natsdeploy.export.report import CostSection, ExportReport, LatencySection, ParitySection
+
+    writes = []
+    real = api.atomic_write_text
+    monkeypatch.setattr(api, "atomic_write_text", lambda path, text: writes.append(Path(path).name) or real(path, text))
+    result = export_arch(load_arch(EXAMPLES / "resnet18_nats_c.json"), tmp_path / "o",
+                         ExportOptions(input_shape=SMALL, latency_pairs=2, warmup_s=0.0), **QUIET)
+    assert writes == ["report.json"]
+    on_disk = json.loads((tmp_path / "o" / "report.json").read_text())
+    s = result.sections
+    assert isinstance(s, ExportReport) and isinstance(s.cost, CostSection) and isinstance(s.parity, ParitySection)
+    assert isinstance(s.latency, LatencySection) and s.int8 is None and s.tensorrt is None
+    assert s.to_dict() == on_disk == result.report
+    assert on_disk["cost"] == s.cost.to_dict() and on_disk["parity"] == s.parity.to_dict()
+    assert on_disk["latency"] == s.latency.to_dict() and on_disk["verdict"] == s.verdict.to_dict()
+    assert on_disk["parity"]["openvino"]["passed"] and "openvino" in on_disk["latency"]  # OpenVINO rows ride along
+    assert result.passed and list(on_disk) == ["arch", "weights", "export", "cost", "parity", "latency", "alignment",
+                                               "machine", "verdict"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["baseline.onnx", "model.onnx", "report.json"]
+
+
+def test_pipeline_is_a_deprecated_reexport():
+    import importlib
+    import sys
+
+    sys.modules.pop("natsdeploy.pipeline", None)
+    with pytest.warns(DeprecationWarning, match=r"natsdeploy\.export\.api"):
+        old = importlib.import_module("natsdeploy.pipeline")
+    from natsdeploy.export import api, cli, report
+
+    assert old.export_arch is api.export_arch and old.ExportResult is api.ExportResult
+    assert old.export_cli is cli.export_cli and old.add_export_arguments is cli.add_export_arguments
+    assert old.format_report is report.format_report
+    import natsdeploy
+    import natsdeploy.export
+
+    assert natsdeploy.export_arch is api.export_arch and natsdeploy.ExportOptions is api.ExportOptions
+    assert natsdeploy.export.to_onnx.__module__ == "natsdeploy.export.onnx"
