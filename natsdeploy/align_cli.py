@@ -3,7 +3,7 @@
 Why a sibling module and not `align/cli.py` or `align.py` itself: align is a one-module stage that
 search's decode and verify's check import, so its library stays free of argparse (one job per module)
 and stays one file (a package just for a two-function parser would move a module three stages
-import). `<stage>_cli.py` beside it follows `export/int8_cli.py`. Torch-free at import.
+import). `<stage>_cli.py` beside it is the convention for a one-module stage. Torch-free at import.
 """
 
 from __future__ import annotations

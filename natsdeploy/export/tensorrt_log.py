@@ -6,7 +6,7 @@ either ``Retargeting T to C_out`` (the producer writes straight into its slice o
 convs must not pay), and ``Merging layers: a || b`` for horizontally fused layers (lines as quoted in
 NVIDIA/TensorRT#3254 and #4345, dusty-nv/jetson-inference#1630). TensorRT-RTX logs none of these lines
 (0 of 2556 messages for the example's engine): there the engine's layer list
-(`natsdeploy.export.tensorrt_audit`) stays the audit's only source, and `parse_optimizer_log` says so
+(`natsdeploy.export.tensorrt.engine_layers`) stays the audit's only source, and `parse_optimizer_log` says so
 through `OptimizerDecisions.logged`.
 """
 

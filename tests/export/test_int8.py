@@ -348,6 +348,6 @@ def test_calibration_source_errors(tmp_path):
         open_calibration(str(photos), 3)
     (photos / "annotations").mkdir()
     (photos / "annotations" / "instances_train.json").write_text("{}")
-    with pytest.raises(DatasetError, match=r"photos/train: image folder not found; expected the images of "
+    with pytest.raises(DatasetError, match=r"photos/train: got no image folder, expected the images of "
                                            r"instances_train\.json there$"):
         open_calibration(str(photos), 2)

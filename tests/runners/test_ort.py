@@ -24,7 +24,7 @@ def test_ort_runs_every_form(net, form):
 
 
 def test_a_path_bytes_and_a_model_proto_give_the_same_outputs(net):
-    """pipeline.py and int8_report.py make sessions from serialised bytes, autotune from a ModelProto: one runner."""
+    """export/api.py and export/int8.py make sessions from serialised bytes, autotune from a ModelProto: one runner."""
     path = net["files"]["branches"]
     runners = [OrtRunner(m, threads=1) for m in (path, str(path), path.read_bytes(), onnx.load(str(path)))]
     outs = [r.run({"images": net["x"]}) for r in runners]
