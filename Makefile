@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.natsdeploy-installed
 DEMO_OUT ?= out/demo
 
-.PHONY: test demo install clean
+.PHONY: test demo docs install clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/natsdeploy check examples/resnet50_nats_c.json
 	$(VENV)/bin/natsdeploy export examples/resnet18_nats_c.json --input-shape 1x3x320x480 --out $(DEMO_OUT)
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d out/site
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

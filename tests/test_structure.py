@@ -146,3 +146,16 @@ def test_architecture_md_names_every_module_and_the_base_layer_matches_it():
         row = re.sub(r"\([^()]*\)", "", row)
     assert {f"natsdeploy.{name}" for name in re.findall(r"`(\w+)(?:\.py|/)`", row)} == set(BASE)
 
+
+
+def test_one_entry_point_per_job():
+    """Every ONNX Runtime session is made by the ORT runner, and a trunk becomes ONNX only through
+    `export.onnx.to_onnx` (the fold -> rewrite -> emit chain is written once)."""
+    sessions, folds = [], []
+    for module, path in _modules().items():
+        text = path.read_text(encoding="utf-8")
+        if "InferenceSession(" in text and module != "natsdeploy.runners.ort":
+            sessions.append(module)
+        if re.search(r"(?<!def )fold_trunk\(", text) and module not in ("natsdeploy.export.onnx", "natsdeploy.export.fold"):
+            folds.append(module)
+    assert sessions == [] and folds == []

@@ -261,7 +261,7 @@ def _measure(arch: Arch, opts: ExportOptions, *,
     from natsdeploy.export.report import CostSection, LatencySection, ParitySection
     from natsdeploy.models.build import build_trunks
     from natsdeploy.onnx_utils import inline_functions, to_fp16
-    from natsdeploy.runners import TorchRunner, ort_session_options
+    from natsdeploy.runners import OrtRunner, TorchRunner
     from natsdeploy.timing.latency import time_interleaved
     from natsdeploy.timing.machine import machine_info
     from natsdeploy.verify.count import count_onnx
@@ -285,8 +285,7 @@ def _measure(arch: Arch, opts: ExportOptions, *,
         check_onnx(b)  # the bytes: serialising a large graph once, not twice, is 0.2 s a model
 
     counts = {k: count_onnx(p, shape if dynamic else None) for k, p in protos.items()}
-    sessions = {k: ort.InferenceSession(b, sess_options=ort_session_options(threads=threads),
-                                        providers=["CPUExecutionProvider"]) for k, b in blobs.items()}
+    sessions = {k: OrtRunner(b, threads=threads).session for k, b in blobs.items()}  # the ORT runner makes them
     x = np.random.default_rng(opts.seed).standard_normal(shape, dtype=np.float32)
     parity, refs = {}, {}
     for key, module in (("model", transformed), ("baseline", baseline)):

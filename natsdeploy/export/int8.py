@@ -370,7 +370,7 @@ def _timings(fp32: dict, int8: dict, *, threads: int, pairs: int, warmup_s: floa
     """int8 model / int8 baseline and int8 / fp32 per graph, interleaved, on ORT CPU and OpenVINO CPU."""
     import onnxruntime as ort
 
-    from natsdeploy.runners import OpenVinoRunner, ort_session_options
+    from natsdeploy.runners import OpenVinoRunner, OrtRunner
     from natsdeploy.timing.latency import time_interleaved
 
     shape = [d.dim_value for d in fp32["model"].graph.input[0].type.tensor_type.shape.dim]
@@ -381,8 +381,7 @@ def _timings(fp32: dict, int8: dict, *, threads: int, pairs: int, warmup_s: floa
         for prec, protos in (("fp32", fp32), ("int8", int8)):
             for key, proto in protos.items():
                 if runtime == "onnxruntime":
-                    s = ort.InferenceSession(proto.SerializeToString(), sess_options=ort_session_options(threads=threads),
-                                             providers=["CPUExecutionProvider"])
+                    s = OrtRunner(proto, threads=threads).session  # timed through the raw session, as export does
                     runs[prec, key] = (lambda s=s: s.run(None, {"images": x}))
                 else:
                     r = OpenVinoRunner(proto, threads=threads, precision="f32")
