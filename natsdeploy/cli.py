@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from natsdeploy.errors import InputError, UsageError
-from natsdeploy.cli_values import parse_input_shape
+from natsdeploy.cli_values import add_weights_arguments, parse_input_shape
 
 __all__ = ["main"]
 
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("erf", help="effective receptive field of layer4's centre unit, baseline beside transformed")
     r.add_argument("arch", help="arch.json")
-    r.add_argument("--weights", default=None, help="PATH.pth or 'imagenet' (default: torchvision init, seeded)")
+    add_weights_arguments(r, default="torchvision init, seeded")
     r.add_argument("--input-size", type=int, default=512, help="input is 1x3xSxS of ones (default 512, >= 64)")
     r.add_argument("--share", type=float, nargs="+", default=[0.5, 0.9], help="ERF mass shares for the radii")
     r.add_argument("--seed", type=int, default=0)
@@ -171,8 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _InfoLines(logging.Handler):
+    """natsdeploy's INFO records (e.g. the weights summary) as plain stdout lines, each distinct line once per
+    command: a command may resolve its weights in several places (a check before any work, then each trunk)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = " ".join(record.getMessage().split("\n"))
+        if record.levelno == logging.INFO and line not in self.seen:
+            self.seen.add(line)
+            print(line, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse (no torch import: `--help` answers at once), run, and map every bad input to exit 2 and one line."""
+    logger, handler = logging.getLogger("natsdeploy"), _InfoLines()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
@@ -184,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("natsdeploy: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _fail(message: str) -> int:

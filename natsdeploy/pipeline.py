@@ -23,7 +23,8 @@ from natsdeploy.arch import Arch, load_arch
 from natsdeploy.export.int8_cli import add_int8_arguments
 from natsdeploy.export.onnx import FEATURE_OUTPUTS, FORMS, Form
 from natsdeploy.files import atomic_write_text
-from natsdeploy.cli_values import format_shape, parse_float, parse_input_shape, parse_int
+from natsdeploy.cli_values import (add_weights_arguments, format_shape, parse_float, parse_input_shape, parse_int,
+                                   weights_value)
 from natsdeploy.errors import UsageError
 
 __all__ = ["ExportResult", "export_arch", "add_export_arguments", "export_cli", "DEFAULT_FORM"]
@@ -271,7 +272,7 @@ def format_report(report: dict) -> str:
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", help="arch.json")
-    p.add_argument("--weights", default=None, help="torchvision-layout .pth, or 'imagenet' (default: seeded init)")
+    add_weights_arguments(p, default="seeded init")
     p.add_argument("--input-shape", default="1x3x800x1216", help="NxCxHxW (default 1x3x800x1216)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--opset", default=None, help="ONNX opset (default 17; 18 for --form rows, which needs Col2Im)")
@@ -336,7 +337,7 @@ def export_cli(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"export-{Path(args.arch).stem}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: got {str(out)!r}, an existing file, expected a folder")
-    weights = args.weights
+    weights = weights_value(args)
     if weights is not None and weights != "imagenet":
         from natsdeploy.models.build import resolve_weights
 

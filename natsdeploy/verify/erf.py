@@ -256,8 +256,11 @@ def erf_cli(args: argparse.Namespace) -> int:
     _check_out_path("-o/--output", args.output)
     _check_out_path("--json", args.json)
     arch = load_arch(args.arch)
-    base, trans = erf_maps(arch, weights=args.weights, input_size=args.input_size, seed=args.seed)
-    weights_desc = args.weights if args.weights is not None else f"torchvision init, torch.manual_seed({args.seed})"
+    from natsdeploy.cli_values import weights_value
+
+    weights = weights_value(args)
+    base, trans = erf_maps(arch, weights=weights, input_size=args.input_size, seed=args.seed)
+    weights_desc = str(weights) if weights is not None else f"torchvision init, torch.manual_seed({args.seed})"
     meta = {"arch": str(args.arch), "backbone": arch.backbone, "input_size": args.input_size,
             "weights": str(weights_desc), "seed": args.seed,
             "method": "NATS 4.4 / Luo et al.: input ones, ReLUs removed, eval, d(sum_c layer4[c, h//2, w//2])/d input, "
