@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -71,7 +71,7 @@ class LoadedWeights:
     taken: int
     """Tensors of the file that became backbone tensors."""
     left_out: tuple[tuple[str, int], ...] = ()
-    """(part, tensors) of the file not used: neck, heads, ..."""
+    """(part, tensors) of the file not used, in file order: neck, heads, ..."""
     notes: tuple[str, ...] = ()
 
     @property
@@ -167,23 +167,23 @@ def _from_object(obj: Any, spec: BackboneSpec, *, stride: str, flag: str, source
                            "(convert with natsdeploy.transformed_state_dict_to_baseline)")
     found = _detect(sd, meta=meta, flag=flag, shown=shown)
     if found.unmapped:
-        raise WeightsError(f"{flag}: got {found.unmapped[0]!r} in the {found.layout} backbone, a tensor with no "
-                           f"torchvision ResNet counterpart ({len(found.unmapped)} such), expected a plain ResNet/ResNeXt "
-                           "backbone (no deformable convs, plugins, SE or GN)")
-    _check_stride(spec, file_says=found.stride, why=found.stride_why, asked=stride, flag=flag)
+        raise WeightsError(f"{flag}[{found.unmapped[0]!r}]: a tensor of the {found.layout} backbone with no torchvision "
+                           f"ResNet counterpart ({len(found.unmapped)} such), expected a plain ResNet/ResNeXt backbone "
+                           "(no deformable convs, plugins, SE or GN)")
     picked = {found.renamed[k]: sd[k] for k in found.renamed}
     out, taken = _checked(picked, {v: k for k, v in found.renamed.items()}, spec, kind=found.name, flag=flag)
+    _check_stride(spec, file_says=found.stride, why=found.stride_why, asked=stride, flag=flag)  # after: right backbone
     dtypes = sorted({str(v.dtype).replace("torch.", "") for v in picked.values()
                      if v.is_floating_point() and v.dtype != torch.float32})
     extra = (f"{'/'.join(dtypes)} -> float32",) if dtypes else ()
     if spec.block == "bottleneck" and (found.stride_why or stride != "auto"):
         extra += (f"stride on the 3x3 conv ({found.stride_why if stride == 'auto' else 'as stated: ' + stride})",)
     return LoadedWeights(out, spec.name, f"{found.layout}{container}", source, taken,
-                         tuple(sorted(found.left_out.items(), key=lambda kv: -kv[1])), notes + extra)
+                         tuple(found.left_out.items()), notes + extra)
 
 
 def _unwrap(obj: Any, *, flag: str, shown: str) -> tuple[dict[str, torch.Tensor], str, Any]:
-    """(state dict with wrapper prefixes removed, ' under KEY' or '', mmengine/mmcv meta or None)."""
+    """(state dict with wrapper prefixes removed, " under 'KEY' of ..." or '', mmengine/mmcv meta or None)."""
     expected = "a state dict (str -> tensor) or a checkpoint holding one under 'state_dict' or 'model'"
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{flag}: got {shown} holding {type(obj).__name__}, expected {expected}")
@@ -197,9 +197,9 @@ def _unwrap(obj: Any, *, flag: str, shown: str) -> tuple[dict[str, torch.Tensor]
         meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else None
         kind = ("an mmengine checkpoint" if "message_hub" in obj or (meta and "mmengine_version" in meta) else
                 "an mmcv checkpoint" if meta is not None else
-                f"a timm train checkpoint of {obj['arch']!r}" if isinstance(obj.get("arch"), str) and key == "state_dict"
+                f"a timm train checkpoint ({obj['arch']})" if isinstance(obj.get("arch"), str) and key == "state_dict"
                 else "a checkpoint")
-        container, obj = f" from {kind}'s {key!r}", obj[key]
+        container, obj = f" under {key!r} of {kind}", obj[key]
         bad = next((k for k, v in obj.items() if not isinstance(v, (torch.Tensor, np.ndarray))), None)
         if bad is not None:
             raise WeightsError(f"{flag}: got {shown} whose {key!r} holds {type(obj[bad]).__name__} at {bad!r}, "
@@ -240,8 +240,8 @@ def _group(key: str) -> str:
     return "fpn" if head.startswith("fpn_") else head
 
 
-def _found(name: str, where: str, sd: Mapping[str, Any], backbone: dict[str, str], rename, stride: str | None,
-           why: str) -> _Found:
+def _found(name: str, where: str, sd: Mapping[str, Any], backbone: dict[str, str],
+           rename: Callable[[str], str | None], stride: str | None, why: str) -> _Found:
     """`backbone`: {source key: name relative to the backbone}; every other key is left out."""
     renamed, unmapped = {}, []
     for k, rel in backbone.items():
@@ -332,14 +332,14 @@ def _natsdeploy(ck: Mapping, spec: BackboneSpec, *, stride: str, flag: str, sour
     else:  # an older or newer train format: read_checkpoint upgrades "/1" and refuses newer ones
         ck = read_checkpoint(path, flag=flag)
     sd = backbone_weights(dict(ck))
-    _check_stride(spec, file_says="3x3", why="natsdeploy trains torchvision's ResNet", asked=stride, flag=flag)
     out, taken = _checked(sd, {k: f"backbone.body.{k}" for k in sd}, spec, kind="natsdeploy train", flag=flag)
+    _check_stride(spec, file_says="3x3", why="natsdeploy trains torchvision's ResNet", asked=stride, flag=flag)
     left: dict[str, int] = {}
     for k in ck["model"]:
         if not k.startswith("backbone.body."):
             left[_group(k)] = left.get(_group(k), 0) + 1
     layout = f"natsdeploy train checkpoint ({ck['detector']}, arch on {ck['arch'].get('backbone')}: backbone.body.*)"
-    return LoadedWeights(out, spec.name, layout, source, taken, tuple(sorted(left.items(), key=lambda kv: -kv[1])))
+    return LoadedWeights(out, spec.name, layout, source, taken, tuple(left.items()))
 
 
 def guess_backbone(sd: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -387,28 +387,27 @@ def _checked(sd: Mapping[str, torch.Tensor], origin: Mapping[str, str], spec: Ba
     `origin`: the file's name for each torchvision key, to show in messages."""
     ref = reference_state_dict(spec)  # shapes only: no init work, no RNG draws
 
-    def shown(k: str) -> str:
-        return repr(origin.get(k, k)) + (f" (torchvision {k!r})" if origin.get(k, k) != k else "")
+    def at(k: str) -> str:  # the key as the file names it, and as torchvision does where they differ
+        return f"{flag}[{origin.get(k, k)!r}]" + (f" (torchvision {k!r})" if origin.get(k, k) != k else "")
 
     problem = None
     for k, v in ref.items():
         if k not in sd and not (k.startswith("fc.") or k.endswith(".num_batches_tracked")):
-            problem = f"{shown(k)} missing"  # detector backbones carry no classifier, frozen BN no counter
+            problem = f"{at(k)}: missing"  # detector backbones carry no classifier, frozen BN no counter
         elif k in sd and tuple(sd[k].shape) != tuple(v.shape):
-            problem = f"{shown(k)} got shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
+            problem = f"{at(k)}: got shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
         if problem:
             break
     extra = sorted(set(sd) - set(ref))
     if problem is None and extra:
-        problem = f"unexpected key {shown(extra[0])} ({len(extra)} in all)"
+        problem = f"{at(extra[0])}: unexpected key ({len(extra)} in all)"
     if problem is not None:
         name, words = guess_backbone(sd)
         if words != _describe(_structure(spec)):
             like = f"look like {name} weights" if name else "look like no natsdeploy backbone"
-            raise WeightsError(f"{flag}: got {kind} weights that {like} ({words}), expected "
-                               f"{spec.name} weights ({_describe(_structure(spec))}) for this arch; first difference: "
-                               f"{problem}")
-        raise WeightsError(f"{flag}: {problem}, expected a {spec.name} state dict")
+            raise WeightsError(f"{problem}; these {kind} weights {like} ({words}), expected {spec.name} weights "
+                               f"({_describe(_structure(spec))}) for this arch")
+        raise WeightsError(f"{problem}, expected a {spec.name} state dict")
     out = _missing_init(ref, set(ref) - set(sd))
     out.update({k: v.detach().to(ref[k].dtype) for k, v in sd.items()})
     return {k: out[k] for k in ref}, len(sd)
