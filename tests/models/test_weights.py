@@ -98,9 +98,9 @@ def test_torchvision_detection_checkpoint_computes_its_detectors_c2_c5(tmp_path,
     torch.save({"model": det.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {},
                 "args": argparse.Namespace(model=f"{kind}_resnet18_fpn", lr=0.02, weights=None), "epoch": 25},
                tmp_path / "det.pth")
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())
     loaded = load_weights(tmp_path / "det.pth", R18)
-    assert torch.serialization.get_safe_globals() == before  # the allow-list was scoped to that one load
+    assert set(torch.serialization.get_safe_globals()) == before  # the allow-list was scoped to that one load
     body = {k[len("backbone.body."):]: v for k, v in det.state_dict().items() if k.startswith("backbone.body.")}
     assert loaded.taken == len(body) == 100 and {p for p, _ in loaded.left_out} == heads
     assert loaded.summary.startswith("weights: torchvision detection layout (backbone.body.*) under 'model' of a "
@@ -293,9 +293,9 @@ def test_full_mmengine_training_checkpoint_reads_through_scoped_stand_ins(tmp_pa
     torch.save(full_mmengine_checkpoint(sd, mmengine_module), tmp_path / "epoch_12.pth")
     with pytest.raises(pickle.UnpicklingError):  # weights_only alone refuses it: the stand-ins are what admits it
         torch.load(tmp_path / "epoch_12.pth", weights_only=True)
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())
     loaded = load_weights(tmp_path / "epoch_12.pth", R18)
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == before
     assert "under 'state_dict' of an mmengine checkpoint, 120 backbone tensors taken" in loaded.summary
     assert "mmengine.logging.history_buffer.HistoryBuffer admitted (data only)" in loaded.summary
     assert_bit_equal("resnet18", loaded, sd)
