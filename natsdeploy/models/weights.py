@@ -149,8 +149,10 @@ def _imagenet(spec: BackboneSpec, *, stride: str) -> LoadedWeights:
     try:
         sd = weights.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # offline, proxy, partial download ...
+        local = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # where torchvision caches it
         raise WeightsError(f"--weights: could not download torchvision's {enum_name}.IMAGENET1K_V1 "
-                           f"({type(e).__name__}); pass a local file instead: --weights PATH.pth") from None
+                           f"({type(e).__name__}); fetch {weights.url} elsewhere and pass a local file instead: "
+                           f"--weights {local}") from None
     out, taken = _checked(sd, {k: k for k in sd}, spec, kind="torchvision ImageNet", flag="--weights")
     return LoadedWeights(out, spec.name, f"torchvision ImageNet layout ({enum_name}.IMAGENET1K_V1)", "imagenet", taken)
 
