@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -98,8 +99,27 @@ def _run(args: argparse.Namespace) -> int:
     return int(getattr(importlib.import_module(COMMANDS[args.command][0]), f"{args.command}_cli")(args))
 
 
+class _InfoLines(logging.Handler):
+    """natsdeploy's INFO records (e.g. the weights summary) as plain stdout lines, each distinct line once per
+    command: a command may resolve its weights in several places (a check before any work, then each trunk)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = " ".join(record.getMessage().split("\n"))
+        if record.levelno == logging.INFO and line not in self.seen:
+            self.seen.add(line)
+            print(line, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse (no torch import: `--help` answers at once), run, and map every bad input to exit 2 and one line."""
+    logger, handler = logging.getLogger("natsdeploy"), _InfoLines()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
     try:
@@ -113,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("natsdeploy: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _fail(message: str) -> int:

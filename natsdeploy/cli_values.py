@@ -1,13 +1,16 @@
-"""Command-line values: input-shape strings such as 1x3x800x1216, bounded integers and numbers."""
+"""Command-line values: input-shape strings such as 1x3x800x1216, bounded integers and numbers, `--weights`."""
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 
 from natsdeploy.errors import UsageError  # raised here, imported from errors
 
 __all__ = ["parse_input_shape", "format_shape", "parse_int", "parse_float",
-           "add_detector_option_argument", "DATA_HELP"]
+           "add_detector_option_argument", "DATA_HELP", "WEIGHTS_STRIDES", "WeightsFile", "add_weights_arguments",
+           "weights_value"]
 
 DATA_HELP = (  # --data of search and train
     "COCO-format folder: train/ and val/ images with annotations/instances_{train,val}.json, or COCO's "
@@ -59,3 +62,52 @@ def add_detector_option_argument(p) -> None:
     p.add_argument("--detector-option", action="append", default=None, metavar="KEY=VALUE",
                    help="a numeric keyword argument of torchvision's FasterRCNN, RetinaNet or MaskRCNN (per --detector), "
                         "repeatable, e.g. box_batch_size_per_image=128 (a bad key lists the allowed ones)")
+
+
+WEIGHTS_STRIDES = ("auto", "3x3", "1x1")
+WEIGHTS_HELP = ("backbone weights: a .pth (torch.save) or .safetensors file whose layout is read from its keys: "
+                "torchvision classification ResNet/ResNeXt (timm resnet*/resnext* alike), torchvision detection "
+                "(Faster/Mask R-CNN, RetinaNet: backbone.body.*), mmdetection/mmengine (backbone.*), detectron2 "
+                "DetectionCheckpointer .pth (backbone.bottom_up.*), a natsdeploy train checkpoint; or 'imagenet' "
+                "(torchvision's, downloaded)")
+STRIDE_HELP = ("where the weights' downsampling bottlenecks stride: auto (default: from the file; torchvision, timm "
+               "and natsdeploy weights stride in the 3x3 conv, mmdetection's say so in their config), 3x3, or 1x1 "
+               "(detectron2's default RESNETS.STRIDE_IN_1X1=True, mmdetection style='caffe': refused, torchvision "
+               "builds the stride into the 3x3 conv); a detectron2 .pth of a ResNet-50 or larger needs it")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A `--weights` path with the user's `--weights-stride`; a path-like, so it travels wherever a path does."""
+
+    path: str
+    stride: str = "auto"
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path if self.stride == "auto" else f"{self.path} (--weights-stride {self.stride})"
+
+
+def add_weights_arguments(p, *, default: str) -> None:
+    """`--weights` and `--weights-stride` on a parser; `default` says what runs without --weights. Read the
+    value with `weights_value(args)`."""
+    p.add_argument("--weights", default=None, help=f"{WEIGHTS_HELP} (default: {default})")
+    p.add_argument("--weights-stride", default="auto", choices=WEIGHTS_STRIDES, help=STRIDE_HELP)
+
+
+def weights_value(args) -> str | WeightsFile | None:
+    """What `--weights` / `--weights-stride` ask for: None, 'imagenet', a path, or a `WeightsFile` (path + stride),
+    as `natsdeploy.models.build.build_backbone` takes it."""
+    weights, stride = args.weights, getattr(args, "weights_stride", "auto")
+    if stride not in WEIGHTS_STRIDES:
+        raise UsageError(f"--weights-stride: got {stride!r}, expected one of {list(WEIGHTS_STRIDES)}")
+    if weights is None and stride != "auto":
+        raise UsageError(f"--weights-stride: got {stride!r} without --weights, expected --weights FILE with it")
+    if weights == "imagenet" and stride == "1x1":
+        raise UsageError("--weights-stride: got '1x1' with --weights imagenet, expected auto or 3x3 (torchvision's "
+                         "ImageNet ResNets stride in the 3x3 conv)")
+    if weights is None or stride == "auto" or weights == "imagenet":
+        return weights
+    return WeightsFile(os.fspath(weights), stride)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from natsdeploy.cli_values import parse_float, parse_input_shape, parse_int
+from natsdeploy.cli_values import add_weights_arguments, parse_float, parse_input_shape, parse_int, weights_value
 
 from natsdeploy.errors import UsageError
 from natsdeploy.extras import require
@@ -22,7 +22,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", default="1x3x800x1216",
                    help="NxCxHxW: N >= 1, C = 3, H and W >= 32 (default 1x3x800x1216)")
     p.add_argument("--batch", nargs="+", default=[], help="extra batch sizes to time, integers >= 1 (default: none)")
-    p.add_argument("--weights", default=None, help="torchvision-layout .pth (default: seeded init)")
+    add_weights_arguments(p, default="seeded init")
     p.add_argument("--onnx", default=None,
                    help="folder from `natsdeploy export` (model.onnx, baseline.onnx) to time (default: export the arch)")
     p.add_argument("--engines", nargs=2, default=None, metavar=("BASELINE", "MODEL"),
@@ -86,7 +86,7 @@ def bench_cli(args: argparse.Namespace) -> int:
                          "not say which convs were transformed)")
     if args.onnx and not Path(args.onnx).is_dir():
         raise UsageError(f"--onnx: got {args.onnx!r}, expected a folder written by natsdeploy export")
-    report = bench(arch, weights=args.weights, onnx_dir=args.onnx, engines=args.engines, backends=args.backend,
+    report = bench(arch, weights=weights_value(args), onnx_dir=args.onnx, engines=args.engines, backends=args.backend,
                    device=args.device, input_shape=shape, batches=batches, fp16=args.fp16, threads=threads,
                    warmup_s=warm, duration_s=duration, runs=runs, openvino_precision=args.precision)
     if args.per_conv:

@@ -12,7 +12,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from natsdeploy.cli_values import format_shape, parse_float, parse_input_shape, parse_int
+from natsdeploy.cli_values import (add_weights_arguments, format_shape, parse_float, parse_input_shape, parse_int,
+                                   weights_value)
 from natsdeploy.errors import UsageError
 from natsdeploy.extras import require
 from natsdeploy.export.api import MIN_OPSET, OPENVINO_PRECISIONS, PRECISIONS, ExportOptions
@@ -36,7 +37,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """The `export` flags; values are checked by `export_cli` (one line, exit 2), defaults are `ExportOptions`'s."""
     d = _DEFAULT
     p.add_argument("arch", help="arch.json")
-    p.add_argument("--weights", default=None, help="torchvision-layout .pth, or 'imagenet' (default: seeded init)")
+    add_weights_arguments(p, default="seeded init")
     p.add_argument("--input-shape", default=format_shape(d["input_shape"]),
                    help=f"NxCxHxW (default: {format_shape(d['input_shape'])})")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width (default: static)")
@@ -125,7 +126,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         trt_aux_streams=parse_int("--trt-aux-streams", args.trt_aux_streams, 0) if args.trt_aux_streams is not None
         else None,
         calibration=args.calibration, calibration_images=n_calib, int8_activations=args.int8_activations or "s8",
-        weights=args.weights)
+        weights=weights_value(args))
     if args.target:
         from natsdeploy.targets import get_target
 

@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from natsdeploy.cli_values import DATA_HELP, add_detector_option_argument, parse_float, parse_int
+from natsdeploy.cli_values import (DATA_HELP, add_detector_option_argument, add_weights_arguments, parse_float,
+                                   parse_int, weights_value)
 from natsdeploy.errors import UsageError
 from natsdeploy.specs import BACKBONES
 from natsdeploy.extras import require
@@ -19,7 +20,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--detector", default="faster_rcnn", help="faster_rcnn, retinanet or mask_rcnn")
     p.add_argument("--backbone", default="resnet50", help=f"backbone to search: {', '.join(sorted(BACKBONES))}")
-    p.add_argument("--weights", default=None, help="torchvision-layout backbone .pth or 'imagenet' (default: init)")
+    add_weights_arguments(p, default="init")
     p.add_argument("--preset", default="NATS-C", help="search space, the candidate dilations per stage "
                    "(ARCH_FORMAT.md): NATS-A, NATS-B or NATS-C")
     g = p.add_mutually_exclusive_group()
@@ -103,7 +104,7 @@ def search_cli(args: argparse.Namespace) -> int:
     detector_kwargs = parse_detector_options(args.detector, args.detector_option)
     cfg = SearchConfig(
         detector_kwargs=detector_kwargs,
-        data=args.data, out=args.out, detector=args.detector, backbone=args.backbone, weights=args.weights,
+        data=args.data, out=args.out, detector=args.detector, backbone=args.backbone, weights=weights_value(args),
         preset=args.preset, groups=groups, channels_per_group=cpg, stages=stages,
         epochs=parse_int("--epochs", args.epochs, 1), warmup_epochs=parse_int("--warmup-epochs", args.warmup_epochs, 0),
         batch_size=parse_int("--batch-size", args.batch_size, 1), lr_per_image=parse_float("--lr-per-image", args.lr_per_image),

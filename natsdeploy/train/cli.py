@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from natsdeploy.cli_values import DATA_HELP, add_detector_option_argument, parse_float, parse_int
+from natsdeploy.cli_values import (DATA_HELP, add_detector_option_argument, add_weights_arguments, parse_float,
+                                   parse_int, weights_value)
 from natsdeploy.errors import UsageError
 from natsdeploy.specs import BACKBONES
 from natsdeploy.extras import require
@@ -22,8 +23,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", default="faster_rcnn", help="faster_rcnn, retinanet or mask_rcnn")
     p.add_argument("--backbone", default=None, help=f"{', '.join(sorted(BACKBONES))}: the baseline to train without an "
                    "arch file (default: the arch file's backbone)")
-    p.add_argument("--weights", default=None,
-                   help="torchvision-layout backbone .pth or 'imagenet' (default: torchvision init, seeded)")
+    add_weights_arguments(p, default="torchvision init, seeded")
     p.add_argument("--epochs", default="13", help="epochs, an integer >= 1 (default 13: the 1x schedule)")
     p.add_argument("--batch-size", default="2", help="images per process, an integer >= 1 (default 2)")
     p.add_argument("--lr-per-image", default="0.00125",
@@ -73,7 +73,7 @@ def train_cli(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         detector_kwargs=detector_kwargs,
         arch=args.arch, data=args.data, out=args.out, detector=args.detector, backbone=args.backbone,
-        weights=args.weights, epochs=epochs, batch_size=parse_int("--batch-size", args.batch_size, 1),
+        weights=weights_value(args), epochs=epochs, batch_size=parse_int("--batch-size", args.batch_size, 1),
         lr_per_image=parse_float("--lr-per-image", args.lr_per_image),
         steps=tuple(sorted(parse_int("--steps", s, 1) for s in args.steps)),
         warmup_iters=parse_int("--warmup-iters", args.warmup_iters, 0),
@@ -87,10 +87,10 @@ def train_cli(args: argparse.Namespace) -> int:
     if cfg.max_size < cfg.min_size:
         raise UsageError(f"--max-size: got {cfg.max_size}, expected >= --min-size {cfg.min_size}")
     arch = resolve_arch(cfg)  # bad arch / missing --backbone: exit 2 before any work
-    if args.weights is not None and args.weights != "imagenet":
+    if cfg.weights is not None and cfg.weights != "imagenet":
         from natsdeploy.models.build import resolve_weights
 
-        resolve_weights(args.weights, arch.spec)  # fail before any data or model work
+        resolve_weights(cfg.weights, arch.spec)  # fail before any data or model work
     cfg.arch = arch
     result, code = run_distributed(lambda dev: train(dataclasses.replace(cfg, device=dev)), device)
     if code:

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from natsdeploy.cli_values import parse_float, parse_input_shape, parse_int
+from natsdeploy.cli_values import add_weights_arguments, parse_float, parse_input_shape, parse_int, weights_value
 
 from natsdeploy.errors import UsageError
 from natsdeploy.extras import require
@@ -117,7 +117,7 @@ def _int8(args: argparse.Namespace, arch, limit: int | None, tol: float | None, 
 def add_erf_arguments(p: argparse.ArgumentParser) -> None:
     """The `natsdeploy erf` arguments on `p`."""
     p.add_argument("arch", help="arch.json")
-    p.add_argument("--weights", default=None, help="PATH.pth or 'imagenet' (default: torchvision init, seeded)")
+    add_weights_arguments(p, default="torchvision init, seeded")
     p.add_argument("--input-size", type=int, default=512,
                    help="input is 1x3xSxS of ones, S an integer >= 64 (default 512)")
     p.add_argument("--share", type=float, nargs="+", default=[0.5, 0.9],
@@ -153,7 +153,7 @@ def erf_cli(args: argparse.Namespace) -> int:
     _check_out_path("-o/--output", args.output)
     _check_out_path("--json", args.json)
     arch = load_arch(args.arch)
-    base, trans = erf_maps(arch, weights=args.weights, input_size=args.input_size, seed=args.seed)
+    base, trans = erf_maps(arch, weights=weights_value(args), input_size=args.input_size, seed=args.seed)
     weights_desc = args.weights if args.weights is not None else f"torchvision init, torch.manual_seed({args.seed})"
     meta = {"arch": str(args.arch), "backbone": arch.backbone, "input_size": args.input_size,
             "weights": str(weights_desc), "seed": args.seed,
