@@ -42,10 +42,10 @@ from natsdeploy.cli_values import parse_input_shape  # noqa: E402
 from natsdeploy.convert import load_ic_conv  # noqa: E402
 from natsdeploy.export.fold import fold_trunk, iter_splits, rewrite  # noqa: E402
 from natsdeploy.export.int8 import calibrate, calibration_inputs, open_calibration, quantize_model  # noqa: E402
-from natsdeploy.export.int8_report import int8_accuracy  # noqa: E402
+from natsdeploy.export.int8 import int8_accuracy  # noqa: E402
 from natsdeploy.export.onnx import trunk_to_onnx  # noqa: E402
 from natsdeploy.export.tensorrt import build, parse_onnx, require_tensorrt  # noqa: E402
-from natsdeploy.export.tensorrt_audit import audit_concats, engine_layers, layer_counts  # noqa: E402
+from natsdeploy.export.tensorrt import audit_concats, engine_layers, layer_counts  # noqa: E402
 from natsdeploy.models.build import build_trunks  # noqa: E402
 from natsdeploy.timing.machine import machine_info  # noqa: E402
 

@@ -192,7 +192,7 @@ def _census(api, onnx_path: str, emit) -> bool:
 
 def _build(api, onnx_path: str, engine: str, shapes: list[tuple[int, ...]], discard: bool, emit) -> None:
     from natsdeploy.export.tensorrt import build
-    from natsdeploy.export.tensorrt_audit import engine_layers, layer_counts
+    from natsdeploy.export.tensorrt import engine_layers, layer_counts
 
     lo, opt, hi = shapes
     emit({"stage": "build", "profile": {"min": list(lo), "opt": list(opt), "max": list(hi)}})

@@ -42,7 +42,7 @@ def test_help_shows_choices_and_defaults():
                     "warm-up seconds before timing (default: 2)", "runs faster here (default: branches)",
                     "c2..c5 and logits (default: features)", "(default: fp32; fp16 with --fp16)",
                     "no OpenVINO (default: f32)", "(default: auto: tensorrt, else rtx)",
-                    "images to calibrate on (default: 64)", "(default: s8)", "input (default: 0)"):
+                    "images to calibrate on (default: 64; all there are if fewer)", "(default: s8)", "input (default: 0)"):
         assert default in text, default
     for action in _export_parser()._actions:  # every flag that takes a value says its default
         if action.option_strings and action.nargs != 0 and action.dest != "help":
