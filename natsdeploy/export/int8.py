@@ -263,8 +263,8 @@ def quantize_pair(models: dict[str, Any], arrays_for: Any, *, shared_scales: boo
     a fresh iterable per call) and quantized."""
     out = {}
     for key, model in models.items():
-        log(f"int8: calibrating {key} (MinMax) and quantizing (QDQ, per-channel symmetric int8 weights, "
-            f"{activations} activations)")
+        log(f"int8: calibrating {key} (MinMax) and quantizing (QDQ, per-channel symmetric int8 weights"
+            f"{', 7-bit' if reduce_range else ''}, {activations} activations)")
         out[key] = quantize_model(model, calibrate(model, arrays_for()), shared_scales=shared_scales,
                                   int32_bias=int32_bias, activations=activations, reduce_range=reduce_range)
     return out
