@@ -26,11 +26,12 @@ from natsdeploy.errors import UsageError
 from natsdeploy.export.int8 import ACTIVATIONS, DEFAULT_CALIBRATION_IMAGES
 from natsdeploy.export.onnx import EXPORT_FORMS, FEATURE_OUTPUTS
 from natsdeploy.export.report import ExportReport
-from natsdeploy.export.tensorrt import TRT_CHOICES
+from natsdeploy.export.tensorrt import TRT_CHOICES, Profile
 from natsdeploy.extras import available, skipped_line
 from natsdeploy.files import atomic_write_text
 
-__all__ = ["DEFAULT_FORM", "PRECISIONS", "OPENVINO_PRECISIONS", "ExportOptions", "ExportResult", "export_arch"]
+__all__ = ["DEFAULT_FORM", "PRECISIONS", "OPENVINO_PRECISIONS", "ExportOptions", "ExportResult", "export_arch",
+           "format_profile"]
 
 DEFAULT_FORM = "branches"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -84,10 +85,17 @@ class ExportOptions:
     """int8: images to calibrate on."""
     int8_activations: str = "s8"
     """int8: s8 (symmetric, what TensorRT accepts) or u8 (asymmetric, ONNX Runtime CPU's fast path)."""
+    int8_reduce_range: bool = False
+    """int8: 7-bit weights (`quantize_static(reduce_range=True)`), for CPUs whose int8 kernels saturate pair
+    sums (no VNNI/AMX: `natsdeploy.targets.int8_pairs_saturate`)."""
+    trt_shapes: tuple[Profile, ...] = ()
+    """With `engine` and `dynamic`: the engines' optimization profiles, each (min, opt, max) N x 3 x H x W with
+    H and W multiples of 32 and min <= opt <= max, `input_shape` inside one; () builds one profile, min
+    1x3x64x64, opt `input_shape`, max twice its batch, height and width."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", _shape(self.input_shape))
-        for name in ("dynamic", "logits", "engine"):
+        for name in ("dynamic", "logits", "engine", "int8_reduce_range"):
             _bool(name, getattr(self, name))
         _choice("form", self.form, EXPORT_FORMS)
         _choice("precision", self.precision, PRECISIONS)
@@ -104,6 +112,8 @@ class ExportOptions:
         self._check_opset()
         self._check_sources()
         self._check_int8()
+        object.__setattr__(self, "trt_shapes", _profiles(self.trt_shapes))
+        self._check_trt_shapes()
 
     def _check_opset(self) -> None:
         if self.opset is None:
@@ -130,18 +140,59 @@ class ExportOptions:
                              "or None")
 
     def _check_int8(self) -> None:
+        if self.int8_reduce_range and self.precision != "int8":
+            raise UsageError(f"int8_reduce_range: got True with precision {self.precision!r}, expected it only with "
+                             "precision 'int8'")
         if self.precision != "int8":
             return
         for bad, why in (
                 (self.calibration is None, "calibration: got None with precision 'int8', expected a COCO-format "
                                            "folder or 'synthetic'"),
                 (self.form != "branches", f"form: got {self.form!r} with precision 'int8', expected 'branches'"),
-                (self.dynamic, "dynamic: got True with precision 'int8', expected False (calibration runs at "
-                               "input_shape)"),
-                (self.engine, "engine: got True with precision 'int8', expected False (export builds no int8 "
-                              "engines)")):
+                (self.engine and self.int8_activations != "s8",
+                 f"int8_activations: got {self.int8_activations!r} with engine, expected 's8' (TensorRT takes "
+                 "symmetric int8 only, zero point 0)")):
             if bad:
                 raise UsageError(why)
+
+    def _check_trt_shapes(self) -> None:
+        if not self.trt_shapes:
+            return
+        given = ", ".join(format_profile(p) for p in self.trt_shapes)
+        if not (self.engine and self.dynamic):
+            missing = " and ".join(n for n, v in (("engine", self.engine), ("dynamic", self.dynamic)) if not v)
+            raise UsageError(f"trt_shapes: got {given} without {missing}, expected it only with engine and dynamic "
+                             "(the optimization profiles of a dynamic engine)")
+        for p in self.trt_shapes:
+            text = format_profile(p)
+            if any(s[1] != 3 for s in p):
+                raise UsageError(f"trt_shapes: got {text}, expected C = 3 in min, opt and max")
+            if any(d % 32 for s in p for d in s[2:]):
+                raise UsageError(f"trt_shapes: got {text}, expected H and W multiples of 32 (the trunk's stride)")
+            if not all(a <= b <= c for a, b, c in zip(*p)):
+                raise UsageError(f"trt_shapes: got {text}, expected min <= opt <= max in every dimension")
+        if not any(all(a <= x <= c for a, x, c in zip(p[0], self.input_shape, p[2])) for p in self.trt_shapes):
+            raise UsageError(f"trt_shapes: got {given}, expected input_shape {'x'.join(map(str, self.input_shape))} "
+                             "(where parity runs) inside one profile's min..max")
+
+
+def format_profile(profile: Profile) -> str:
+    """A profile as `--trt-shapes` writes it: MIN:OPT:MAX, each NxCxHxW."""
+    return ":".join("x".join(str(d) for d in s) for s in profile)
+
+
+def _profiles(value: Any) -> tuple[Profile, ...]:
+    """`trt_shapes` as a tuple of (min, opt, max) tuples of 4 positive integers, or a one-line `UsageError`."""
+    def ints(shape: Any) -> bool:
+        return (isinstance(shape, Sequence) and not isinstance(shape, str) and len(shape) == 4
+                and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape))
+
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and all(
+        isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 3 and all(ints(s) for s in p) for p in value)
+    if not ok:
+        raise UsageError(f"trt_shapes: got {_short(value)}, expected a tuple of (min, opt, max) profiles, each shape "
+                         "4 positive integers N, C, H, W")
+    return tuple(tuple(tuple(int(d) for d in s) for s in p) for p in value)
 
 
 def _short(value: Any) -> str:
@@ -223,11 +274,15 @@ def export_arch(arch: Arch, out_dir: str | os.PathLike[str], options: ExportOpti
     files = _write_graphs(out, blobs)
     engines = {}
     if trt_api is not None:
-        from natsdeploy.export.tensorrt import build_engines_for_export
+        from natsdeploy.export.tensorrt import build_engines_for_export, default_profile
 
+        profiles = (opts.trt_shapes or (default_profile(opts.input_shape),)) if opts.dynamic else ()
+        log(f"TensorRT ({trt_api.trt.__name__} {trt_api.version}): building {opts.precision} engines for model and "
+            "baseline" + (f", optimization profiles (MIN:OPT:MAX) {', '.join(map(format_profile, profiles))}"
+                          if profiles else ", static shape"))
         tensorrt = build_engines_for_export(out, trt_api, precision=opts.precision, dynamic=opts.dynamic,
                                             input_shape=opts.input_shape, aux_streams=opts.trt_aux_streams,
-                                            split_names=split_names)
+                                            split_names=split_names, profiles=profiles)
         report = replace(report, tensorrt=tensorrt)
         engines = {f"{k}_engine": Path(getattr(tensorrt, k)["engine"]) for k in ("model", "baseline")}
     as_dict = report.to_dict()
@@ -314,7 +369,8 @@ def _measure(arch: Arch, opts: ExportOptions, *,
         int8_protos, int8 = int8_export(protos, calibration=str(opts.calibration),
                                         calibration_images=opts.calibration_images, shape=shape, threads=threads,
                                         latency_pairs=pairs, warmup_s=opts.warmup_s,
-                                        activations=opts.int8_activations, openvino=opts.openvino is not None, log=log)
+                                        activations=opts.int8_activations, reduce_range=opts.int8_reduce_range,
+                                        openvino=opts.openvino is not None, log=log)
         blobs = {k: p.SerializeToString(deterministic=True) for k, p in int8_protos.items()}
 
     splits = model.splits

@@ -8,6 +8,7 @@ values and its default, read from `ExportOptions`, so the two never drift apart.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from natsdeploy.export.onnx import EXPORT_FORMS
 from natsdeploy.export.tensorrt import TRT_CHOICES
 from natsdeploy.targets import TARGET_NAMES
 
-__all__ = ["add_export_arguments", "add_int8_arguments", "export_cli", "options_from_args"]
+__all__ = ["add_export_arguments", "add_int8_arguments", "export_cli", "options_from_args", "parse_profile"]
 
 OUTPUTS = ("features", "logits")
 OPENVINO_CHOICES = (*OPENVINO_PRECISIONS, "off")
@@ -69,6 +70,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"TensorRT API for --engine (default: {d['trt']}: tensorrt, else rtx)")
     p.add_argument("--trt-aux-streams", default=None,
                    help="TensorRT max_aux_streams, 0: no auxiliary streams (default: TensorRT's)")
+    p.add_argument("--trt-shapes", action="append", default=None, metavar="MIN:OPT:MAX",
+                   help="with --engine --dynamic: one optimization profile, each shape NxCxHxW (C = 3, H and W "
+                   "multiples of 32, min <= opt <= max, --input-shape inside one profile); repeat for several "
+                   "profiles (default: one profile, 1x3x64x64 : --input-shape : twice its N, H and W)")
     p.add_argument("--openvino", default=d["openvino"], metavar=_one_of(OPENVINO_CHOICES),
                    help="OpenVINO CPU rows (parity, latency, int8) at this precision; off: no OpenVINO "
                    f"(default: {d['openvino']})")
@@ -84,7 +89,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_int8_arguments(p: argparse.ArgumentParser) -> None:
-    """--calibration, --calibration-images and --int8-activations (checked by `int8.check_int8_request`)."""
+    """--calibration, --calibration-images, --int8-activations and --int8-reduce-range (checked by
+    `int8.check_int8_request`)."""
     d = _DEFAULT
     p.add_argument("--calibration", default=None,
                    help="int8: a folder of images (.jpg/.jpeg/.png/.bmp, searched recursively, sorted by path), a "
@@ -92,8 +98,21 @@ def add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-images", default=None,
                    help=f"int8: images to calibrate on (default: {d['calibration_images']}; all there are if fewer)")
     p.add_argument("--int8-activations", default=None, metavar=_one_of(ACTIVATIONS),
-                   help="int8: s8, symmetric, what TensorRT accepts; u8, asymmetric, ONNX Runtime CPU runs every "
-                   f"conv as QLinearConv only with u8 (default: {d['int8_activations']})")
+                   help="int8: s8, symmetric, what TensorRT accepts (--engine takes s8 only); u8, asymmetric, ONNX "
+                   f"Runtime CPU runs every conv as QLinearConv only with u8 (default: {d['int8_activations']})")
+    p.add_argument("--int8-reduce-range", action="store_true",
+                   help="int8: 7-bit weights, for CPUs without VNNI/AMX whose int8 kernels saturate pair sums in "
+                   "int16 (the int8 report says when this CPU does) (default: 8-bit)")
+
+
+def parse_profile(text: str, *, flag: str = "--trt-shapes") -> tuple[tuple[int, ...], ...]:
+    """MIN:OPT:MAX, each NxCxHxW, as three shapes (the rules are `ExportOptions`'s), else one line."""
+    parts = (text or "").split(":")
+    shapes = [re.fullmatch(r"\s*(\d+)x(\d+)x(\d+)x(\d+)\s*", part) for part in parts]
+    if len(parts) != 3 or not all(shapes) or any(int(d) < 1 for m in shapes for d in m.groups()):
+        raise UsageError(f"{flag}: got {text!r}, expected MIN:OPT:MAX, each NxCxHxW with positive integers, such as "
+                         "1x3x320x320:1x3x800x1216:1x3x1344x1344")
+    return tuple(tuple(int(d) for d in m.groups()) for m in shapes)
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
@@ -111,7 +130,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
     from natsdeploy.export.int8 import check_int8_request
 
     n_calib = check_int8_request(precision, args.calibration, args.calibration_images, form=args.form,
-                                 dynamic=args.dynamic, engine=args.engine, activations=args.int8_activations)
+                                 dynamic=args.dynamic, engine=args.engine, activations=args.int8_activations,
+                                 reduce_range=args.int8_reduce_range)
     values: dict[str, Any] = dict(
         input_shape=parse_input_shape(args.input_shape), dynamic=args.dynamic, form=args.form,
         opset=parse_int("--opset", args.opset, MIN_OPSET) if args.opset is not None else None,
@@ -126,6 +146,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         trt_aux_streams=parse_int("--trt-aux-streams", args.trt_aux_streams, 0) if args.trt_aux_streams is not None
         else None,
         calibration=args.calibration, calibration_images=n_calib, int8_activations=args.int8_activations or "s8",
+        int8_reduce_range=args.int8_reduce_range,
+        trt_shapes=tuple(parse_profile(t) for t in args.trt_shapes or ()),
         weights=weights_value(args))
     if args.target:
         from natsdeploy.targets import get_target

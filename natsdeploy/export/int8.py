@@ -102,16 +102,22 @@ def calibration_count(dataset: Any, n: int) -> int:
 
 
 def check_int8_request(precision: str, calibration: str | None, images: str | int | None, *, form: str = "branches",
-                       dynamic: bool = False, engine: bool = False, activations: str | None = None) -> int:
+                       dynamic: bool = False, engine: bool = False, activations: str | None = None,
+                       reduce_range: bool = False) -> int:
     """Refuse, before any work, what `export --precision int8` cannot do; returns the number of calibration
-    images asked (`open_calibration` checks the data; calibration uses fewer if it has fewer)."""
+    images asked (`open_calibration` checks the data; calibration uses fewer if it has fewer).
+
+    `dynamic` is accepted: ONNX Runtime's calibrator and `quantize_static` run on a dynamic-shape graph
+    (checked with onnxruntime 1.32: the QDQ graph keeps the dynamic batch/height/width and runs at other shapes);
+    calibration images are prepared at the input shape. `engine` takes s8 activations only (TensorRT reads
+    symmetric int8, zero point 0)."""
     from natsdeploy.cli_values import parse_int
 
     if activations is not None and activations not in ACTIVATIONS:
         raise UsageError(f"--int8-activations: got {activations!r}, expected one of {list(ACTIVATIONS)}")
     if precision != "int8":
         for flag, value in (("--calibration", calibration), ("--calibration-images", images),
-                            ("--int8-activations", activations)):
+                            ("--int8-activations", activations), ("--int8-reduce-range", reduce_range or None)):
             if value is not None:
                 raise UsageError(f"{flag}: got {value!r} with --precision {precision}, expected it only with "
                                  "--precision int8")
@@ -120,10 +126,8 @@ def check_int8_request(precision: str, calibration: str | None, images: str | in
         raise UsageError("--calibration: got nothing with --precision int8, expected a folder of images, a "
                          "COCO-format folder or 'synthetic'")
     for bad, why in ((form != "branches", f"--form: got {form!r} with --precision int8, expected 'branches'"),
-                     (dynamic, "--dynamic: got it with --precision int8, expected a static --input-shape "
-                               "(calibration runs at it)"),
-                     (engine, "--engine: got it with --precision int8, expected --precision fp32 or fp16 (int8 engines "
-                              "are not built by export; README, INT8: what TensorRT does with the int8 graphs)")):
+                     (engine and activations == "u8", "--int8-activations: got 'u8' with --engine, expected 's8' "
+                                                      "(TensorRT takes symmetric int8 only, zero point 0)")):
         if bad:
             raise UsageError(why)
     n = parse_int("--calibration-images", images, 1) if images is not None else DEFAULT_CALIBRATION_IMAGES
@@ -259,8 +263,8 @@ def quantize_pair(models: dict[str, Any], arrays_for: Any, *, shared_scales: boo
     a fresh iterable per call) and quantized."""
     out = {}
     for key, model in models.items():
-        log(f"int8: calibrating {key} (MinMax) and quantizing (QDQ, per-channel symmetric int8 weights, "
-            f"{activations} activations)")
+        log(f"int8: calibrating {key} (MinMax) and quantizing (QDQ, per-channel symmetric int8 weights"
+            f"{', 7-bit' if reduce_range else ''}, {activations} activations)")
         out[key] = quantize_model(model, calibrate(model, arrays_for()), shared_scales=shared_scales,
                                   int32_bias=int32_bias, activations=activations, reduce_range=reduce_range)
     return out
@@ -365,15 +369,15 @@ def openvino_conv_precisions(proto: Any, *, threads: int | None = None) -> dict[
             "precisions": dict(precisions), "primitives": dict(primitives), "all_int8": n > 0 and low == n}
 
 
-def _timings(fp32: dict, int8: dict, *, threads: int, pairs: int, warmup_s: float, log,
+def _timings(fp32: dict, int8: dict, *, shape: Sequence[int], threads: int, pairs: int, warmup_s: float, log,
              runtimes: Sequence[str] = ("onnxruntime", "openvino")) -> dict[str, Any]:
-    """int8 model / int8 baseline and int8 / fp32 per graph, interleaved, on ORT CPU and OpenVINO CPU."""
+    """int8 model / int8 baseline and int8 / fp32 per graph at `shape`, interleaved, on ORT CPU and OpenVINO CPU."""
     import onnxruntime as ort
 
     from natsdeploy.runners import OpenVinoRunner, OrtRunner
     from natsdeploy.timing.latency import time_interleaved
 
-    shape = [d.dim_value for d in fp32["model"].graph.input[0].type.tensor_type.shape.dim]
+    shape = [int(d) for d in shape]
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     out: dict[str, Any] = {"input_shape": shape, "threads": threads, "pairs": pairs}
     for runtime in runtimes:
@@ -402,11 +406,12 @@ def _timings(fp32: dict, int8: dict, *, threads: int, pairs: int, warmup_s: floa
 
 def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: int, shape: Sequence[int],
                 threads: int | None = None, latency_pairs: int = 20, warmup_s: float = 2.0,
-                sqnr_margin_db: float = SQNR_MARGIN_DB, activations: str = "s8", openvino: bool = True,
-                log=print) -> tuple[dict[str, Any], "Int8Section"]:  # noqa: F821
+                sqnr_margin_db: float = SQNR_MARGIN_DB, activations: str = "s8", reduce_range: bool = False,
+                openvino: bool = True, log=print) -> tuple[dict[str, Any], "Int8Section"]:  # noqa: F821
     """The int8 QDQ graphs of `fp32` (key -> ModelProto: model, baseline), calibrated on the same
-    `calibration_images` images of `calibration`, and the report's `int8` section. `openvino` False
-    leaves OpenVINO out (its conv precisions and its timings)."""
+    `calibration_images` images of `calibration` at `shape` (a dynamic graph too: it stays dynamic), and the
+    report's `int8` section. `reduce_range`: 7-bit weights. `openvino` False leaves OpenVINO out (its conv
+    precisions and its timings)."""
     import os
 
     import onnxruntime as ort
@@ -418,10 +423,10 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
     ds = open_calibration(calibration, calibration_images, log=log)
     calibration_images = calibration_count(ds, calibration_images)
     int8 = quantize_pair(fp32, lambda: calibration_inputs(ds, calibration_images, shape), activations=activations,
-                         log=log)
+                         reduce_range=reduce_range, log=log)
     evaluated_on, eval_inputs = _eval_inputs(calibration, ds, calibration_images, shape)
     accuracy = {k: int8_accuracy(fp32[k], int8[k], eval_inputs, threads=threads) for k in ("model", "baseline")}
-    counts = {k: {p: count_onnx(m[k]).to_dict() for p, m in (("fp32", fp32), ("int8", int8))} for k in fp32}
+    counts = {k: {p: count_onnx(m[k], shape).to_dict() for p, m in (("fp32", fp32), ("int8", int8))} for k in fp32}
     cost = {k: c["int8"] for k, c in counts.items()}
     cost["unchanged"] = all(c["int8"] == c["fp32"] for c in counts.values())
     cost["equal"] = cost["model"] == cost["baseline"]
@@ -431,7 +436,7 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
     elif openvino:
         ov = _openvino_precisions(int8, threads=threads)
     runtimes = ("onnxruntime", "openvino") if openvino else ("onnxruntime",)
-    latency = (_timings(fp32, int8, threads=threads, pairs=latency_pairs, warmup_s=warmup_s, log=log,
+    latency = (_timings(fp32, int8, shape=shape, threads=threads, pairs=latency_pairs, warmup_s=warmup_s, log=log,
                         runtimes=runtimes) if latency_pairs > 0 else None)
     gaps = {o: accuracy["baseline"][o]["sqnr_db"] - accuracy["model"][o]["sqnr_db"] for o in accuracy["model"]}
     worst = max(gaps.values()) if gaps else 0.0
@@ -443,7 +448,9 @@ def int8_export(fp32: dict[str, Any], *, calibration: str, calibration_images: i
                                    "zero pad bottom/right (torchvision GeneralizedRCNNTransform)",
                      "method": "MinMax, the same images for model and baseline"},
         quantizer={"tool": f"onnxruntime {ort.__version__} quantize_static", "format": "QDQ",
-                   "weights": "int8, symmetric, per output channel", "activation_type": activations,
+                   "weights": "int8, symmetric, per output channel" + (", 7-bit (reduce_range)" if reduce_range
+                                                                         else ""),
+                   "reduce_range": reduce_range, "activation_type": activations,
                    "activations": ("int8, symmetric (zero point 0)" if activations == "s8" else
                                    "uint8, asymmetric (ONNX Runtime CPU; TensorRT's parser rejects it)"),
                    "bias": "float (QuantizeBias off: TensorRT's parser rejects int32 DequantizeLinear)",

@@ -116,8 +116,10 @@ class Int8Section:
 
 @dataclass(frozen=True)
 class TensorRTSection:
-    """`export --engine`: the TensorRT API, both engines (build, layers, the model's Concat audit), and
-    `run`: parity against ONNX Runtime where a GPU ran them, else why not (`natsdeploy.export.tensorrt`)."""
+    """`export --engine`: the TensorRT API, both engines (build, optimization profiles, layers, the model's
+    Concat audit, or for int8 its Int8 convs and requantize audit against the baseline, and the optimizer
+    decisions the log holds), and `run`: parity against ONNX Runtime where a GPU ran them, else why not
+    (`natsdeploy.export.tensorrt`)."""
 
     flavour: str
     module: str
@@ -131,9 +133,16 @@ class TensorRTSection:
     layers_from: str = TRT_LAYERS_FROM
 
     @property
+    def layer_audit(self) -> dict[str, Any]:
+        """The model engine's layer-list audit: `requantize_audit` for int8, else `concat_audit`."""
+        return self.model["requantize_audit"] if "requantize_audit" in self.model else self.model["concat_audit"]
+
+    @property
     def audit_passed(self) -> bool:
-        """The design's claim: no Concat survives in the model's engine."""
-        return bool(self.model["concat_audit"]["passed"])
+        """The design's claim: no Concat survives in the model's engine, nor (int8) any requantize or copy
+        layer the baseline's conv lacks; and where the optimizer logged its decisions, no copy for them."""
+        logged = self.model.get("optimizer_log", {}).get("passed")
+        return bool(self.layer_audit["passed"]) and logged is not False
 
     def to_dict(self) -> dict[str, Any]:
         return {"flavour": self.flavour, "module": self.module, "version": self.version, "typing": self.typing,
@@ -285,23 +294,78 @@ def format_report(report: Mapping[str, Any], *, arch_path: str = "ARCH.json") ->
     return "\n".join(lines)
 
 
+def _profile_lines(e: Mapping[str, Any]) -> list[str]:
+    return [f"  profile {i} (min / opt / max): " + " / ".join("x".join(map(str, p[k])) for k in ("min", "opt", "max"))
+            for i, p in enumerate(e.get("profiles") or ())]
+
+
+def _audit_lines(t: Mapping[str, Any]) -> list[str]:
+    """The model engine's layer-list audit: the Concat audit (fp32, fp16) or the requantize audit (int8)."""
+    m = t["model"]
+    if "requantize_audit" in m:
+        a = m["requantize_audit"]
+        failed = ", ".join(k for k, v in a["per_conv"].items() if not v["passed"])
+        kinds = ", ".join(f"{k} {v}/{a['engine']['baseline'].get(k, 0)}" for k, v in a["engine"]["model"].items())
+        lines = [f"  concat/requantize audit: {a['passed_convs']}/{a['convs']} transformed convs: the branch outputs "
+                 "are read by the layers that read the baseline's conv (the concat folded into that epilogue), no "
+                 f"Quantize/Dequantize/Reformat/copy layer of their own{'' if not failed else ' (FAIL: ' + failed + ')'}",
+                 f"  engine's non-conv layers, model/baseline: {kinds or 'none'} "
+                 + ("(equal)" if a["engine"]["equal"] else f"(FAIL: model only {a['engine']['extra']}, baseline "
+                                                          f"only {a['engine']['missing']})")]
+    else:
+        a = m["concat_audit"]
+        failed = ", ".join(k for k, v in a["per_conv"].items() if not v["eliminated"])
+        lines = [f"  concat audit: {a['eliminated']}/{a['convs']} transformed convs write their branches into one "
+                 f"buffer with no concat/copy layer{'' if a['passed'] else ' (FAIL: ' + (failed or 'a profile') + ')'}"]
+    if a.get("profiles", 1) > 1:
+        lines.append(f"  audited on each of the {a['profiles']} profiles' layers"
+                     + (f" (FAIL on profiles {a['failed_profiles']})" if a.get("failed_profiles") else ""))
+    return lines
+
+
+def _optimizer_log_lines(t: Mapping[str, Any]) -> list[str]:
+    logs = {k: t[k].get("optimizer_log") for k in ("model", "baseline") if t[k].get("optimizer_log")}
+    if not logs:
+        return []
+    if not any(o["logged"] for o in logs.values()):
+        return ["  optimizer log: none; " + ("TensorRT-RTX logs no optimizer decisions (Concat elimination, "
+                "retarget, copy), so the layer-list audit above is the only evidence" if t["flavour"] == "tensorrt-rtx"
+                else "the builder logged no Concat elimination, retarget or copy line")]
+    lines = []
+    for key, o in logs.items():
+        if not o["logged"]:
+            lines.append(f"  optimizer log, {key}: no decision lines")
+            continue
+        ours = o.get("transformed_concats") or {}
+        bad = [c for c, free in ours.items() if not free]
+        lines.append(f"  optimizer log, {key}: {o['eliminated_concats']} Concats eliminated, {o['copy_free_concats']} "
+                     f"with every input retargeted (no copy)" + (f"; transformed convs' Concats {len(ours) - len(bad)}/"
+                                                               f"{len(ours)} copy-free" if key == "model" else "")
+                     + (f" (FAIL: {', '.join(bad)})" if bad else ""))
+    return lines
+
+
 def format_tensorrt(t: Mapping[str, Any]) -> list[str]:
     """The TensorRT rows (`t`: the `tensorrt` section's dict)."""
     lines = ["", f"  TensorRT: {t['flavour']} {t['version']} ({t['typing']}ly typed), {t['precision']}, "
-             f"max_aux_streams {t['max_aux_streams'] if t['max_aux_streams'] is not None else 'default'}",
-             table_row("", (("build s", ">9"), ("MB", ">9"), ("layers", ">8"), ("convs", ">7"), ("wait", ">6"),
-                            ("signal", ">8")))]
+             f"max_aux_streams {t['max_aux_streams'] if t['max_aux_streams'] is not None else 'default'}"]
+    lines += _profile_lines(t["model"])
+    int8 = "conv_inputs" in t["model"]
+    lines.append(table_row("", (("build s", ">9"), ("MB", ">9"), ("layers", ">8"), ("convs", ">7"), ("wait", ">6"),
+                                ("signal", ">8"), *((("int8 convs", ">12"),) if int8 else ()))))
     for key in ("model", "baseline"):
         e = t[key]
         convs = sum(v for k, v in e["layer_counts"].items() if k.lower() in ("correlation", "convolution",
                                                                             "caskconvolution"))
-        lines.append(table_row(key, ((e["build_s"], ">9.2f"), (e["engine_bytes"] / 1e6, ">9.1f"), (e["layers"], ">8"),
-                                     (convs, ">7"), (e["stream_sync"]["wait"], ">6"),
-                                     (e["stream_sync"]["signal"], ">8"))))
-    a = t["model"]["concat_audit"]
-    failed = ", ".join(k for k, v in a["per_conv"].items() if not v["eliminated"])
-    lines.append(f"  concat audit: {a['eliminated']}/{a['convs']} transformed convs write their branches into one "
-                 f"buffer with no concat/copy layer{'' if a['passed'] else ' (FAIL: ' + failed + ')'}")
+        cells = [(e["build_s"], ">9.2f"), (e["engine_bytes"] / 1e6, ">9.1f"), (e["layers"], ">8"), (convs, ">7"),
+                 (e["stream_sync"]["wait"], ">6"), (e["stream_sync"]["signal"], ">8")]
+        if int8:
+            cells.append((f"{e['conv_inputs'].get('Int8', 0)}/{sum(e['conv_inputs'].values())}", ">12"))
+        lines.append(table_row(key, cells))
+    if t["model"].get("layers_note"):
+        lines.append(f"  ({t['model']['layers_note']})")
+    lines += _audit_lines(t)
+    lines += _optimizer_log_lines(t)
     run = t["run"]
     if isinstance(run, str):
         lines.append(f"  engines: {run}")
@@ -315,7 +379,8 @@ def format_int8(s: Mapping[str, Any]) -> list[str]:
     """The int8 rows (`s`: the `int8` section's dict); OpenVINO's only where it ran."""
     c, a = s["calibration"], s["accuracy"]
     act = s.get("quantizer", {}).get("activation_type", "s8")
-    lines = ["", f"  int8 (QDQ, per-channel symmetric int8 weights, {act} activations; calibrated on {c['images']} images "
+    bits = " (7-bit, reduce_range)" if s.get("quantizer", {}).get("reduce_range") else ""
+    lines = ["", f"  int8 (QDQ, per-channel symmetric int8 weights{bits}, {act} activations; calibrated on {c['images']} images "
                  f"of {c['data']} {c['split']}; error vs the fp32 graph on ORT CPU, {a['evaluated_on']}):",
              table_row("", [cell for o in a["model"] for cell in ((f"{o} SQNR dB", ">14"), ("rel err", ">9"))])]
     for key in ("model", "baseline"):
@@ -323,7 +388,8 @@ def format_int8(s: Mapping[str, Any]) -> list[str]:
                                      for cell in ((v["sqnr_db"], ">14.2f"), (v["rel_err"], ">9.1e"))]))
     if a.get("int8_pairs_saturate"):
         lines.append("  this CPU has no VNNI/AMX: ORT's int8 convs add u8 x s8 product pairs in saturating int16 "
-                     "(vpmaddubsw), so these errors include that clipping (7-bit weights avoid it: reduce_range)")
+                     "(vpmaddubsw), so these errors include that clipping"
+                     + (" (7-bit weights avoid it: --int8-reduce-range)" if not bits else ""))
     q, cost = s["qdq"]["model"], s["cost"]
     lines.append(f"  QDQ: {q['one_scale']}/{q['transformed_convs']} transformed convs read one activation scale; "
                  f"{q['per_channel_int8_weights']}/{q['convs']} convs have per-channel int8 weights")

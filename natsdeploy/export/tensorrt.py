@@ -36,6 +36,18 @@ engines and the report's `tensorrt` section. Without a GPU (TensorRT-RTX builds 
 CPU) the engines are built and audited, and the report says "built, not run (no GPU)": no parity or
 latency row is invented. Where torch sees a CUDA device and the engine deserialises, each engine is run
 once against ONNX Runtime. `int8_engine_check`: what TensorRT makes of an int8 QDQ graph.
+
+- int8 (`--precision int8 --engine`): the engines are built from the QDQ graphs, as written where the API
+  is strongly typed (TensorRT-RTX, TensorRT 11), with the INT8 builder flag on TensorRT 10 (written from
+  its documentation; no enterprise TensorRT runs here). Each engine's convolutions are counted by input
+  type (`conv_input_types`); the one-buffer Concat audit does not apply (each int8 branch writes its own
+  tensor, read by one fused requantizing epilogue): the requantize audit against the baseline engine
+  does (`natsdeploy.export.tensorrt_int8`).
+- Dynamic shapes: one engine with one or more optimization profiles (`profiles`, `--trt-shapes`; default
+  `default_profile`). The build log lists the layers once per profile (profile k > 0 tagged
+  ``[profile k]``, `by_profile`): layers are counted once (profile 0) and every audit runs on each profile.
+- Each engine's optimizer decisions, where enterprise TensorRT logs them
+  (`natsdeploy.export.tensorrt_log`): TensorRT-RTX logs none, and the report says so.
 """
 
 from __future__ import annotations
@@ -54,9 +66,10 @@ import numpy as np
 
 __all__ = ["TRT_CHOICES", "TrtApi", "BuildResult", "require_tensorrt", "parse_onnx", "build", "build_engine",
            "TrtRunner", "gpu_available", "require_trt_runtime",
-           "EngineLayer", "engine_layers", "layer_counts", "sync_counts", "audit_concats", "NetworkConv",
-           "network_convs",
-           "TRT_FORMS", "check_engine_request", "build_engines_for_export", "int8_engine_check"]
+           "Profile", "default_profile", "EngineLayer", "engine_layers", "by_profile", "conv_input_types",
+           "layer_counts", "sync_counts", "audit_concats", "NetworkConv", "network_convs",
+           "TRT_FORMS", "INT8_ENGINE_TOLERANCE", "profile_dicts", "check_engine_request", "build_engines_for_export",
+           "int8_engine_check"]
 
 TRT_CHOICES = ("auto", "tensorrt", "rtx")
 _MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
@@ -150,6 +163,11 @@ def parse_onnx(api: TrtApi, onnx_path: str | os.PathLike[str] | None = None, *, 
     return Parsed(api, builder, network, parser, log, bool(ok), errors)
 
 
+Shape = tuple[int, ...]
+Profile = tuple[Shape, Shape, Shape]
+"""An optimization profile of the input: (min, opt, max), each N x C x H x W."""
+
+
 @dataclass
 class BuildResult:
     engine: Path
@@ -158,18 +176,34 @@ class BuildResult:
     log: list[tuple[str, str]]
     api: TrtApi
     typing: str  # "strong (fp16 model)", "weak, FP16 flag", ...
+    profiles: list[Profile] = field(default_factory=list)
+    """The optimization profiles built, (min, opt, max) each; empty for a static graph."""
+
+
+def default_profile(input_shape: Sequence[int], *, min_shape: Sequence[int] | None = None,
+                    max_shape: Sequence[int] | None = None) -> Profile:
+    """The one profile `--dynamic` builds without `--trt-shapes`: min 1x3x64x64 (or `min_shape`), opt
+    `input_shape`, max twice its batch, height and width (or `max_shape`)."""
+    opt = tuple(int(d) for d in input_shape)
+    lo = tuple(int(d) for d in (min_shape or (1, 3, 64, 64)))
+    hi = tuple(int(d) for d in (max_shape or (opt[0] * 2, 3, opt[2] * 2, opt[3] * 2)))
+    return (lo, opt, hi)
 
 
 def build(api: TrtApi, onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], *,
           fp16: bool = False, dynamic: bool = False, input_shape: Sequence[int] = (1, 3, 800, 1216),
           max_shape: Sequence[int] | None = None, aux_streams: int | None = None,
-          workspace_gib: float = 4.0, min_shape: Sequence[int] | None = None) -> BuildResult:
+          workspace_gib: float = 4.0, min_shape: Sequence[int] | None = None, int8: bool = False,
+          profiles: Sequence[Profile] | None = None) -> BuildResult:
     """Parse `onnx_path` as written, build and atomically write the serialised engine.
 
-    `dynamic`: one optimization profile, `min_shape` (default 1x3x64x64) .. `input_shape` .. `max_shape`.
+    `profiles`: one optimization profile per (min, opt, max) shape triple of the first input (a dynamic
+    graph); else `dynamic` builds one, `default_profile(input_shape, min_shape=, max_shape=)`.
 
     Strongly typed APIs take the model's types: with `fp16` and an fp32 file, the fp16 copy
-    (`to_fp16`) is parsed instead. TensorRT 10 builds weakly typed, with the FP16 flag for `fp16`.
+    (`to_fp16`) is parsed instead; an int8 QDQ graph (`int8`) is built as written. TensorRT 10 builds
+    weakly typed, with the FP16 flag for `fp16` and the INT8 flag for a QDQ graph (`int8`: TensorRT 10
+    takes Q/DQ layers only with it; written from its documentation, not run here).
     """
     import onnx
 
@@ -193,14 +227,17 @@ def build(api: TrtApi, onnx_path: str | os.PathLike[str], engine_path: str | os.
     if fp16 and not api.strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         typing += ", FP16 flag"
+    if int8:
+        typing += ", INT8 flag (QDQ graph)" if not api.strongly_typed else " (QDQ int8 model)"
+        if not api.strongly_typed:
+            config.set_flag(trt.BuilderFlag.INT8)
     if aux_streams is not None:
         config.max_aux_streams = int(aux_streams)
-    if dynamic:
-        shape = tuple(int(d) for d in input_shape)
-        hi = tuple(int(d) for d in (max_shape or (shape[0] * 2, 3, shape[2] * 2, shape[3] * 2)))
+    if profiles is None and dynamic:
+        profiles = [default_profile(input_shape, min_shape=min_shape, max_shape=max_shape)]
+    for lo, opt, hi in profiles or ():
         profile = parsed.builder.create_optimization_profile()
-        lo = tuple(int(d) for d in (min_shape or (1, 3, 64, 64)))
-        profile.set_shape(parsed.network.get_input(0).name, lo, shape, hi)
+        profile.set_shape(parsed.network.get_input(0).name, *(tuple(int(d) for d in s) for s in (lo, opt, hi)))
         config.add_optimization_profile(profile)
     t0 = time.perf_counter()
     serialized = parsed.builder.build_serialized_network(parsed.network, config)
@@ -210,7 +247,8 @@ def build(api: TrtApi, onnx_path: str | os.PathLike[str], engine_path: str | os.
                            + "; ".join(parsed.log.errors()[-3:]))
     data = bytes(serialized)
     path = atomic_write_bytes(Path(engine_path), data)
-    return BuildResult(path, seconds, len(data), list(parsed.log.messages), api, typing)
+    return BuildResult(path, seconds, len(data), list(parsed.log.messages), api, typing,
+                       [tuple(tuple(int(d) for d in s) for s in p) for p in profiles or ()])
 
 
 def build_engine(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str], *, fp16: bool = False,
@@ -247,6 +285,8 @@ _COPY = re.compile(r"concat|copy|reformat|move|shuffle|slice", re.IGNORECASE)
 _RTX = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<ins>.*?)\], Constants: .*?"
                   r"Outputs: \[(?P<outs>.*?)\], TacticName")
 _TRT = re.compile(r"^Layer\((?P<type>[^)]*)\): (?P<name>.*?), Tactic: [^,]*, (?P<ins>.*) -> (?P<outs>.*)$")
+_PROFILE = re.compile(r"\[profile (\d+)\]")
+_MYELIN = re.compile(r"_myl(\d+)_\d+$")
 
 
 @dataclass(frozen=True)
@@ -255,6 +295,8 @@ class EngineLayer:
     type: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    input_types: tuple[str, ...] = ()
+    """Data type of each input as logged (``Int8``, ``Float``, ``Half``)."""
 
     @property
     def is_conv(self) -> bool:
@@ -274,6 +316,10 @@ def _tensor_names(segment: str, trt_format: bool) -> tuple[str, ...]:
     return tuple(re.findall(r"\{ Name: ([^,]+),", segment))
 
 
+def _tensor_types(segment: str, trt_format: bool) -> tuple[str, ...]:
+    return tuple(re.findall(r"\((\w+)\[" if trt_format else r"Datatype: (\w+)", segment))
+
+
 def engine_layers(log: Iterable[tuple[str, str]] | Iterable[str]) -> list[EngineLayer]:
     """The engine's layers as the builder logged them (empty when the log holds no layer list)."""
     layers = []
@@ -285,9 +331,45 @@ def engine_layers(log: Iterable[tuple[str, str]] | Iterable[str]) -> list[Engine
                 m = pattern.match(line)
                 if m:
                     layers.append(EngineLayer(m["name"], m["type"].strip(), _tensor_names(m["ins"], trt_format),
-                                              _tensor_names(m["outs"], trt_format)))
+                                              _tensor_names(m["outs"], trt_format), _tensor_types(m["ins"], trt_format)))
                     break
     return layers
+
+
+def _tag(layer: EngineLayer) -> int | None:
+    for text in (layer.name, *layer.inputs, *layer.outputs):
+        if m := _PROFILE.search(text):
+            return int(m.group(1))
+    return None
+
+
+def by_profile(layers: Sequence[EngineLayer]) -> dict[int, list[EngineLayer]]:
+    """The layers of each optimization profile, in log order (a static engine: all in profile 0).
+
+    TensorRT lists every profile's layers and names a layer of profile k > 0 (or its tensors)
+    ``... [profile k]``. TensorRT-RTX's generated kernels (``__myl_...``, ``wait``, ``signal``) carry no
+    such tag; they belong to the profile tagged elsewhere in their Myelin graph (the ``_myl<g>_<i>``
+    suffix), measured with two profiles on TensorRT-RTX 1.7."""
+    graph_tag: dict[str, int] = {}
+    for layer in layers:
+        g, t = _MYELIN.search(layer.name), _tag(layer)
+        if g and t is not None:
+            graph_tag.setdefault(g.group(1), t)
+    out: dict[int, list[EngineLayer]] = {}
+    for layer in layers:
+        t, g = _tag(layer), _MYELIN.search(layer.name)
+        if t is None:
+            t = graph_tag.get(g.group(1), 0) if g else 0
+        out.setdefault(t, []).append(layer)
+    return out or {0: []}
+
+
+def conv_input_types(layers: Sequence[EngineLayer]) -> dict[str, int]:
+    """The engine's convolution layers (profile 0) by the data type of their first input, as the builder's
+    layer list logs it: ``Int8`` where the conv runs in int8."""
+    types = Counter(layer.input_types[0] if layer.input_types else "unknown"
+                    for layer in by_profile(layers)[0] if layer.is_conv)
+    return dict(types.most_common())
 
 
 def layer_counts(layers: Sequence[EngineLayer]) -> dict[str, int]:
@@ -408,34 +490,90 @@ def check_engine_request(form: str, trt: str = "auto", aux_streams: int | None =
     return require_tensorrt(trt)
 
 
+INT8_ENGINE_TOLERANCE = 0.1
+"""Where a GPU runs the int8 engines: bound on max|err|/max|ref| against ONNX Runtime's run of the same QDQ
+graph (fused int8 epilogues round differently from ORT's float Q/DQ; the bound the int8 tests use)."""
+
+
+def profile_dicts(profiles: Sequence[Profile]) -> list[dict[str, list[int]]]:
+    """Profiles as the report writes them: [{"min": [..], "opt": [..], "max": [..]}, ...]."""
+    return [{"min": list(lo), "opt": list(opt), "max": list(hi)} for lo, opt, hi in profiles]
+
+
+def _concat_audit(layers: Sequence[EngineLayer], split_names: Sequence[str]) -> dict[str, Any]:
+    """`audit_concats` on every optimization profile's layers: profile 0's findings, passed over all."""
+    audits = {k: audit_concats(v, split_names) for k, v in sorted(by_profile(layers).items())}
+    first = audits[min(audits)]
+    failed = [k for k, a in audits.items() if not all(v["eliminated"] for v in a.values())]
+    return {"convs": len(first), "eliminated": sum(a["eliminated"] for a in first.values()), "profiles": len(audits),
+            "failed_profiles": failed, "passed": not failed, "per_conv": first}
+
+
+def _optimizer_log(log: Sequence[tuple[str, str]], split_names: Sequence[str]) -> dict[str, Any]:
+    """Enterprise TensorRT's logged Concat decisions (`natsdeploy.export.tensorrt_log`); `passed` (where it
+    logs them): every eliminated Concat of a transformed conv (``<conv>/concat``) had its inputs retargeted,
+    no copy. TensorRT-RTX logs none: `logged` False, `passed` None."""
+    from natsdeploy.export.tensorrt_log import parse_optimizer_log
+
+    decisions = parse_optimizer_log(m for _, m in log)
+    out = decisions.to_dict()
+    if not decisions.logged:
+        return {**out, "passed": None}
+    ours = {c: d for c, d in decisions.concats.items() if any(c.startswith(f"{n}/") for n in split_names)}
+    out["transformed_concats"] = {c: d.copy_free for c, d in ours.items()}
+    out["passed"] = all(d.copy_free for d in ours.values())
+    return out
+
+
 def build_engines_for_export(out_dir, api, *, precision: str, dynamic: bool, input_shape: Sequence[int],
-                             split_names: Sequence[str], aux_streams: int | None = None) -> "TensorRTSection":  # noqa: F821
+                             split_names: Sequence[str], aux_streams: int | None = None,
+                             profiles: Sequence[Profile] = ()) -> "TensorRTSection":  # noqa: F821
     """Engines for `out_dir`'s model.onnx and baseline.onnx (written atomically), audited from the build log:
-    the report's `tensorrt` section (`natsdeploy.export.report.TensorRTSection`)."""
+    the report's `tensorrt` section (`natsdeploy.export.report.TensorRTSection`).
+
+    fp32/fp16: the Concat audit (`audit_concats`). int8 (the files are QDQ graphs): Int8 convolutions and
+    the requantize audit against the baseline engine (`natsdeploy.export.tensorrt_int8`); the one-buffer
+    Concat audit does not apply (each int8 branch writes its own tensor, read by one fused epilogue).
+    `dynamic`: one engine with `profiles` (default: `default_profile(input_shape)`); every audit runs on
+    every profile's layers, and layers are counted once (profile 0). Each engine also gets the optimizer
+    decisions its log holds (`optimizer_log`; TensorRT-RTX logs none)."""
     from natsdeploy.export.report import TensorRTSection
 
-    fp16 = precision == "fp16"
+    fp16, int8 = precision == "fp16", precision == "int8"
+    if dynamic and not profiles:
+        profiles = [default_profile(input_shape)]
     entries: dict[str, dict[str, Any]] = {}
-    engines = {}
+    engines, layers_of = {}, {}
     for key in ("model", "baseline"):
-        r = build(api, out_dir / f"{key}.onnx", out_dir / f"{key}.{precision}.engine", fp16=fp16, dynamic=dynamic,
-                  input_shape=input_shape, aux_streams=aux_streams)
-        layers = engine_layers(r.log)
+        r = build(api, out_dir / f"{key}.onnx", out_dir / f"{key}.{precision}.engine", fp16=fp16, int8=int8,
+                  profiles=list(profiles) if dynamic else None, input_shape=input_shape, aux_streams=aux_streams)
+        layers = layers_of[key] = engine_layers(r.log)
+        per_profile = by_profile(layers)
+        first = per_profile[min(per_profile)]
         entry: dict[str, Any] = {"parse": "ok (as written)", "network": r.typing, "engine": str(r.engine),
                                  "build_s": round(r.seconds, 3), "engine_bytes": r.nbytes,
-                                 "layers": len(layers), "layer_counts": layer_counts(layers),
-                                 "stream_sync": sync_counts(layers)}
-        if key == "model":
-            audit = audit_concats(layers, split_names)
-            entry["concat_audit"] = {"convs": len(audit), "eliminated": sum(a["eliminated"] for a in audit.values()),
-                                     "passed": all(a["eliminated"] for a in audit.values()), "per_conv": audit}
+                                 "profiles": profile_dicts(r.profiles), "layers": len(first),
+                                 "layer_counts": layer_counts(first), "stream_sync": sync_counts(first)}
+        if len(per_profile) > 1:
+            entry["layers_note"] = (f"the build log lists the layers once per profile ({len(layers)} in all, "
+                                    f"{len(per_profile)} profiles); counted once, profile 0's")
+        if int8:
+            entry["conv_inputs"] = conv_input_types(layers)
+        if key == "model" and not int8:
+            entry["concat_audit"] = _concat_audit(layers, split_names)
+        entry["optimizer_log"] = _optimizer_log(r.log, split_names if key == "model" else ())
         entries[key], engines[key] = entry, r.engine
-    run = _run_or_not(api, out_dir, engines, input_shape, fp16) if gpu_available() else NOT_RUN
+    if int8:
+        from natsdeploy.export.tensorrt_int8 import audit_requantize_profiles
+
+        entries["model"]["requantize_audit"] = audit_requantize_profiles(layers_of["model"], layers_of["baseline"],
+                                                                         split_names)
+    run = _run_or_not(api, out_dir, engines, input_shape, precision) if gpu_available() else NOT_RUN
     return TensorRTSection(**api.describe(), precision=precision, max_aux_streams=aux_streams,
                            model=entries["model"], baseline=entries["baseline"], run=run)
 
 
-def _run_or_not(api, out_dir, engines, input_shape, fp16: bool):
+def _run_or_not(api, out_dir, engines, input_shape, precision: str):
     """Run each engine once against ONNX Runtime (only where a GPU is present)."""
     from natsdeploy.runners import OrtRunner, TrtRunner
     from natsdeploy.verify.parity import DEFAULT_TOLERANCE, compare
@@ -448,8 +586,8 @@ def _run_or_not(api, out_dir, engines, input_shape, fp16: bool):
     out = {}
     for key, runner in runners.items():
         ref = OrtRunner(out_dir / f"{key}.onnx").run({"images": x})
-        out[key] = compare(runner.run({"images": x}), ref,
-                           tolerance=DEFAULT_TOLERANCE["fp16" if fp16 else "fp32"]).to_dict()
+        tol = INT8_ENGINE_TOLERANCE if precision == "int8" else DEFAULT_TOLERANCE[precision]
+        out[key] = compare(runner.run({"images": x}), ref, tolerance=tol).to_dict()
     return {"parity_vs_ort": out}
 
 
@@ -469,12 +607,7 @@ def int8_engine_check(api, onnx_path, engine_path) -> dict[str, Any]:
     except RuntimeError as e:
         out["build"] = "not built: " + (str(e).splitlines() or [""])[0][:300]
         return out
-    types: Counter = Counter()
-    for _, msg in r.log:
-        for line in msg.splitlines():
-            if "LayerType: correlation" in line or "LayerType: Convolution" in line:
-                m = re.search(r"Inputs: \[ \{.*?Datatype: (\w+)", line)
-                types[m.group(1) if m else "unknown"] += 1
+    types = conv_input_types(engine_layers(r.log))
     out.update(build=f"ok ({r.nbytes} bytes, {r.seconds:.1f} s)", engine=str(r.engine), conv_inputs=dict(types))
     return out
 

@@ -5,9 +5,12 @@ either ``Retargeting T to C_out`` (the producer writes straight into its slice o
 ``Generating copy for T to C_out because <reason>`` (a copy kernel: the cost natsdeploy's transformed
 convs must not pay), and ``Merging layers: a || b`` for horizontally fused layers (lines as quoted in
 NVIDIA/TensorRT#3254 and #4345, dusty-nv/jetson-inference#1630). TensorRT-RTX logs none of these lines
-(0 of 2556 messages for the example's engine): there the engine's layer list
-(`natsdeploy.export.tensorrt.engine_layers`) stays the audit's only source, and `parse_optimizer_log` says so
-through `OptimizerDecisions.logged`.
+(0 of 2556 messages for the example's engine; none either for int8 engines or with two optimization
+profiles): there the engine's layer list (`natsdeploy.export.tensorrt.audit_concats`, and for int8
+`natsdeploy.export.tensorrt_int8`) stays the audit's only source, and `parse_optimizer_log` says so
+through `OptimizerDecisions.logged`. `export --engine` puts each engine's decisions into the report's
+`tensorrt` section (``optimizer_log``); where they are logged, a copy generated for a transformed conv's
+Concat (``<conv>/concat``) fails the TensorRT audit.
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ class TrtRunner:
         """Feed the first array to the engine's input; every output by name, as fp32 host arrays."""
         name = self.input_names[0]
         x = torch.from_numpy(np.ascontiguousarray(next(iter(feed.values())))).to(self.device, self._dtype(name))
+        self._select_profile(name, tuple(x.shape))
         self.context.set_input_shape(name, tuple(x.shape))
         self.context.set_tensor_address(name, x.data_ptr())
         outs = {}
@@ -73,6 +74,19 @@ class TrtRunner:
                                           f"({self.api.trt.__name__} execute_async_v3 failed)")
         self.stream.synchronize()
         return {k: v.float().cpu().numpy() for k, v in outs.items()}
+
+    def _select_profile(self, name: str, shape: tuple[int, ...]) -> None:
+        """With several optimization profiles (`export --trt-shapes`), make the first whose min..max holds
+        `shape` the active one (written against the TensorRT 10 API; not run here, no GPU)."""
+        if self.engine.num_optimization_profiles <= 1:
+            return
+        for k in range(self.engine.num_optimization_profiles):
+            lo, _, hi = self.engine.get_tensor_profile_shape(name, k)
+            if all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+                if self.context.active_optimization_profile != k:
+                    self.context.set_optimization_profile_async(k, self.stream.cuda_stream)
+                    self.stream.synchronize()
+                return
 
     def describe(self) -> dict[str, Any]:
         """`{"runtime": "TensorRT" or "TensorRT-RTX", "version", "precision", "device" (the GPU's name)}`."""

@@ -158,8 +158,16 @@ def test_export_options_defaults_are_todays():
         "weights": None, "input_shape": (1, 3, 800, 1216), "dynamic": False, "opset": None, "form": "branches",
         "logits": False, "tolerance": None, "latency_pairs": 20, "warmup_s": 2.0, "threads": None, "seed": 0,
         "precision": "fp32", "openvino": "f32", "target": None, "engine": False, "trt": "auto",
-        "trt_aux_streams": None, "calibration": None, "calibration_images": 64, "int8_activations": "s8"}
+        "trt_aux_streams": None, "calibration": None, "calibration_images": 64, "int8_activations": "s8",
+        "int8_reduce_range": False, "trt_shapes": ()}
     assert ExportOptions(input_shape=[2, 3, 64, 96]).input_shape == (2, 3, 64, 96)  # any sequence, kept as a tuple
+    two = ExportOptions(engine=True, dynamic=True, input_shape=(1, 3, 64, 96),
+                        trt_shapes=[[[1, 3, 64, 64], [1, 3, 64, 96], [1, 3, 128, 128]],
+                                    [[2, 3, 128, 128], [2, 3, 160, 192], [4, 3, 256, 256]]])
+    assert two.trt_shapes == (((1, 3, 64, 64), (1, 3, 64, 96), (1, 3, 128, 128)),
+                              ((2, 3, 128, 128), (2, 3, 160, 192), (4, 3, 256, 256)))  # tuples of profiles
+    int8 = ExportOptions(precision="int8", calibration="synthetic", dynamic=True, engine=True, int8_reduce_range=True)
+    assert int8.dynamic and int8.engine and int8.int8_reduce_range  # ORT's calibrator takes a dynamic graph
 
 
 @pytest.mark.parametrize("kwargs, expected", [
@@ -183,6 +191,26 @@ def test_export_options_defaults_are_todays():
     ({"weights": 3}, "weights: got 3, expected a .pth path, 'imagenet', a state dict or None"),
     ({"precision": "int8"}, "calibration: got None with precision 'int8', expected a COCO-format folder"),
     ({"precision": "int8", "calibration": "synthetic", "form": "sum"}, "form: got 'sum' with precision 'int8'"),
+    ({"precision": "int8", "calibration": "synthetic", "engine": True, "int8_activations": "u8"},
+     "int8_activations: got 'u8' with engine, expected 's8' (TensorRT takes symmetric int8 only, zero point 0)"),
+    ({"int8_reduce_range": True}, "int8_reduce_range: got True with precision 'fp32', expected it only with precision"),
+    ({"int8_reduce_range": 1}, "int8_reduce_range: got 1, expected True or False"),
+    ({"trt_shapes": "1x3x64x64:1x3x64x96:1x3x128x128"}, "trt_shapes: got '1x3x64x64:1x3x64x96:1x3x128x128', "
+     "expected a tuple of (min, opt, max) profiles"),
+    ({"trt_shapes": (((1, 3, 64, 64), (1, 3, 64, 96)),)}, "trt_shapes: got (((1, 3, 64, 64), (1, 3, 64, 96)),), expected"),
+    ({"trt_shapes": (((1, 3, 64, 64), (1, 3, 64, 96), (1, 3, 128, 128)),), "dynamic": True},
+     "trt_shapes: got 1x3x64x64:1x3x64x96:1x3x128x128 without engine, expected it only with engine and dynamic"),
+    ({"trt_shapes": (((1, 3, 64, 64), (1, 3, 64, 96), (1, 3, 128, 128)),), "engine": True},
+     "trt_shapes: got 1x3x64x64:1x3x64x96:1x3x128x128 without dynamic, expected it only with engine and dynamic"),
+    ({"trt_shapes": (((1, 1, 64, 64), (1, 3, 64, 96), (1, 3, 128, 128)),), "engine": True, "dynamic": True},
+     "trt_shapes: got 1x1x64x64:1x3x64x96:1x3x128x128, expected C = 3 in min, opt and max"),
+    ({"trt_shapes": (((1, 3, 64, 64), (1, 3, 64, 100), (1, 3, 128, 128)),), "engine": True, "dynamic": True},
+     "trt_shapes: got 1x3x64x64:1x3x64x100:1x3x128x128, expected H and W multiples of 32"),
+    ({"trt_shapes": (((1, 3, 64, 128), (1, 3, 64, 96), (1, 3, 128, 128)),), "engine": True, "dynamic": True},
+     "trt_shapes: got 1x3x64x128:1x3x64x96:1x3x128x128, expected min <= opt <= max in every dimension"),
+    ({"trt_shapes": (((1, 3, 64, 64), (1, 3, 64, 96), (1, 3, 128, 128)),), "engine": True, "dynamic": True,
+      "input_shape": (1, 3, 256, 96)}, "trt_shapes: got 1x3x64x64:1x3x64x96:1x3x128x128, expected input_shape "
+                                       "1x3x256x96 (where parity runs) inside one profile's min..max"),
 ])
 def test_export_options_reject_a_bad_field_in_one_line(kwargs, expected):
     from natsdeploy.errors import UsageError

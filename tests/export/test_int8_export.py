@@ -131,7 +131,7 @@ def test_openvino_off_prints_no_openvino_line_int8_included(data, tmp_path, caps
     (["--calibration", "NOWHERE"], "--calibration: got 'NOWHERE'"),
     (["--calibration", "DATA", "--calibration-images", "four"], "--calibration-images: got 'four'"),
     (["--calibration", "DATA", "--calibration-images", "0"], "--calibration-images: got '0'"),
-    (["--calibration", "DATA", "--dynamic"], "--dynamic"),
+    (["--calibration", "DATA", "--engine", "--int8-activations", "u8"], "--int8-activations: got 'u8' with --engine"),
     (["--calibration", "DATA", "--form", "rows"], "--form: got 'rows' with --precision int8"),
 ])
 def test_bad_calibration_exits_2_and_writes_nothing(data, tmp_path, capsys, extra, contains):

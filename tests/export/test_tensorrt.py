@@ -7,7 +7,8 @@ import importlib.util
 
 import pytest
 
-from natsdeploy.export.tensorrt import audit_concats, engine_layers, layer_counts, require_tensorrt, sync_counts
+from natsdeploy.export.tensorrt import (audit_concats, by_profile, engine_layers, layer_counts, require_tensorrt,
+                                      sync_counts)
 from natsdeploy.errors import UsageError
 from tests.conftest import EXAMPLES
 from tests.helpers import assert_exit_2
@@ -135,3 +136,72 @@ def test_fp16_export_runs_on_ort_within_the_fp16_tolerance_at_equal_cost(tmp_pat
     rep32 = json.loads((fp32 / "report.json").read_text())
     assert rep32["cost"]["model"] == rep["cost"]["model"] and rep32["cost"]["baseline"] == rep["cost"]["baseline"]
     assert "fp16" in capsys.readouterr().out
+
+
+# -- --trt-shapes: the optimization profiles of a dynamic engine, each rule one line, exit 2, nothing written --
+P = "1x3x64x64:1x3x64x96:1x3x128x128"
+
+
+@pytest.mark.parametrize("extra, contains", [
+    (["--trt-shapes", "1x3x64x64:1x3x64x96"], "--trt-shapes: got '1x3x64x64:1x3x64x96', expected MIN:OPT:MAX, each NxCxHxW"),
+    (["--trt-shapes", "1x3x64:1x3x64x96:1x3x128x128"], "--trt-shapes: got '1x3x64:1x3x64x96:1x3x128x128', expected MIN:OPT:MAX"),
+    (["--trt-shapes", "0x3x64x64:1x3x64x96:1x3x128x128"], "with positive integers"),
+    (["--engine", "--trt-shapes", P], f"--trt-shapes: got {P} without dynamic, expected it only with engine and dynamic"),
+    (["--dynamic", "--trt-shapes", P], f"--trt-shapes: got {P} without engine, expected it only with engine and dynamic"),
+    (["--trt-shapes", P], f"--trt-shapes: got {P} without engine and dynamic"),
+    (["--engine", "--dynamic", "--trt-shapes", "1x4x64x64:1x3x64x96:1x3x128x128"], "expected C = 3 in min, opt and max"),
+    (["--engine", "--dynamic", "--trt-shapes", "1x3x64x64:1x3x64x96:1x3x128x120"],
+     "--trt-shapes: got 1x3x64x64:1x3x64x96:1x3x128x120, expected H and W multiples of 32"),
+    (["--engine", "--dynamic", "--trt-shapes", "1x3x64x64:2x3x64x96:1x3x128x128"],
+     "--trt-shapes: got 1x3x64x64:2x3x64x96:1x3x128x128, expected min <= opt <= max in every dimension"),
+    (["--engine", "--dynamic", "--trt-shapes", P, "--trt-shapes", "2x3x128x128:2x3x160x192:4x3x256x256",
+      "--input-shape", "1x3x160x192"], "expected input_shape 1x3x160x192 (where parity runs) inside one profile's"),
+])
+def test_trt_shapes_rules_exit_2_in_one_line(tmp_path, capsys, extra, contains):
+    out = tmp_path / "o"
+    argv = ["export", EXAMPLES / "resnet18_nats_c.json", "--input-shape", "1x3x64x96", *extra, "--out", out]
+    if "--input-shape" in extra:
+        argv = ["export", EXAMPLES / "resnet18_nats_c.json", *extra, "--out", out]
+    assert_exit_2(argv, capsys, contains=contains, absent=[out])
+
+
+def test_by_profile_counts_a_static_engine_once():
+    assert list(by_profile(engine_layers(GOOD))) == [0] and len(by_profile(engine_layers(GOOD))[0]) == len(GOOD)
+    assert by_profile([]) == {0: []}
+
+
+def test_optimizer_log_is_in_the_section_and_a_logged_copy_fails_the_audit(monkeypatch, tmp_path):
+    """build_engines_for_export with enterprise TensorRT's decision lines in the build log (a stand-in `build`):
+    the per-Concat retarget/copy findings land in each engine's `optimizer_log`, and a copy generated for a
+    transformed conv's Concat fails the TensorRT audit; TensorRT-RTX's log (none) leaves it to the layer list."""
+    from natsdeploy.export import tensorrt
+    from natsdeploy.export.report import format_tensorrt
+
+    lines = [("VERBOSE", "Layers:\n" + "\n".join(GOOD)), ("VERBOSE", "Eliminating concatenation layer2.0.conv2/concat"),
+             ("VERBOSE", "Retargeting layer2.0.conv2/b0 to layer2.0.conv2:concat"),
+             ("VERBOSE", "Generating copy for layer2.0.conv2/b1 to layer2.0.conv2:concat because input is not movable.")]
+
+    class Api:
+        flavour, version, strongly_typed, trt = "tensorrt", "10.9.0", False, None
+
+        def describe(self):
+            return {"flavour": "tensorrt", "module": "tensorrt", "version": "10.9.0", "typing": "weak"}
+
+    def fake_build(api, onnx_path, engine_path, **kw):
+        engine_path.write_bytes(b"engine")
+        return tensorrt.BuildResult(engine_path, 0.1, 6, list(lines), api, "weak")
+
+    monkeypatch.setattr(tensorrt, "build", fake_build)
+    monkeypatch.setattr(tensorrt, "gpu_available", lambda: False)
+    s = tensorrt.build_engines_for_export(tmp_path, Api(), precision="fp32", dynamic=False, input_shape=(1, 3, 64, 96),
+                                          split_names=["layer2.0.conv2"])
+    log = s.model["optimizer_log"]
+    assert log["logged"] and log["eliminated_concats"] == 1 and log["copy_free_concats"] == 0
+    assert log["concats"]["layer2.0.conv2/concat"]["retargeted"] == ["layer2.0.conv2/b0"]
+    assert log["transformed_concats"] == {"layer2.0.conv2/concat": False} and log["passed"] is False
+    assert s.model["concat_audit"]["passed"] and not s.audit_passed  # the layer list passes; the logged copy fails
+    assert any("transformed convs' Concats 0/1 copy-free (FAIL: layer2.0.conv2/concat)" in x for x in format_tensorrt(s.to_dict()))
+    lines[:] = lines[:1]  # no decision lines, as TensorRT-RTX logs
+    s = tensorrt.build_engines_for_export(tmp_path, Api(), precision="fp32", dynamic=False, input_shape=(1, 3, 64, 96),
+                                          split_names=["layer2.0.conv2"])
+    assert s.model["optimizer_log"]["logged"] is False and s.model["optimizer_log"]["passed"] is None and s.audit_passed

@@ -184,3 +184,33 @@ def test_fp16_engine_is_strongly_typed_from_the_fp16_model(api, tmp_path):
     else:
         assert r16.typing == "weak, FP16 flag"
     assert r16.nbytes < 0.6 * r32.nbytes  # the weights are stored in half precision
+
+
+def test_dynamic_engine_with_two_profiles(tmp_path, capsys):
+    """`--engine --dynamic --trt-shapes A --trt-shapes B`: one engine per graph with both profiles, printed and
+    recorded per engine; the build log lists the layers once per profile (TensorRT-RTX names profile 1's
+    `... [profile 1]`), counted once; the Concat audit runs on every profile's layers."""
+    from natsdeploy.cli import main
+
+    out = tmp_path / "o"
+    profiles = ["1x3x64x64:1x3x64x96:1x3x128x128", "2x3x128x128:2x3x160x192:4x3x256x256"]
+    code = main(["export", str(EXAMPLES / "resnet18_nats_c.json"), "--engine", "--dynamic", "--input-shape", "1x3x64x96",
+                 "--trt-shapes", profiles[0], "--trt-shapes", profiles[1], "--latency-pairs", "0", "--openvino", "off",
+                 "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"optimization profiles (MIN:OPT:MAX) {profiles[0]}, {profiles[1]}" in printed
+    assert "profile 0 (min / opt / max): 1x3x64x64 / 1x3x64x96 / 1x3x128x128" in printed
+    t = json.loads((out / "report.json").read_text())["tensorrt"]
+    want = [{"min": [1, 3, 64, 64], "opt": [1, 3, 64, 96], "max": [1, 3, 128, 128]},
+            {"min": [2, 3, 128, 128], "opt": [2, 3, 160, 192], "max": [4, 3, 256, 256]}]
+    n_convs = {k: sum(n.op_type == "Conv" for n in onnx.load(str(out / f"{k}.onnx")).graph.node)
+               for k in ("model", "baseline")}
+    for key in ("model", "baseline"):
+        assert t[key]["profiles"] == want and (out / f"{key}.fp32.engine").is_file()
+        if t["flavour"] == "tensorrt-rtx":  # listed twice in the log, counted once
+            assert t[key]["layer_counts"]["correlation"] == n_convs[key] and "2 profiles" in t[key]["layers_note"]
+    a = t["model"]["concat_audit"]
+    assert a["passed"] and a["profiles"] == 2 and a["convs"] == a["eliminated"] > 0
+    assert all(v["branch_layers"] >= 2 and len(v["written_tensors"]) == 1 for v in a["per_conv"].values())
+    assert "audited on each of the 2 profiles' layers" in printed
