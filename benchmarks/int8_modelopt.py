@@ -11,7 +11,7 @@ The same fp32 graphs (as `natsdeploy export` emits them) are quantized on the sa
 
 Each graph, model and baseline, is parsed and built by TensorRT-RTX ahead of time on the CPU
 (strongly typed, ProfilingVerbosity.DETAILED). Recorded: the engine's layers by type, copy/reformat
-layers, the Concat audit at transformed convs, Int8 convolutions, Q/DQ nodes in the graph and the
+layers, the requantize audit at transformed convs (model engine vs baseline engine, `tensorrt_int8`), Int8 convolutions, Q/DQ nodes in the graph and the
 distinct scales at each Concat, and SQNR against fp32 per output on ONNX Runtime CPU (held-out images).
 
     .venv/bin/python benchmarks/int8_modelopt.py [--input-shape 1x3x128x192] [--calibration-images 8]
@@ -45,7 +45,8 @@ from natsdeploy.export.int8 import calibrate, calibration_inputs, open_calibrati
 from natsdeploy.export.int8 import int8_accuracy  # noqa: E402
 from natsdeploy.export.onnx import trunk_to_onnx  # noqa: E402
 from natsdeploy.export.tensorrt import build, parse_onnx, require_tensorrt  # noqa: E402
-from natsdeploy.export.tensorrt import audit_concats, engine_layers, layer_counts  # noqa: E402
+from natsdeploy.export.tensorrt import engine_layers, layer_counts  # noqa: E402
+from natsdeploy.export.tensorrt_int8 import audit_requantize  # noqa: E402
 from natsdeploy.models.build import build_trunks  # noqa: E402
 from natsdeploy.timing.machine import machine_info  # noqa: E402
 
@@ -94,23 +95,19 @@ def int8_convs(log) -> dict[str, int]:
     return dict(types)
 
 
-def engine_record(api, path: Path, splits: list[str] | None) -> dict:
+def engine_record(api, path: Path) -> tuple[dict, list]:
+    """The engine built from `path` (TensorRT-RTX, AOT): its record and its layers (empty when not built)."""
     parsed = parse_onnx(api, path)
     if not parsed.ok:
-        return {"parse": "failed: " + "; ".join(parsed.errors[:2])}
+        return {"parse": "failed: " + "; ".join(parsed.errors[:2])}, []
     try:
         r = build(api, path, path.with_suffix(".engine"))
     except RuntimeError as e:
-        return {"parse": "ok", "build": "failed: " + str(e).splitlines()[0][:300]}
+        return {"parse": "ok", "build": "failed: " + str(e).splitlines()[0][:300]}, []
     layers = engine_layers(r.log)
-    rec = {"parse": "ok", "build": "ok", "build_s": round(r.seconds, 2), "engine_bytes": r.nbytes,
-           "layers": len(layers), "layer_counts": layer_counts(layers), "conv_inputs": int8_convs(r.log),
-           "copy_layers": sorted(layer.name for layer in layers if layer.is_copy)}
-    if splits:
-        audit = audit_concats(layers, splits)
-        rec["concat_audit"] = {"convs": len(audit), "eliminated": sum(a["eliminated"] for a in audit.values()),
-                               "not_eliminated": sorted(k for k, a in audit.items() if not a["eliminated"])}
-    return rec
+    return ({"parse": "ok", "build": "ok", "build_s": round(r.seconds, 2), "engine_bytes": r.nbytes,
+             "layers": len(layers), "layer_counts": layer_counts(layers), "conv_inputs": int8_convs(r.log),
+             "copy_layers": sorted(layer.name for layer in layers if layer.is_copy)}, layers)
 
 
 def modelopt_quantize(python: str, fp32: Path, calib: Path, out: Path) -> dict:
@@ -134,6 +131,7 @@ def run_case(label, arch, args, api, shape, tmp: Path) -> dict:
     evals = list(calibration_inputs(data, args.eval_images, shape, start=args.calibration_images))
     np.save(tmp / "calib.npy", np.concatenate(calib))
     row: dict = {"arch": label, "weights": weights, "transformed_convs": len(splits), "quantizers": {}}
+    layers: dict[tuple[str, str], list] = {}
     for key, model in fp32.items():
         fp32_path = tmp / f"{key}.fp32.onnx"
         onnx.save_model(model, str(fp32_path))
@@ -159,7 +157,8 @@ def run_case(label, arch, args, api, shape, tmp: Path) -> dict:
             rec = {"quantized": True, "quantize_linear": ops["QuantizeLinear"], "dequantize_linear": ops["DequantizeLinear"],
                    "concats": len(cs), "concats_one_scale": sum(v == 1 for v in cs.values()),
                    "sqnr_db": {o: round(v["sqnr_db"], 2) for o, v in int8_accuracy(model, g, evals).items()},
-                   "tensorrt": engine_record(api, path, splits if key == "model" else None)}
+                   "tensorrt": None}
+            rec["tensorrt"], layers[qname, key] = engine_record(api, path)
             if qname == "modelopt":
                 rec["modelopt"] = {k: v for k, v in mo.items() if k != "ok"}
             entry[key] = rec
@@ -168,6 +167,16 @@ def run_case(label, arch, args, api, shape, tmp: Path) -> dict:
                   f"{rec['dequantize_linear']}, concats one-scale {rec['concats_one_scale']}/{rec['concats']}, TRT "
                   f"{trt.get('build', trt.get('parse'))} layers {trt.get('layers')} convs {trt.get('conv_inputs')} "
                   f"copies {len(trt.get('copy_layers', []))}", flush=True)
+    for qname in QUANTIZERS:  # the requantize audit: each quantizer's model engine against its own baseline engine
+        m, b = layers.get((qname, "model")), layers.get((qname, "baseline"))
+        if m and b:
+            a = audit_requantize(m, b, splits)
+            row["quantizers"][qname]["requantize_audit"] = {
+                "passed": a["passed"], "passed_convs": a["passed_convs"], "convs": a["convs"],
+                "engine_kinds_equal": a["engine"]["equal"], "extra_in_model": a["engine"]["extra"],
+                "failed_convs": sorted(k for k, v in a["per_conv"].items() if not v["passed"])}
+            print(f"  {qname:<12}requantize audit: {a['passed_convs']}/{a['convs']} convs, engine kinds equal "
+                  f"{a['engine']['equal']} ({'pass' if a['passed'] else 'FAIL'})", flush=True)
     return row
 
 
@@ -177,7 +186,7 @@ def markdown(record: dict) -> str:
              f"{record['calibration_images']} images of {record['calibration']}, SQNR on {record['eval_images']} other "
              "images (worst output, dB, ORT CPU vs the fp32 graph).", "",
              "| arch | quantizer | SQNR model / baseline | engine layers model / baseline | Int8 convs model / baseline "
-             "| copy/reformat layers model / baseline | Concat audit (model) | Concats with one scale (model) |",
+             "| copy/reformat layers model / baseline | requantize audit (model vs baseline engine) | Concats with one scale (model) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in record["results"]:
         for q in QUANTIZERS:
@@ -187,12 +196,13 @@ def markdown(record: dict) -> str:
                 lines.append(f"| {row['arch']} | {q} | failed: {m.get('error', '')[:120]} | | | | | |")
                 continue
             tm, tb = m["tensorrt"], b.get("tensorrt", {})
-            a = tm.get("concat_audit", {})
+            a = e.get("requantize_audit", {})
             lines.append(
                 f"| {row['arch']} | {q} | {min(m['sqnr_db'].values()):.2f} / {min(b['sqnr_db'].values()):.2f} | "
                 f"{tm.get('layers')} / {tb.get('layers')} | {tm.get('conv_inputs', {}).get('Int8', 0)} / "
                 f"{tb.get('conv_inputs', {}).get('Int8', 0)} | {len(tm.get('copy_layers', []))} / "
-                f"{len(tb.get('copy_layers', []))} | {a.get('eliminated')}/{a.get('convs')} | "
+                f"{len(tb.get('copy_layers', []))} | {a.get('passed_convs')}/{a.get('convs')} convs, engine "
+                f"{'equal' if a.get('engine_kinds_equal') else 'differs'} | "
                 f"{m['concats_one_scale']}/{m['concats']} |")
     lines += ["", f"machine: {json.dumps(record['machine'], default=str)}"]
     return "\n".join(lines) + "\n"
