@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "read_json"]
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -50,3 +50,21 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike[str], *, field: str, expected: str):
+    """The JSON value in `path`; a missing, unreadable or invalid file is one `ArchError` line naming `field`
+    (e.g. "rf-next file") and what was `expected` (e.g. "a JSON object")."""
+    import json
+
+    from natsdeploy.errors import ArchError
+
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArchError(f"{field}: got {str(p)!r}, expected an existing file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ArchError(f"{field}: got invalid JSON in {str(p)!r} ({e}), expected {expected}") from None
+    except OSError as e:  # a folder, no permission
+        raise ArchError(f"{field}: got {str(p)!r} ({e.strerror or type(e).__name__}), expected a JSON file") from None

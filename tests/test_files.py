@@ -31,3 +31,20 @@ def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         atomic_write(path, half_then_fail)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_read_json_names_the_field_in_one_line(tmp_path):
+    import pytest
+
+    from natsdeploy.errors import ArchError
+    from natsdeploy.files import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    assert read_json(tmp_path / "ok.json", field="f", expected="x") == {"a": [1, 2]}
+    (tmp_path / "bad.json").write_text("{")
+    cases = [(tmp_path / "none.json", r"^f: got '.*none\.json', expected an existing file$"),
+             (tmp_path / "bad.json", r"^f: got invalid JSON in '.*bad\.json' \(.*\), expected a JSON object$"),
+             (tmp_path, r"^f: got '.*' \(.*\), expected a JSON file$")]
+    for path, pattern in cases:
+        with pytest.raises(ArchError, match=pattern):
+            read_json(path, field="f", expected="a JSON object")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from natsdeploy.arch import Arch, ArchError, Branch, ConvTransform
+from natsdeploy.files import read_json
 from natsdeploy.specs import BACKBONES
 
 __all__ = ["from_ic_conv", "load_ic_conv", "to_ic_conv", "IcConvExport", "baseline_dilations"]
@@ -66,12 +67,7 @@ def from_ic_conv(patterns: Any, backbone: str, *, source: str | None = None) -> 
 def load_ic_conv(path: str | os.PathLike[str], backbone: str) -> Arch:
     """Read an IC-Conv pattern file (a JSON list) as an `Arch`; every problem is an `ArchError` naming the field."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArchError(f"pattern file: got {str(p)!r}, expected an existing file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArchError(f"pattern file: got invalid JSON in {str(p)!r} ({e}), expected a JSON list") from None
+    data = read_json(p, field="pattern file", expected="a JSON list")
     return from_ic_conv(data, backbone, source=p.name)
 
 

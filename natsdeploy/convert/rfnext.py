@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from natsdeploy.arch import Arch, ArchError, Branch, ConvTransform
+from natsdeploy.files import read_json
 from natsdeploy.specs import BACKBONES, BackboneSpec
 
 __all__ = ["from_rf_next", "load_rf_next", "to_rf_next", "RfNextImport", "RfNextExport", "MODE_ASSUMPTION",
@@ -183,15 +184,7 @@ def from_rf_next(data: Any, backbone: str, *, source: str | None = None) -> RfNe
 def load_rf_next(path: str | os.PathLike[str], backbone: str) -> RfNextImport:
     """Read an RF-Next `local_search_config_stepN.json` (see `from_rf_next`); problems are `ArchError`s."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArchError(f"rf-next file: got {str(p)!r}, expected an existing file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ArchError(f"rf-next file: got invalid JSON in {str(p)!r} ({e}), expected a JSON object") from None
-    except OSError as e:  # a folder, no permission
-        raise ArchError(f"rf-next file: got {str(p)!r} ({e.strerror or type(e).__name__}), expected a JSON "
-                        "file") from None
+    data = read_json(p, field="rf-next file", expected="a JSON object")
     return from_rf_next(data, backbone, source=p.name)
 
 
