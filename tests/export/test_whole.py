@@ -287,3 +287,26 @@ def test_export_whole_cli_refuses_backbone_flags_before_any_work(tmp_path, extra
     with pytest.raises(UsageError, match=re.escape(expected)):
         export_whole_cli(args)
     assert not (tmp_path / "o").exists()
+
+
+def test_export_checkpoint_through_the_command(trained, tmp_path, capsys):
+    """`natsdeploy export ARCH --checkpoint CKPT --data DIR` writes detector.onnx and its report through the
+    real command; an arch the checkpoint was not trained on, and --data without --checkpoint, exit 2 in one
+    line with nothing written."""
+    from natsdeploy.cli import main
+    from tests.helpers import assert_exit_2
+
+    out = tmp_path / "whole"
+    assert main(["export", str(ARCH), "--checkpoint", trained["checkpoint"], "--data", trained["data"], "--images", "1",
+                 "--trt", "off", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads((out / "report.json").read_text())
+    assert (out / "detector.onnx").is_file() and r["ort_parity"]["passed"] and r["verdict"]["passed"]
+    assert "verdict: PASS" in printed
+    other = tmp_path / "other.json"
+    Arch(backbone="resnet18").save(other)
+    assert_exit_2(["export", str(other), "--checkpoint", trained["checkpoint"], "--out", str(tmp_path / "o2")], capsys,
+                  contains="--checkpoint: got ")
+    assert_exit_2(["export", str(ARCH), "--data", trained["data"], "--out", str(tmp_path / "o3")], capsys,
+                  contains="--data: got ")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
