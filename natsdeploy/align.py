@@ -20,7 +20,7 @@ from natsdeploy.models.macs import backbone_macs, conv3x3_macs_per_channel
 from natsdeploy.specs import ConvInfo
 from natsdeploy.targets import Target
 
-__all__ = ["round_shares", "check_multiple", "validate_multiple", "align_arch", "filter_dilations",
+__all__ = ["align_command", "round_shares", "check_multiple", "validate_multiple", "align_arch", "filter_dilations",
            "ConvAlignment", "AlignReport", "align_report", "format_align_report", "format_dilation",
            "UnalignedBranch", "unaligned_branches", "AlignmentCheck", "check_alignment", "alignment_entry",
            "format_alignment"]
@@ -303,7 +303,7 @@ def format_alignment(check: AlignmentCheck, *, arch_path: str = "ARCH.json") -> 
                                                for u in us))
     lines.append(f"  share of MACs in unaligned branches: {check.mac_share:.1%} "
                  f"({check.unaligned_macs:,} of {check.total_macs:,})")
-    lines.append(f"  suggestion: {_align_command(arch_path, t.block)}")
+    lines.append(f"  suggestion: {align_command(arch_path, t.block)}")
     return lines + _full_rate_lines(check, arch_path)
 
 
@@ -318,14 +318,14 @@ def _full_rate_lines(check: AlignmentCheck, arch_path: str) -> list[str]:
     lines = [f"  full rate: {len(check.narrow)} branches in {convs} convs are not a multiple of {t.full_rate} "
              f"channels ({share:.1%} of MACs); {why} narrower branches cost more per channel"]
     if check.full_rate_alignable:
-        lines.append(f"  for the baseline's speed on {t.name}: {_align_command(arch_path, t.full_rate)}")
+        lines.append(f"  for the baseline's speed on {t.name}: {align_command(arch_path, t.full_rate)}")
     else:
         lines.append(f"  aligning to {t.full_rate} is not possible for this arch (a listed conv's width does not allow "
                      "it)")
     return lines
 
 
-def _align_command(arch_path: str, multiple: int) -> str:
+def align_command(arch_path: str, multiple: int) -> str:
     """`natsdeploy align` for `arch_path`, writing `<stem>_a<multiple>.json` beside it, quoted for a shell."""
     import shlex
     from pathlib import Path

@@ -169,8 +169,6 @@ def export_cli(args: argparse.Namespace) -> int:
     for flag, value in (("--data", args.data), ("--images", args.images)):
         if value is not None:
             raise UsageError(f"{flag}: got {value!r} without --checkpoint, expected it only with --checkpoint")
-    import shlex
-
     from natsdeploy.arch import load_arch
     from natsdeploy.export.api import export_arch
     from natsdeploy.export.report import format_report
@@ -189,6 +187,6 @@ def export_cli(args: argparse.Namespace) -> int:
 
         resolve_weights(options.weights, arch.spec)  # fail before any work or output
     result = export_arch(arch, out, options)
-    print(format_report(result.report, arch_path=shlex.quote(args.arch)))
+    print(format_report(result.report, arch_path=args.arch))
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")
     return 0 if result.passed else 1

@@ -240,12 +240,14 @@ def format_latency(title: str, entry: Mapping[str, Any], *, threads: int) -> lis
 
 
 def _alignment_lines(al: Mapping[str, Any], arch_path: str) -> list[str]:
+    from natsdeploy.align import align_command  # the command `check` prints, runnable as printed
+
     lines = [f"  alignment ({al['target']}, block {al['block']}): " + (
         "every branch aligned" if al["aligned"] else
         f"{len(al['unaligned_branches'])} branches not a multiple of {al['block']} carry {al['mac_share']:.1%} "
-        f"of MACs (warning; fix: natsdeploy align {arch_path} --multiple {al['block']})")]
+        f"of MACs (warning; fix: {align_command(arch_path, al['block'])})")]
     if al.get("narrow_branches") and al.get("full_rate", al["block"]) != al["block"]:
-        fix = (f"natsdeploy align {arch_path} --multiple {al['full_rate']}" if al.get("full_rate_alignable")
+        fix = (align_command(arch_path, al["full_rate"]) if al.get("full_rate_alignable")
                else "not alignable to it")
         lines.append(f"  full rate ({al['full_rate']} channels): {len(al['narrow_branches'])} narrower branches "
                      f"carry {al['narrow_share']:.1%} of MACs (for the baseline's speed: {fix})")

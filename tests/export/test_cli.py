@@ -79,7 +79,10 @@ def test_alignment_hint_carries_the_real_arch_path(tmp_path, capsys):
     out = capsys.readouterr().out
     al = json.loads((tmp_path / "o" / "report.json").read_text())["alignment"]
     assert code == 0 and not al["aligned"]
-    assert f"(warning; fix: natsdeploy align {shlex.quote(str(arch))} --multiple 32)" in out
+    aligned = tmp_path / "my arch's_a32.json"
+    command = f"natsdeploy align {shlex.quote(str(arch))} --multiple 32 -o {shlex.quote(str(aligned))}"
+    assert f"(warning; fix: {command})" in out
     assert "ARCH.json" not in out
     main(["check", str(arch), "--input-shape", "1x3x64x96", "--target", "cuda-int8"])
-    assert f"natsdeploy align {shlex.quote(str(arch))} --multiple 32" in capsys.readouterr().out  # as check says it
+    assert command in capsys.readouterr().out  # as check says it
+    assert main(shlex.split(command)[1:]) == 0 and aligned.is_file()  # and it runs as printed
