@@ -136,7 +136,9 @@ def test_report_names_branches_narrower_than_the_full_rate_width(tmp_path, capsy
     assert [(u["conv"], u["branch"], u["channels"]) for u in al["narrow_branches"]] == \
         [(u.conv, u.index, u.channels) for u in narrow]
     assert f"  full rate ({al['full_rate']} channels): {len(narrow)} narrower branches carry " in stdout
-    assert f"natsdeploy align {shlex.quote(str(ex))} --multiple {al['full_rate']})" in stdout
+    aligned = ex.with_name(f"{ex.stem}_a{al['full_rate']}.json")
+    assert (f"natsdeploy align {shlex.quote(str(ex))} --multiple {al['full_rate']} -o {shlex.quote(str(aligned))})"
+            in stdout)
 
 
 def test_bad_target_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -94,7 +94,7 @@ def test_a_failing_openvino_row_fails_parity():
 
 def test_one_formatter_for_every_row():
     """OpenVINO's parity and latency rows are ONNX Runtime's rows (same cells, same columns) under their own title."""
-    text = format_report(_report().to_dict(), arch_path="'my arch.json'")
+    text = format_report(_report().to_dict(), arch_path="my arch.json")
     lines = text.splitlines()
     model_rows = [ln for ln in lines if ln.startswith("  model ")]
     parity_rows = [ln for ln in model_rows if "(tol" in ln]
@@ -106,7 +106,7 @@ def test_one_formatter_for_every_row():
     assert latency_rows[0] == "  model           8.00      8.35    5.1%"
     assert "  parity vs PyTorch (OpenVINO 2026.0 CPU, f32), max|err| / max|ref|:" in lines
     assert "  latency, OpenVINO 2026.0 CPU (f32), 2 threads, 4 interleaved pairs:" in lines
-    assert "fix: natsdeploy align 'my arch.json' --multiple 32)" in text
+    assert "fix: natsdeploy align 'my arch.json' --multiple 32 -o 'my arch_a32.json')" in text
     assert "OpenVINO" not in format_report(_report(openvino=False).to_dict())
 
 
