@@ -136,8 +136,8 @@ def test_torchvision_fasterrcnn_resnet50_fpn_takes_265_backbone_tensors(tmp_path
 
 # -- timm: written by timm -------------------------------------------------------------------------------------
 def test_timm_resnet_checkpoint_and_safetensors(tmp_path):
-    timm = pytest.importorskip("timm")
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    timm = pytest.importorskip("timm", reason="timm (dev extra) writes the timm files")
+    safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors (core dependency) reads .safetensors files")
     torch.manual_seed(0)
     m = timm.create_model("resnet18", pretrained=False).eval()
     g = torch.Generator().manual_seed(1)
@@ -168,7 +168,7 @@ def test_timm_resnet_checkpoint_and_safetensors(tmp_path):
 
 
 def test_safetensors_in_half_precision_is_widened_and_said(tmp_path):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors (core dependency) reads .safetensors files")
     sd = seeded_state_dict("resnet18")
     safetensors_torch.save_file({f"backbone.body.{k}": v.half() for k, v in backbone_only(sd).items()},
                                 str(tmp_path / "half.safetensors"))
